@@ -1,0 +1,340 @@
+"""The one config tree: every default of the package lives here, each field with its help text.
+
+Sources, later wins: dataclass defaults < `--config FILE.toml|.yaml` < `--section.key=value` flags.
+`python -m mezo_elastic.train --help` and docs/configuration.md are generated from this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mezo_elastic.errors import ConfigError
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its help text (shown by --help and in docs/configuration.md)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _positive(section: str, name: str, value: float, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{section}.{name}={value!r} is not allowed; it must be {bound}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    backend: Literal["hf", "sglang"] = opt("hf", "forward engine: hf (transformers, CPU/GPU) or sglang (ModelRunner, GPU)")
+    path: str = opt("", "local HF model directory; empty = the built-in tiny model (made on first use, no download)")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "weight and compute dtype")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = the rank's CUDA device when CUDA is present, else CPU")
+    trust_remote_code: bool = opt(False, "allow the model directory's own Python code (off: opt in explicitly)")
+    tp_size: int = opt(1, "tensor-parallel size per model replica (sglang backend); replicas = world / tp_size")
+    trainable: str = opt("", "regex on HF parameter names: only matching parameters are trained (empty = all)")
+    mem_fraction_static: float = opt(0.5, "sglang: fraction of GPU memory for weights + KV pool")
+    attention_backend: str = opt("triton", "sglang: attention backend (triton, flashinfer, fa3, torch_native)")
+    sglang_port: int = opt(0, "sglang: first candidate for each replica's own dist port (0 = derived from the job)")
+
+    def __post_init__(self) -> None:
+        _choice("model", "backend", self.backend, ("hf", "sglang"))
+        _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("model", "device", self.device, ("auto", "cpu", "cuda"))
+        _positive("model", "tp_size", self.tp_size)
+        if self.backend == "hf" and self.tp_size != 1:
+            raise ConfigError(f"model.tp_size={self.tp_size} needs model.backend=sglang; the hf backend is tp_size=1")
+        if not 0 < self.mem_fraction_static < 1:
+            raise ConfigError(f"model.mem_fraction_static={self.mem_fraction_static} must be in (0, 1)")
+        try:
+            re.compile(self.trainable)
+        except re.error as e:
+            raise ConfigError(f"model.trainable={self.trainable!r} is not a valid regex: {e}") from None
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    path: str = opt("", "training JSONL file; empty = the built-in synthetic task (made on first use)")
+    eval_path: str = opt("", "eval JSONL file; empty = a held-out split of the built-in task, or none for user data")
+    objective: Literal["lm", "classification"] = opt(
+        "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods"
+    )
+    seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
+    max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
+    eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation")
+    micro_batch: int = opt(64, "examples per forward call on one rank (memory bound, not a hyperparameter)")
+
+    def __post_init__(self) -> None:
+        _choice("data", "objective", self.objective, ("lm", "classification"))
+        _positive("data", "max_length", self.max_length)
+        _positive("data", "eval_examples", self.eval_examples, zero_ok=True)
+        _positive("data", "micro_batch", self.micro_batch)
+
+
+@dataclass(kw_only=True)
+class MezoConfig:
+    lr: float = opt(1e-3, "learning rate (peak, when a schedule is used)")
+    eps: float = opt(1e-3, "perturbation scale epsilon of SPSA")
+    mode: Literal["dp", "multi_seed"] = opt(
+        "dp", "dp: one seed a step, batch split over ranks; multi_seed: each rank its own seed (n-SPSA)"
+    )
+    weight_decay: float = opt(0.0, "decoupled weight decay; never applied to biases and norm weights")
+    schedule: Literal["constant", "linear", "cosine"] = opt("constant", "lr schedule after warmup")
+    warmup_steps: int = opt(0, "linear warmup from 0 to mezo.lr over this many steps")
+    min_lr_ratio: float = opt(0.0, "linear/cosine schedules decay to lr * min_lr_ratio")
+    grad_clip: float = opt(0.0, "clip |projected gradient| to this value (0 = off)")
+    max_nonfinite: int = opt(10, "abort after this many steps with a non-finite loss (those steps are skipped)")
+    chunk_elems: int = opt(1 << 20, "elements of z generated at once on CPU/torch (bounded scratch memory)")
+    master_weights: bool = opt(
+        False, "keep an fp32 copy of trainable weights: removes perturb/restore drift, costs 4 bytes a parameter"
+    )
+    fold_next_perturbation: bool = opt(
+        True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
+    )
+
+    def __post_init__(self) -> None:
+        _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
+        _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
+        _positive("mezo", "lr", self.lr, zero_ok=True)
+        _positive("mezo", "eps", self.eps)
+        _positive("mezo", "weight_decay", self.weight_decay, zero_ok=True)
+        _positive("mezo", "warmup_steps", self.warmup_steps, zero_ok=True)
+        _positive("mezo", "grad_clip", self.grad_clip, zero_ok=True)
+        _positive("mezo", "max_nonfinite", self.max_nonfinite, zero_ok=True)
+        _positive("mezo", "chunk_elems", self.chunk_elems)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"mezo.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    steps: int = opt(600, "number of MeZO steps")
+    batch_size: int = opt(32, "global batch size (examples per step, summed over ranks)")
+    output_dir: str = opt("runs/default", "metrics.jsonl, steps.jsonl, checkpoints/ and final/ go here")
+    eval_every: int = opt(200, "evaluate every this many steps, at step 0 and at the end (0 = only start and end)")
+    log_every: int = opt(10, "write a train line to metrics.jsonl every this many steps")
+    progress: bool = opt(True, "rank 0 shows a progress bar on a terminal")
+    tensorboard: bool = opt(False, "also write metrics to output_dir/tb (needs the tensorboard package)")
+    save_final: bool = opt(True, "save the final model (HF format) to output_dir/final")
+
+    def __post_init__(self) -> None:
+        _positive("train", "steps", self.steps, zero_ok=True)
+        _positive("train", "batch_size", self.batch_size)
+        _positive("train", "eval_every", self.eval_every, zero_ok=True)
+        _positive("train", "log_every", self.log_every)
+        if not self.output_dir:
+            raise ConfigError("train.output_dir='' is not allowed; give a directory path")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every: int = opt(200, "full checkpoint every this many steps (0 = none; the step log still allows resume)")
+    keep: int = opt(2, "keep the newest this many checkpoints")
+    resume: bool = opt(True, "resume automatically from output_dir (newest valid checkpoint + step log)")
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint", "every", self.every, zero_ok=True)
+        _positive("checkpoint", "keep", self.keep)
+
+
+@dataclass(kw_only=True)
+class DistConfig:
+    backend: Literal["auto", "nccl", "gloo"] = opt("auto", "process-group backend: auto = nccl on CUDA, gloo on CPU")
+    timeout_s: float = opt(600.0, "collective timeout in seconds")
+    port_attempts: int = opt(8, "candidate ports tried where this package picks a port (srun without torchrun)")
+    port_timeout_s: float = opt(5.0, "seconds a rank waits on one candidate port before moving to the next")
+
+    def __post_init__(self) -> None:
+        _choice("dist", "backend", self.backend, ("auto", "nccl", "gloo"))
+        _positive("dist", "timeout_s", self.timeout_s)
+        _positive("dist", "port_attempts", self.port_attempts)
+        _positive("dist", "port_timeout_s", self.port_timeout_s)
+
+
+@dataclass(kw_only=True)
+class Config:
+    seed: int = opt(0, "run seed: the perturbation seed of step t is a function of (seed, t) only")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mezo: MezoConfig = field(default_factory=MezoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts (JSON/TOML-able)."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("model", "data", "mezo", "train", "checkpoint", "dist")
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(key: str, raw: Any, typ: Any) -> Any:
+    """Turn a CLI string (or a file's value) into the field's type; a bad value names the key."""
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        allowed = typing.get_args(typ)
+        if raw not in allowed:
+            raise ConfigError(f"--{key}={raw!r} is not allowed; choose one of {list(allowed)}")
+        return raw
+    if isinstance(typ, types.UnionType) or origin is typing.Union:
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        if typ is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{key}={raw!r} is not a valid {typ.__name__}") from None
+    raise ConfigError(f"--{key}: unsupported field type {typ}")
+
+
+def _apply(values: dict[str, dict[str, Any] | Any]) -> Config:
+    """Build a Config from {section: {key: value}} plus top-level keys, checking every name."""
+    top: dict[str, Any] = {}
+    for name, val in values.items():
+        if name in SECTIONS:
+            cls = _field_type(Config, name)
+            known = {f.name for f in dataclasses.fields(cls)}
+            if not isinstance(val, dict):
+                raise ConfigError(f"[{name}] must be a table of keys, got {val!r}")
+            for k in val:
+                if k not in known:
+                    raise ConfigError(f"unknown key {name}.{k}; known keys of [{name}]: {sorted(known)}")
+            top[name] = cls(**{k: _coerce(f"{name}.{k}", v, _field_type(cls, k)) for k, v in val.items()})
+        elif name == "seed":
+            top[name] = _coerce("seed", val, int)
+        else:
+            raise ConfigError(f"unknown config key {name!r}; known: seed and sections {list(SECTIONS)}")
+    return Config(**top)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a TOML or YAML config file into nested dicts."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config={path!r}: no such file")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config={path}: invalid TOML: {e}") from None
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config={path}: invalid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config={path}: the top level must be a mapping")
+        return data
+    raise ConfigError(f"--config={path!r}: unknown suffix {p.suffix!r}; use .toml, .yaml or .yml")
+
+
+def iter_fields() -> typing.Iterator[tuple[str, Any, Any, str]]:
+    """Yield (dotted key, type, default, help) for every config field, in tree order."""
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            cls = _field_type(Config, f.name)
+            inst = cls()
+            for sf in dataclasses.fields(cls):
+                yield f"{f.name}.{sf.name}", _field_type(cls, sf.name), getattr(inst, sf.name), sf.metadata["help"]
+        else:
+            yield f.name, _field_type(Config, f.name), f.default, f.metadata["help"]
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is Literal:
+        return "|".join(str(a) for a in typing.get_args(typ))
+    return getattr(typ, "__name__", str(typ))
+
+
+def help_text(prog: str) -> str:
+    """The --help text: usage plus every key with its type, default and help."""
+    lines = [
+        f"usage: {prog} [--config FILE.toml|.yaml] [--section.key=value ...]",
+        "",
+        "Every key below can be set in the config file ([section] key = value) or as --section.key=value.",
+        "",
+    ]
+    for key, typ, default, hlp in iter_fields():
+        lines.append(f"  --{key}={default!r}  ({_type_name(typ)})")
+        lines.append(f"      {hlp}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python -m mezo_elastic.train") -> Config:
+    """Parse `[--config FILE] [--section.key=value ...]` into a validated Config.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or a value outside what is allowed.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text(prog))
+        raise SystemExit(0)
+    parser = argparse.ArgumentParser(prog=prog, add_help=False)
+    parser.add_argument("--config", default="")
+    known, rest = parser.parse_known_args(argv)
+    values: dict[str, Any] = load_file(known.config) if known.config else {}
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --section.key=value (see --help)")
+        key, sep, val = arg[2:].partition("=")
+        if not sep:  # also accept `--key value`
+            if i + 1 >= len(rest):
+                raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
+            i += 1
+            val = rest[i]
+        section, dot, name = key.partition(".")
+        if dot:
+            values.setdefault(section, {})
+            if not isinstance(values[section], dict):
+                raise ConfigError(f"--{key}: {section!r} is not a section")
+            values[section][name] = val
+        else:
+            values[key] = val
+        i += 1
+    return _apply(values)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts (e.g. a checkpoint's saved config)."""
+    return _apply(values)

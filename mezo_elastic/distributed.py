@@ -1,0 +1,227 @@
+"""Process group, ports, devices, scalar collectives, teardown. The loop never touches torch.distributed.
+
+Under torchrun the elastic agent owns MASTER_PORT and its store: workers join it through `env://`.
+This package picks a port only where no launcher does (srun without torchrun), and then every rank
+walks the same candidate list, verifying it joined its own job's store through a run-id key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mezo_elastic.config import DistConfig
+from mezo_elastic.errors import LaunchEnvError, PortError
+from mezo_elastic.rank_context import RankContext
+
+log = logging.getLogger(__name__)
+RUN_ID_KEY = "mezo_elastic/run_id"
+
+
+def select_device(ctx: RankContext, want: str = "auto") -> torch.device:
+    """Map LOCAL_RANK to a device and make it current (before any process group exists).
+
+    Index LOCAL_RANK, or 0 when this task sees exactly one GPU (per-task CUDA_VISIBLE_DEVICES).
+
+    Raises:
+        LaunchEnvError: CUDA asked for but absent, or LOCAL_RANK without a matching device.
+    """
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise LaunchEnvError(
+            f"model.device=cuda but CUDA is not available (torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={ctx.cuda_visible_devices!r}); use --model.device=cpu"
+        )
+    count = torch.cuda.device_count()
+    index = 0 if count == 1 else ctx.local_rank
+    if index >= count:
+        raise LaunchEnvError(
+            f"LOCAL_RANK={ctx.local_rank} has no CUDA device: this process sees {count} device(s) "
+            f"(CUDA_VISIBLE_DEVICES={ctx.cuda_visible_devices!r}); run at most {count} processes per node "
+            f"or give each task its own GPU"
+        )
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def backend_for(device: torch.device, cfg: DistConfig) -> str:
+    """nccl for CUDA, gloo for CPU, unless the config says otherwise."""
+    if cfg.backend != "auto":
+        if cfg.backend == "nccl" and device.type != "cuda":
+            raise LaunchEnvError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo on CPU")
+        return cfg.backend
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def port_holder(port: int) -> str:
+    """Who listens on a TCP port, for error messages ('pid 123 (python)' or 'unknown')."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if conn.pid is None:
+                    return "a process of another user"
+                try:
+                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+                except psutil.Error:
+                    return f"pid {conn.pid}"
+    except Exception:  # psutil may lack permission; the message then just says unknown
+        pass
+    return "unknown"
+
+
+def port_is_free(port: int, host: str = "") -> bool:
+    """True if a TCP listener could bind this port right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    """A port the kernel considers free now (for tests and the single-node launcher)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _own_store(addr: str, port: int, run_id: str, is_master: bool, world: int, timeout: float) -> dist.Store | None:
+    """Join (or host) the store on one candidate port; None if the port belongs to someone else."""
+    try:
+        store = dist.TCPStore(
+            addr, port, world_size=world, is_master=is_master, wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+    except (RuntimeError, OSError) as e:  # bind failed (held) or nothing answered in time
+        log.debug("port %d: %s", port, e)
+        return None
+    if is_master:
+        store.set(RUN_ID_KEY, run_id)
+        return store
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # the master sets the key right after binding
+        try:
+            if store.check([RUN_ID_KEY]):
+                if store.get(RUN_ID_KEY).decode() == run_id:
+                    return store
+                log.warning("port %d hosts another job's store; moving on", port)
+                return None
+        except (RuntimeError, OSError):
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def agree_on_port(ctx: RankContext, cfg: DistConfig, first: int | None = None, run_id: str | None = None,
+                  addr: str | None = None, world: int | None = None, rank: int | None = None) -> tuple[dist.Store, int]:
+    """All ranks settle on the first candidate port whose store is this job's; bounded, with backoff.
+
+    Rank 0 hosts a TCPStore on the first candidate it can bind; the others try the same candidates in
+    order and accept a store only if its run-id key equals theirs (a foreign store is never joined).
+
+    Raises:
+        PortError: no candidate worked; names the ports tried and their holders.
+    """
+    first = ctx.master_port if first is None else first
+    run_id = ctx.run_id if run_id is None else run_id
+    addr = addr or ctx.master_addr or "127.0.0.1"
+    world = ctx.world_size if world is None else world
+    rank = ctx.rank if rank is None else rank
+    assert first is not None
+    tried: list[int] = []
+    for attempt in range(cfg.port_attempts):
+        port = first + attempt
+        tried.append(port)
+        store = _own_store(addr, port, run_id, rank == 0, world, cfg.port_timeout_s)
+        if store is not None:
+            if attempt:
+                log.warning("rank %d: ports %s were taken; using %d", rank, tried[:-1], port)
+            return store, port
+        time.sleep(min(0.05 * 2**attempt, 1.0))  # backoff, so a briefly busy port is not hammered
+    holders = ", ".join(f"{p} held by {port_holder(p)}" for p in tried)
+    raise PortError(
+        f"rank {rank}: no port agreed for run {run_id!r} after {len(tried)} attempts ({holders}); "
+        f"set MASTER_PORT to a free port or raise --dist.port_attempts"
+    )
+
+
+@dataclass
+class DistState:
+    """What init_distributed() set up; pass it to teardown()."""
+
+    device: torch.device
+    backend: str
+    initialized: bool
+
+
+def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto") -> DistState:
+    """Select the device, then create the default process group when world size > 1.
+
+    torchrun/env: `env://` (the agent's store). slurm: this package agrees on a port first.
+    Single process: no group, no port.
+    """
+    device = select_device(ctx, device_pref)
+    backend = backend_for(device, cfg)
+    if ctx.world_size == 1:
+        return DistState(device, backend, False)
+    timeout = datetime.timedelta(seconds=cfg.timeout_s)
+    kw = {"device_id": device} if device.type == "cuda" else {}
+    if ctx.port_chosen_by_package:
+        store, port = agree_on_port(ctx, cfg)
+        log.info("rank %d joined run %s on port %d", ctx.rank, ctx.run_id, port)
+        dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw)
+    else:
+        dist.init_process_group(
+            backend, init_method="env://", rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw
+        )
+    return DistState(device, backend, True)
+
+
+def teardown() -> None:
+    """Destroy the default process group if one exists (call in `finally`)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few float64 scalars over all ranks (identity without a process group)."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_gather_floats(values: list[float], device: torch.device) -> list[list[float]]:
+    """Gather a fixed-length float64 vector from every rank, in rank order."""
+    if not dist.is_initialized():
+        return [list(values)]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [o.tolist() for o in out]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Send a small picklable object from `src` to every rank (identity without a group)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

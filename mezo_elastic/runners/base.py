@@ -1,0 +1,60 @@
+"""The ForwardRunner interface every backend implements. The MeZO loop sees only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from mezo_elastic.perturb import ParamSegment
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score the completion tokens given the prompt tokens (token ids of the model's tokenizer)."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+
+
+@runtime_checkable
+class ForwardRunner(Protocol):
+    """A forward engine holding the model's weights.
+
+    Contract:
+      - `segments()` returns the trainable weights as contiguous 1-D views keyed by HF parameter
+        name and element offset; the optimizer changes them in place and the runner must see the
+        change on its next `score` (no re-upload, no rebinding).
+      - `score()` returns, per request and in order, the summed log-probability of the completion
+        tokens (float64, CPU) and the number of completion tokens (int64, CPU).
+      - `hf_state_dict()` / `load_hf_state_dict()` speak HF parameter names and shapes, so a
+        checkpoint written by one backend loads into the other.
+    """
+
+    device: torch.device
+
+    def segments(self) -> list[ParamSegment]:
+        """The trainable weights as segments (see perturb.ParamSegment)."""
+        ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of completion-token log-probs [n] float64, completion token counts [n] int64)."""
+        ...
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight under its HF name and shape (CPU tensors, model dtype)."""
+        ...
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite the weights in place from HF-named tensors (all of them must be present)."""
+        ...
+
+    def save_pretrained(self, out_dir: Path) -> None:
+        """Write an HF-loadable model directory (config, tokenizer files, safetensors weights)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's resources (GPU memory, process groups it created)."""
+        ...
