@@ -129,6 +129,9 @@ class TrainConfig:
     progress: bool = opt(True, "rank 0 shows a progress bar on a terminal")
     tensorboard: bool = opt(False, "also write metrics to output_dir/tb (needs the tensorboard package)")
     save_final: bool = opt(True, "save the final model (HF format) to output_dir/final")
+    requeue_on_signal: bool = opt(
+        False, "under SLURM, rank 0 runs `scontrol requeue $SLURM_JOB_ID` when SIGUSR1 stops the run"
+    )
 
     def __post_init__(self) -> None:
         _positive("train", "steps", self.steps, zero_ok=True)

@@ -1,0 +1,130 @@
+"""JSONL datasets, tokenisation, and the global batch schedule.
+
+Schemas (one JSON object a line; blank lines are skipped):
+  lm              {"prompt": str, "completion": str}
+  classification  {"prompt": str, "candidates": [str, str, ...], "label": int}
+
+The global batch of step t is a pure function of (data seed, t): example k of the run
+(k = t * batch_size + j) is position k % N of the permutation of epoch k // N. Ranks take
+contiguous slices of it, so the sequence of global batches does not depend on world size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mezo_elastic.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    """A tokenised example: one prompt and its completion(s)."""
+
+    prompt_ids: tuple[int, ...]
+    candidates: tuple[tuple[int, ...], ...]  # lm: one entry (the completion)
+    label: int = 0  # classification: index of the right candidate
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.prompt_ids) + sum(len(c) for c in self.candidates)
+
+
+def _check(path: str, lineno: int, obj: Any, objective: str) -> None:
+    where = f"{path}:{lineno}"
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if not isinstance(obj.get("prompt"), str):
+        raise DataError(f"{where}: field 'prompt' must be a string (got {obj.get('prompt')!r})")
+    if objective == "lm":
+        if not isinstance(obj.get("completion"), str) or not obj["completion"]:
+            raise DataError(f"{where}: field 'completion' must be a non-empty string (objective lm)")
+        return
+    cands = obj.get("candidates")
+    if not isinstance(cands, list) or len(cands) < 2 or not all(isinstance(c, str) and c for c in cands):
+        raise DataError(f"{where}: field 'candidates' must be a list of >= 2 non-empty strings (objective classification)")
+    label = obj.get("label")
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(cands):
+        raise DataError(f"{where}: field 'label' must be an integer in [0, {len(cands)}) (got {label!r})")
+
+
+def read_jsonl(path: str, objective: str) -> list[dict]:
+    """Read and check a JSONL dataset; a malformed line raises DataError naming file:line and field."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {path!r} does not exist")
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            _check(path, lineno, obj, objective)
+            rows.append(obj)
+    if not rows:
+        raise DataError(f"data file {path!r} has no examples")
+    return rows
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool):
+    """The model directory's tokenizer (transformers AutoTokenizer, local files only)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
+
+
+def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int) -> list[Example]:
+    """Tokenise prompt and completions separately (no merges across the boundary), cut from the left."""
+    out = []
+    for row in rows:
+        prompt = tuple(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
+        texts = [row["completion"]] if objective == "lm" else row["candidates"]
+        # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
+        cands = tuple(tuple(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in texts)
+        longest = max(len(c) for c in cands)
+        if longest >= max_length:
+            raise DataError(f"a completion has {longest} tokens, not below data.max_length={max_length}")
+        prompt = prompt[-(max_length - longest):]
+        out.append(Example(prompt, cands, int(row.get("label", 0))))
+    return out
+
+
+def _seed_int(*parts: object) -> int:
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+class BatchSchedule:
+    """Global batch indices of step t as a pure function of (seed, t)."""
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n_examples, batch_size, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            g = torch.Generator().manual_seed(_seed_int("data", self.seed, epoch))
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def global_batch(self, step: int) -> list[int]:
+        """Indices of the examples of step `step`, in global order."""
+        start = step * self.batch_size
+        return [int(self._perm(k // self.n)[k % self.n]) for k in range(start, start + self.batch_size)]
+
+
+def rank_slice(items: Sequence, rank: int, world: int) -> list:
+    """Rank r's contiguous share of items; the first len % world ranks get one more."""
+    q, r = divmod(len(items), world)
+    lo = rank * q + min(rank, r)
+    return list(items[lo : lo + q + (1 if rank < r else 0)])

@@ -1,0 +1,77 @@
+"""Rank-0 outputs: metrics.jsonl, an optional TensorBoard mirror, and the progress display."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from mezo_elastic.errors import ConfigError
+
+
+class MetricsWriter:
+    """Appends one JSON object a line to metrics.jsonl (and TensorBoard when asked). Rank 0 only."""
+
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self._f = open(Path(output_dir) / "metrics.jsonl", "a") if enabled else None
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("train.tensorboard=true needs tensorboard: pip install 'mezo_elastic[tensorboard]'") from None
+            self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
+
+    def write(self, kind: str, step: int, **values: float) -> None:
+        """One line {"type": kind, "step": step, **values, "time": unix time}."""
+        if not self.enabled:
+            return
+        self._f.write(json.dumps({"type": kind, "step": step, **values, "time": time.time()}) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain lines every `every` steps when output is a file or pipe."""
+
+    def __init__(self, enabled: bool, start: int, total: int, every: int) -> None:
+        self.enabled, self.every, self.total = enabled, every, total
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="mezo", dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, step: int, loss: float, steps_per_s: float, tokens_per_s: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{steps_per_s:.2f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+            self.bar.update(1)
+        elif (step + 1) % self.every == 0 or step + 1 == self.total:
+            eta = (self.total - step - 1) / max(steps_per_s, 1e-9)
+            print(f"step {step + 1}/{self.total} loss {loss:.4f} {steps_per_s:.2f} steps/s "
+                  f"{tokens_per_s:.0f} tok/s eta {eta:.0f}s", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,144 @@
+"""The MeZO optimizer: seeded in-place perturbation, projected gradient, update. No engine imports.
+
+Sweeps a step (one sweep = one pass over the trainable weights, see perturb.sweep):
+  start   weights = theta + eps z_t       (folded into the previous step's last sweep)
+  score   l+
+  sweep   -2 eps z_t                      -> weights = theta - eps z_t
+  score   l-
+  reduce  g = (L+ - L-) / (2 eps)
+  sweep   restore + update (+ next perturbation eps z_{t+1})
+So 2 sweeps a step; 3 when the next step starts from clean weights (after eval or checkpoint).
+With master weights the fp32 master is updated exactly as a replay of the step log does it,
+and the model only ever shows master + offset, so perturbation leaves no drift at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from mezo_elastic.config import MezoConfig
+from mezo_elastic.perturb import ParamSegment, SweepPlan, Term, step_seed, sweep
+
+
+@dataclass
+class StepRecord:
+    """What the update of one step needs, and all a replay needs (one line of the step log)."""
+
+    step: int
+    seeds: list[int]
+    grads: list[float]
+    lr: float
+    weight_decay: float
+    skipped: bool = False
+    loss: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+    def update_terms(self) -> list[Term]:
+        """The update -lr/n * sum_r g_r z_r as (seed, coefficient) terms (n-SPSA average)."""
+        if self.skipped:
+            return []
+        n = len(self.seeds)
+        return [(s, -self.lr * g / n) for s, g in zip(self.seeds, self.grads)]
+
+    @property
+    def decay(self) -> float:
+        return 0.0 if self.skipped else self.lr * self.weight_decay
+
+
+def lr_at(cfg: MezoConfig, step: int, total: int) -> float:
+    """Learning rate of `step`: linear warmup, then constant / linear / cosine to lr * min_lr_ratio."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, total - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return floor + (cfg.lr - floor) * (1.0 - frac)
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def seeds_for_step(run_seed: int, step: int, mode: str, world: int) -> list[int]:
+    """Perturbation seeds of a step: one in dp mode, one per rank slot in multi_seed mode."""
+    if mode == "dp":
+        return [step_seed(run_seed, step)]
+    return [step_seed(run_seed, step, slot) for slot in range(world)]
+
+
+class MezoOptimizer:
+    """Holds the weights' current offset from theta and applies sweeps that move it."""
+
+    def __init__(self, segments: list[ParamSegment], cfg: MezoConfig, master_weights: bool) -> None:
+        self.segments, self.cfg = segments, cfg
+        self.master = master_weights
+        if master_weights:
+            for seg in segments:
+                seg.master = seg.tensor.detach().to(torch.float32, copy=True)
+        self.offset: list[Term] = []  # weights = theta + sum(offset)
+
+    def _sweep(self, plan: SweepPlan) -> None:
+        sweep(self.segments, plan, self.cfg.chunk_elems)
+
+    def _move(self, new_offset: list[Term]) -> None:
+        """Change the shown offset from self.offset to new_offset in one sweep."""
+        if self.master:
+            self._sweep(SweepPlan(show=new_offset))
+        else:
+            delta = [(s, -c) for s, c in self.offset] + list(new_offset)
+            self._sweep(SweepPlan(post=delta))
+        self.offset = list(new_offset)
+
+    def perturb(self, seed: int, scale: float = 1.0) -> None:
+        """Show theta + scale * eps * z(seed) (one sweep; none if already there)."""
+        target = [(seed, scale * self.cfg.eps)]
+        if self.offset != target:
+            self._move(target)
+
+    def clean(self) -> None:
+        """Show theta exactly as far as the precision allows (one sweep; none if already clean)."""
+        if self.offset:
+            self._move([])
+
+    @contextlib.contextmanager
+    def clean_weights(self):
+        """Within the block the weights are theta; the previous offset comes back after it."""
+        saved = list(self.offset)
+        self.clean()
+        try:
+            yield
+        finally:
+            if saved:
+                self._move(saved)
+
+    def update(self, rec: StepRecord, next_seed: int | None) -> None:
+        """Restore, apply the step's update and (if next_seed) perturb for the next step: one sweep."""
+        show = [(next_seed, self.cfg.eps)] if next_seed is not None else []
+        if self.master:
+            self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay, show=show))
+        else:
+            restore = [(s, -c) for s, c in self.offset]
+            self._sweep(SweepPlan(pre=restore, post=rec.update_terms() + show, decay=rec.decay))
+        self.offset = show
+
+    def replay(self, rec: StepRecord) -> None:
+        """Apply a logged step to clean weights (one sweep, no forward)."""
+        assert not self.offset, "replay needs clean weights"
+        if not rec.skipped:
+            self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay))
+
+    def master_state(self) -> list[tuple[ParamSegment, torch.Tensor]]:
+        """(segment, exact fp32 theta) pairs when master weights are kept, else []."""
+        return [(seg, seg.master) for seg in self.segments if seg.master is not None]
+
+
+def projected_grad(loss_plus: float, loss_minus: float, eps: float, clip: float) -> float:
+    """SPSA projected gradient (L+ - L-) / (2 eps), clipped to [-clip, clip] when clip > 0."""
+    g = (loss_plus - loss_minus) / (2.0 * eps)
+    if clip > 0 and math.isfinite(g):
+        g = max(-clip, min(clip, g))
+    return g

@@ -1,0 +1,113 @@
+"""The `hf` backend: transformers AutoModelForCausalLM on CPU or one GPU."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mezo_elastic.config import Config
+from mezo_elastic.errors import BackendError
+from mezo_elastic.perturb import ParamSegment
+from mezo_elastic.runners.base import ScoreRequest
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+class HFRunner:
+    """Scores batches with a transformers causal LM whose parameters are perturbed in place."""
+
+    def __init__(self, cfg: Config, device: torch.device, model_path: str) -> None:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # rank 0 has its own progress display; others stay quiet
+        self.device = device
+        self.model_path = Path(model_path)
+        self.pad_id = 0
+        if not (self.model_path / "config.json").is_file():
+            raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=DTYPES[cfg.model.dtype], trust_remote_code=cfg.model.trust_remote_code,
+                local_files_only=True,
+            ).to(device)
+        except ValueError as e:  # e.g. custom code without trust_remote_code
+            raise BackendError(f"cannot load model.path={model_path!r}: {e}") from None
+        self.model.eval()
+        self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers
+        pattern = re.compile(cfg.model.trainable)
+        self._segments = [
+            ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2)
+            for name, p in self.model.named_parameters()
+            if pattern.search(name)
+        ]
+        if not self._segments:
+            raise BackendError(f"model.trainable={cfg.model.trainable!r} matches no parameter of {model_path}")
+
+    def segments(self) -> list[ParamSegment]:
+        """Trainable parameters, whole, under their HF names (tied weights appear once)."""
+        return self._segments
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded batch; logits only for the last positions, which hold every completion."""
+        seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests]
+        lens = torch.tensor([len(s) for s in seqs])
+        comp = torch.tensor([len(r.completion_ids) for r in requests])
+        width, keep = int(lens.max()), int(comp.max()) + 1
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        # Explicit positions: with left padding each sequence must still start at position 0.
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        logits = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=pos.to(self.device), logits_to_keep=keep,
+        ).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token j+1
+        targets = ids[:, width - keep + 1:].to(self.device)
+        tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().cpu()
+        col = torch.arange(keep - 1)
+        in_completion = col.unsqueeze(0) >= (keep - 1 - comp).unsqueeze(1)
+        return (tok_lp * in_completion).sum(1), comp.to(torch.int64)
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """All parameters under HF names (tied weights once), on CPU."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy HF-named tensors into the live parameters in place (segments stay valid)."""
+        params = dict(self.model.named_parameters())
+        missing = sorted(set(params) - set(state))
+        if missing:
+            raise BackendError(f"state is missing {len(missing)} parameter(s), e.g. {missing[:3]}")
+        for name, p in params.items():
+            if state[name].shape != p.shape:
+                raise BackendError(f"{name}: shape {tuple(state[name].shape)} does not match model {tuple(p.shape)}")
+            p.copy_(state[name].to(p.dtype))
+
+    def save_pretrained(self, out_dir: Path) -> None:
+        """Write config, safetensors weights and the source directory's tokenizer files."""
+        out_dir = Path(out_dir)
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        copy_tokenizer_files(self.model_path, out_dir)
+
+    def close(self) -> None:
+        """Drop the model (frees GPU memory on the next collection)."""
+        self.model = None  # type: ignore[assignment]
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """Copy every non-weight, non-config file of an HF directory (tokenizer, vocab, templates)."""
+    for f in Path(src).iterdir():
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in ("config.json", ".complete") \
+                and not f.name.endswith(".index.json") and not (dst / f.name).exists():
+            shutil.copy2(f, dst / f.name)

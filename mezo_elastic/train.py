@@ -1,0 +1,65 @@
+"""Entry point. Single node, 2 processes on CPU (the built-in tiny default):
+
+    torchrun --nproc_per_node=2 -m mezo_elastic.train
+
+Your model and data:
+
+    torchrun --nproc_per_node=4 -m mezo_elastic.train --model.path=/models/opt-1.3b \
+        --data.path=train.jsonl --train.steps=20000 --train.output_dir=runs/opt
+
+Every key: `python -m mezo_elastic.train --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from mezo_elastic import distributed
+from mezo_elastic.config import parse_args
+from mezo_elastic.errors import MezoError
+from mezo_elastic.rank_context import detect
+
+log = logging.getLogger("mezo_elastic")
+
+
+def _setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING  # rank 0 talks; the others only warn
+    logging.basicConfig(level=level, format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    """Parse the config, bring up the rank, train, tear down. Returns the process exit code."""
+    from mezo_elastic.trainer import StopRequested, Trainer
+
+    try:
+        cfg = parse_args(argv)
+        ctx = detect()
+    except MezoError as e:  # bad config or environment: one line, non-zero, no process group to hang on
+        print(f"mezo_elastic: error: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(ctx.rank)
+    trainer = None
+    try:
+        state = distributed.init_distributed(ctx, cfg.dist, cfg.model.device)
+        log.info("%s device=%s backend=%s", ctx.describe(), state.device, state.backend)
+        trainer = Trainer(ctx, cfg, state.device)
+        trainer.run()
+        return 0
+    except StopRequested as e:
+        log.warning("%s", e)
+        return 128 + e.signum
+    except MezoError as e:
+        print(f"mezo_elastic: error (rank {ctx.rank}): {e}", file=sys.stderr)
+        return 1
+    finally:
+        if trainer is not None:
+            trainer.close()
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The training run: setup, resume, the MeZO step loop, eval, checkpoints, signals, final save."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mezo_elastic import builtin, checkpoint, distributed
+from mezo_elastic.config import Config
+from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize
+from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
+from mezo_elastic.metrics import MetricsWriter, Progress
+from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step
+from mezo_elastic.objective import example_losses
+from mezo_elastic.rank_context import RankContext
+from mezo_elastic.runners import ForwardRunner, make_runner
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# Config keys that shape the trajectory: a resume with other values would not continue the same run.
+TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
+                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable")
+
+
+class StopRequested(MezoError):
+    """A stop signal ended the run after a durable step; exit code 128 + signum."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; the step log is durable")
+        self.signum = signum
+
+
+@dataclass
+class RunData:
+    train: list[Example]
+    eval: list[Example]
+    model_path: str
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
+    """(model path, train path, eval path); the built-in model/task are made on first use."""
+    root = Path(cfg.train.output_dir) / "builtin"
+    model_path = cfg.model.path or str(builtin.ensure_tiny_model(root))
+    if cfg.data.path:
+        return model_path, cfg.data.path, cfg.data.eval_path
+    train, evalp = builtin.ensure_task(root, cfg.data.objective)
+    return model_path, str(train), cfg.data.eval_path or str(evalp)
+
+
+class Trainer:
+    """One MeZO run on one rank. Build with a RankContext and Config, then call run()."""
+
+    def __init__(self, ctx: RankContext, cfg: Config, device: torch.device) -> None:
+        self.ctx, self.cfg, self.device = ctx, cfg, device
+        self.out = Path(cfg.train.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._signal: int | None = None
+        model_path, train_path, eval_path = resolve_inputs(cfg)
+        self.runner: ForwardRunner = make_runner(ctx, cfg, device, model_path)
+        tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
+        self.data = RunData(
+            tokenize(read_jsonl(train_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length),
+            tokenize(read_jsonl(eval_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length)[
+                : cfg.data.eval_examples] if eval_path else [],
+            model_path,
+        )
+        self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
+        # multi_seed: each rank perturbs with its own z, so only a master copy keeps ranks bit-identical.
+        master = cfg.mezo.master_weights or cfg.mezo.mode == "multi_seed"
+        self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
+        self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
+        self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)
+        self.nonfinite = 0
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def _check_run_json(self) -> None:
+        path = self.out / "run.json"
+        now = {k: _get(self.cfg, k) for k in TRAJECTORY_KEYS}
+        if path.exists():
+            before = json.loads(path.read_text()).get("trajectory", {})
+            diff = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before.get(k) != now[k]]
+            if diff and self.cfg.checkpoint.resume:
+                raise ConfigError(
+                    f"{self.out} holds a run with other trajectory settings ({'; '.join(diff)}); "
+                    f"use another train.output_dir or the same settings"
+                )
+        elif self.ctx.is_main:
+            checkpoint.atomic_write_text(path, json.dumps(
+                {"model_path": self.data.model_path, "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+
+    def resume(self) -> int:
+        """Load the newest valid checkpoint, replay the step log after it; return the next step."""
+        self._check_run_json()
+        if not self.cfg.checkpoint.resume:
+            return 0
+        plan = None
+        if self.ctx.is_main:  # one rank decides, so every rank resumes from the same state
+            records = self.steplog.read()
+            ck = checkpoint.newest_valid_checkpoint(self.out)
+            ck_step = ck[0] if ck else 0
+            tail = [r for r in records if r.step >= ck_step]
+            if records and ck_step > records[-1].step + 1:
+                raise CheckpointError(f"checkpoint step-{ck_step} is newer than the step log's last record")
+            if tail and tail[0].step != ck_step:
+                raise CheckpointError(f"step log has no record for step {ck_step} (first after the checkpoint)")
+            plan = (ck_step if ck else None, [r.__dict__ for r in tail], len(records) != ck_step + len(tail))
+        ck_step, tail_dicts, rewrite = distributed.broadcast_object(plan)
+        tail = [StepRecord(**d) for d in tail_dicts]
+        if ck_step is not None:
+            _, state = checkpoint.load_checkpoint(self.out / "checkpoints" / f"step-{ck_step}")
+            self.load_state(state)
+        for rec in tail:
+            self.opt.replay(rec)
+        if self.ctx.is_main and (rewrite or tail):
+            kept = [r for r in self.steplog.read() if r.step < (ck_step or 0)] + tail
+            self.steplog.truncate_to(kept)
+        start = tail[-1].step + 1 if tail else (ck_step or 0)
+        if start:
+            log.info("resumed at step %d (checkpoint %s + %d replayed steps)", start, ck_step, len(tail))
+        distributed.barrier()
+        return start
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Weights from HF-named tensors; the fp32 master copy too when one is kept."""
+        self.runner.load_hf_state_dict(state)
+        for seg, master in self.opt.master_state():
+            flat = state[seg.name].reshape(-1)
+            master.copy_(flat[seg.offset : seg.offset + seg.tensor.numel()].to(torch.float32))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """HF-named weights at theta (exact fp32 master values when kept). Call on clean weights."""
+        state = self.runner.hf_state_dict()
+        for seg, master in self.opt.master_state():
+            t = state[seg.name].to(torch.float32)
+            t.view(-1)[seg.offset : seg.offset + master.numel()] = master.cpu()
+            state[seg.name] = t
+        return state
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _local(self, step: int) -> list[Example]:
+        batch = self.schedule.global_batch(step)
+        return [self.data.train[i] for i in rank_slice(batch, self.ctx.rank, self.ctx.world_size)]
+
+    def _my_seed(self, step: int) -> int:
+        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.ctx.world_size)
+        return seeds[0] if self.cfg.mezo.mode == "dp" else seeds[self.ctx.rank]
+
+    def step(self, t: int) -> tuple[StepRecord, bool]:
+        """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
+        cfg, examples = self.cfg, self._local(t)
+        losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch)[0]  # noqa: E731
+        self.opt.perturb(self._my_seed(t), +1.0)
+        lp = losses()
+        self.opt.perturb(self._my_seed(t), -1.0)
+        lm = losses()
+        stop_vote = 1.0 if self._signal is not None else 0.0
+        lr = lr_at(cfg.mezo, t, cfg.train.steps)
+        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.ctx.world_size)
+        if cfg.mezo.mode == "dp":
+            # sums and counts, so uneven slices weigh right; the 4th scalar makes every rank stop together
+            sp, sm, n, stop = distributed.all_reduce_sum([float(lp.sum()), float(lm.sum()), len(examples), stop_vote],
+                                                        self.device)
+            loss_p, loss_m = sp / n, sm / n
+            grads = [projected_grad(loss_p, loss_m, cfg.mezo.eps, cfg.mezo.grad_clip)]
+        else:
+            n_loc = max(len(examples), 1)
+            rows = distributed.all_gather_floats([float(lp.sum()) / n_loc, float(lm.sum()) / n_loc, stop_vote],
+                                                 self.device)
+            grads = [projected_grad(r[0], r[1], cfg.mezo.eps, cfg.mezo.grad_clip) for r in rows]
+            loss_p, loss_m = sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows)
+            stop = sum(r[2] for r in rows)
+        skipped = not all(math.isfinite(g) for g in grads)
+        rec = StepRecord(step=t, seeds=seeds, grads=[0.0] * len(grads) if skipped else grads, lr=lr,
+                         weight_decay=cfg.mezo.weight_decay, skipped=skipped, loss=(loss_p + loss_m) / 2)
+        return rec, stop > 0
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Loss (and accuracy) on the eval set, split over ranks, on clean weights."""
+        mine = rank_slice(self.data.eval, self.ctx.rank, self.ctx.world_size)
+        with self.opt.clean_weights():
+            losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch)
+        n_corr = float(correct.sum()) if correct is not None else 0.0
+        s, n, c = distributed.all_reduce_sum([float(losses.sum()), len(mine), n_corr], self.device)
+        out = {"eval_loss": s / max(n, 1)}
+        if self.cfg.data.objective == "classification":
+            out["eval_accuracy"] = c / max(n, 1)
+        self.metrics.write("eval", step, **out)
+        return out
+
+    def save(self, steps_done: int) -> None:
+        """Checkpoint step-N (rank 0 writes; everyone waits)."""
+        with self.opt.clean_weights():
+            if self.ctx.is_main:
+                checkpoint.save_checkpoint(self.out, steps_done, self.state(), {
+                    "world_size": self.ctx.world_size, "model_path": self.data.model_path, "time": time.time(),
+                }, self.cfg.checkpoint.keep)
+        distributed.barrier()
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        self._signal = signum  # acted on at the end of the current step, agreed by all ranks
+
+    def _needs_clean_after(self, steps_done: int) -> bool:
+        c = self.cfg
+        return (not c.mezo.fold_next_perturbation or steps_done == c.train.steps
+                or (c.checkpoint.every and steps_done % c.checkpoint.every == 0)
+                or (c.train.eval_every and steps_done % c.train.eval_every == 0))
+
+    def _maybe_requeue(self, signum: int) -> None:
+        if signum == signal.SIGUSR1 and self.cfg.train.requeue_on_signal and self.ctx.is_main and self.ctx.job_id:
+            res = subprocess.run(["scontrol", "requeue", self.ctx.job_id], capture_output=True, text=True)
+            log.warning("scontrol requeue %s: rc=%d %s", self.ctx.job_id, res.returncode, res.stderr.strip())
+
+    def run(self) -> dict[str, float]:
+        """Train from wherever the output directory says, to train.steps; return the summary."""
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_signal)
+        cfg = self.cfg
+        start = self.resume()
+        prog = Progress(self.ctx.is_main and cfg.train.progress, start, cfg.train.steps, cfg.train.log_every)
+        first_eval = self.evaluate(0) if start == 0 and self.data.eval else {}
+        t0, tokens, last = time.monotonic(), 0, {}
+        for t in range(start, cfg.train.steps):
+            rec, stop = self.step(t)
+            if rec.skipped:
+                self.nonfinite += 1
+                if self.nonfinite > cfg.mezo.max_nonfinite:
+                    raise MezoError(f"{self.nonfinite} steps had non-finite losses (mezo.max_nonfinite="
+                                    f"{cfg.mezo.max_nonfinite}); lower mezo.lr or mezo.eps")
+            done = t + 1
+            self.opt.update(rec, None if self._needs_clean_after(done) or stop else self._my_seed(t + 1))
+            if self.ctx.is_main:
+                self.steplog.append(rec)
+            tokens += 2 * sum(self.data.train[i].n_tokens for i in self.schedule.global_batch(t))
+            el = time.monotonic() - t0
+            sps, tps = (done - start) / el, tokens / el
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                self.metrics.write("train", t, loss=rec.loss, projected_grad=rec.grads[0], lr=rec.lr,
+                                   skipped=rec.skipped, steps_per_s=sps, tokens_per_s=tps)
+            prog.update(t, rec.loss, sps, tps)
+            if stop:
+                prog.close()
+                self._maybe_requeue(self._signal or signal.SIGTERM)
+                raise StopRequested(self._signal or signal.SIGTERM, t)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps and self.data.eval:
+                last = self.evaluate(done)
+            if cfg.checkpoint.every and done % cfg.checkpoint.every == 0:
+                self.save(done)
+        final = self.evaluate(cfg.train.steps) if self.data.eval else last
+        self.opt.clean()
+        if cfg.train.save_final and self.ctx.is_main:
+            self._save_final()
+        distributed.barrier()
+        prog.close()
+        summary = {"steps": cfg.train.steps, "resumed_from": start, **{f"first_{k}": v for k, v in first_eval.items()},
+                   **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
+                   "seconds": time.monotonic() - t0}
+        self.metrics.write("summary", cfg.train.steps, **summary)
+        prog.message("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        return summary
+
+    def _save_final(self) -> None:
+        """final/: HF-loadable model at theta, written to a temp folder and renamed."""
+        import shutil
+
+        tmp, dst = self.out / ".final.tmp", self.out / "final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if self.opt.master_state():
+            self.load_state(self.state())  # weights := master (exact theta, cast to the model dtype)
+        self.runner.save_pretrained(tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+
+    def close(self) -> None:
+        self.steplog.close()
+        self.metrics.close()
+        self.runner.close()
