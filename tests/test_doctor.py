@@ -1,0 +1,116 @@
+"""`python -m mezo_elastic.doctor` as users run it: real subprocesses, real sockets, real torchrun."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# Launcher variables of whatever runs pytest must not leak into the doctor's view.
+LAUNCH_VARS = re.compile(r"^(RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT"
+                         r"|TORCHELASTIC_.*|SLURM_.*)$")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not LAUNCH_VARS.match(k)}
+    env.update(extra)
+    return env
+
+
+def doctor(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mezo_elastic.doctor", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_doctor_clean_machine_exits_zero_with_correct_report():
+    r = doctor(env=clean_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "launcher=single rank=0/1 local_rank=0/1" in out
+    assert f"torch {torch.__version__}" in out
+    assert f"gloo: {'yes' if torch.distributed.is_gloo_available() else 'no'}" in out
+    if not torch.cuda.is_available():
+        assert "CUDA: not available" in out and "this rank's device: cpu" in out
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    assert f"CUDA_VISIBLE_DEVICES: {'(unset)' if cvd is None else repr(cvd)}" in out
+    assert re.search(r"sglang: (not installed|\S+ \((supported|NOT supported))", out)
+    assert "torchrun default port 29500:" in out and "single process: no process group needed" in out
+    assert out.rstrip().splitlines()[-1].startswith("RESULT: OK")
+
+
+def test_doctor_rank_outside_world_names_problem_and_fix():
+    env = clean_env(RANK="5", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511")
+    r = doctor("--timeout", "5", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ERROR [launch-env]" in r.stdout
+    assert "RANK=5 is outside [0, 2)" in r.stdout
+    assert "fix: let the launcher set RANK/LOCAL_RANK/WORLD_SIZE" in r.stdout
+    assert "RESULT: 1 problem(s) found: launch-env" in r.stdout
+
+
+def test_doctor_held_master_port_names_holder_and_free_port():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = clean_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        r = doctor("--timeout", "5", env=env, timeout=30)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"ERROR [master-port-held] (this process): MASTER_PORT={port}" in r.stdout
+    assert f"held by pid {os.getpid()}" in r.stdout  # psutil names this test process as the holder
+    fix = re.search(r"fix: pick a free port, e.g. MASTER_PORT=(\d+)", r.stdout)
+    assert fix and int(fix.group(1)) != port
+    assert "not formed: a problem above would make joining fail" in r.stdout  # no wait for a doomed rendezvous
+
+
+def test_doctor_bad_config_flag_is_a_problem():
+    r = doctor("--model.device=tpu", env=clean_env())
+    assert r.returncode == 1
+    assert "ERROR [config]" in r.stdout and "model.device" in r.stdout and "'tpu'" in r.stdout
+
+
+def test_doctor_missing_rank_times_out_bounded():
+    port = _free_port()
+    env = clean_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    r = doctor("--timeout", "2", env=env, timeout=40)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ERROR [process-group]" in r.stdout and "1/2 clients joined" in r.stdout
+
+
+@pytest.mark.integration
+def test_doctor_under_torchrun_every_rank_reports_rank0_summarises():
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "mezo_elastic.doctor", "--timeout", "20"]
+    r = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert re.search(r"\[doctor rank 1\] launcher=torchrun rank=1/2 .*: 0 problem\(s\); rank 0 prints", out)
+    assert "mezo_elastic doctor: 2 rank(s) reporting" in out
+    assert "gloo group of 2 formed and every report gathered" in out
+    assert re.search(r"rank 0: ok .*launcher=torchrun rank=0/2", out)
+    assert re.search(r"rank 1: ok .*launcher=torchrun rank=1/2", out)
+    assert "this job's torchrun agent store (expected)" in out
+    assert out.count("RESULT: OK") == 1  # only rank 0 summarises
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error; this host has CUDA")
+def test_doctor_under_torchrun_problem_on_every_rank_fails_the_job():
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "mezo_elastic.doctor", "--timeout", "20", "--model.device=cuda"]
+    r = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "ERROR [cuda-device] (all ranks): model.device=cuda but CUDA is not available" in r.stdout
+    assert "fix: use --model.device=cpu" in r.stdout
+    assert re.search(r"rank 1: 1 error\(s\)", r.stdout)
