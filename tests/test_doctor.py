@@ -113,4 +113,4 @@ def test_doctor_under_torchrun_problem_on_every_rank_fails_the_job():
     assert r.returncode != 0
     assert "ERROR [cuda-device] (all ranks): model.device=cuda but CUDA is not available" in r.stdout
     assert "fix: use --model.device=cpu" in r.stdout
-    assert re.search(r"rank 1: 1 error\(s\)", r.stdout)
+    assert re.search(r"rank 1: [1-9]\d* error\(s\)", r.stdout)  # the summary counts rank 1's own errors
