@@ -132,7 +132,9 @@ def _combine(seed_z: dict[int, torch.Tensor], terms: list[Term]) -> torch.Tensor
 
 def _sweep_chunk(w: torch.Tensor, m: torch.Tensor | None, plan: SweepPlan, decay: float,
                  seed_z: dict[int, torch.Tensor]) -> None:
-    base = (m if m is not None else w).to(torch.float32)
+    src = m if m is not None else w
+    # fp32 arithmetic for fp32/bf16/fp16 weights; fp64 weights keep fp64 (z itself is fp32)
+    base = src.to(torch.promote_types(src.dtype, torch.float32))
     pre, post = _combine(seed_z, plan.pre), _combine(seed_z, plan.post)
     new = base if pre is None else base + pre
     if decay:

@@ -1,0 +1,51 @@
+"""Shared helpers for tests that start real processes (python, torchrun)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--train.batch_size=16", "--train.eval_every=0", "--train.progress=false", "--checkpoint.every=0"]
+
+
+def env(**extra: str) -> dict[str, str]:
+    """A clean child environment: no launcher variables leak in from the test runner."""
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith(("SLURM_", "TORCHELASTIC_", "PET_")) and k not in
+         ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")}
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["OMP_NUM_THREADS"] = "1"  # 2 cores: two ranks must not oversubscribe them
+    e.update(extra)
+    return e
+
+
+def torchrun(*args: str, nproc: int = 2, extra: list[str] | None = None) -> list[str]:
+    """argv for `torchrun --standalone --nproc_per_node=N ... -m mezo_elastic.train ARGS`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *(extra or []), "-m", "mezo_elastic.train", *args]
+
+
+def train(out: Path, *args: str, nproc: int = 1, timeout: float = 300, check: bool = True,
+          extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run a training job (single process when nproc == 1, torchrun otherwise) to completion."""
+    argv = ([sys.executable, "-m", "mezo_elastic.train"] if nproc == 1 else torchrun(nproc=nproc, extra=extra))
+    argv += [f"--train.output_dir={out}", *args]
+    res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{argv} exited {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}")
+    return res
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(out) / "final" / "model.safetensors"))
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)

@@ -1,0 +1,26 @@
+"""Bring up RankContext + process group the package's way, all-reduce the rank, print one line."""
+
+import sys
+
+from mezo_elastic import distributed
+from mezo_elastic.config import DistConfig
+from mezo_elastic.errors import MezoError
+from mezo_elastic.rank_context import detect
+
+def main() -> int:
+    try:
+        ctx = detect()
+        cfg = DistConfig(port_attempts=int(sys.argv[1]) if len(sys.argv) > 1 else 8, port_timeout_s=3.0)
+        state = distributed.init_distributed(ctx, cfg, "cpu")
+    except MezoError as e:
+        print(f"ERROR {e}", flush=True)
+        return 2
+    try:
+        total = distributed.all_reduce_sum([float(ctx.rank + 1)], state.device)[0]
+        print(f"OK launcher={ctx.launcher} rank={ctx.rank} world={ctx.world_size} sum={total:g}", flush=True)
+    finally:
+        distributed.teardown()
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+import pytest
+
+from mezo_elastic.config import Config, iter_fields, parse_args
+from mezo_elastic.errors import ConfigError
+
+REQUIRED = ["seed", "train.steps", "train.batch_size", "train.output_dir", "model.backend", "model.path",
+            "data.path", "mezo.lr", "mezo.eps", "mezo.mode", "checkpoint.every"]
+
+
+def test_required_keys_exist_and_help_lists_them(capsys):
+    keys = {k for k, *_ in iter_fields()}
+    assert set(REQUIRED) <= keys
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for k in REQUIRED:
+        assert f"--{k}=" in out
+
+
+def test_overrides_and_types():
+    cfg = parse_args(["--seed=3", "--train.steps", "7", "--mezo.lr=1e-4", "--mezo.mode=multi_seed",
+                      "--train.progress=false", "--model.backend=hf"])
+    assert (cfg.seed, cfg.train.steps, cfg.mezo.lr, cfg.mezo.mode, cfg.train.progress) == (3, 7, 1e-4, "multi_seed", False)
+
+
+def test_config_files_toml_and_yaml_then_flags_win(tmp_path):
+    t = tmp_path / "c.toml"
+    t.write_text('seed = 5\n[mezo]\nlr = 0.01\n[train]\nsteps = 9\n')
+    y = tmp_path / "c.yaml"
+    y.write_text("seed: 6\nmezo:\n  eps: 0.01\n")
+    assert parse_args(["--config", str(t), "--train.steps=11"]).train.steps == 11
+    assert parse_args(["--config", str(t)]).mezo.lr == 0.01
+    assert parse_args(["--config", str(y)]).mezo.eps == 0.01
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--mezo.mode=sgd"], ["mezo.mode", "'sgd'", "dp", "multi_seed"]),
+    (["--model.backend=vllm"], ["model.backend", "hf", "sglang"]),
+    (["--train.steps=abc"], ["train.steps", "'abc'", "int"]),
+    (["--train.batch_size=0"], ["train.batch_size", "> 0"]),
+    (["--mezo.eps=-1"], ["mezo.eps"]),
+    (["--train.nope=1"], ["train.nope"]),
+    (["--model.tp_size=2"], ["model.tp_size", "sglang"]),
+    (["--model.trainable=("], ["model.trainable"]),
+    (["positional"], ["positional"]),
+])
+def test_bad_values_name_the_field_and_the_allowed(argv, words):
+    with pytest.raises(ConfigError) as e:
+        parse_args(argv)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_every_field_has_help_and_defaults_validate():
+    for key, _typ, _default, hlp in iter_fields():
+        assert hlp and len(hlp) > 10, key
+    Config()
