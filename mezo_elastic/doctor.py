@@ -82,8 +82,10 @@ def _gather(ctx: RankContext | None, cfg: Config | None, report: dict[str, Any],
     import torch.distributed as dist
 
     base = cfg.dist if cfg is not None else Config().dist
-    dcfg = dataclasses.replace(base, backend="gloo", timeout_s=min(base.timeout_s, timeout),
-                               port_timeout_s=min(base.port_timeout_s, timeout))
+    # Every *timeout_s of the dist config is capped: doctor answers in seconds, not in a training timeout.
+    caps = {f.name: min(getattr(base, f.name), timeout) for f in dataclasses.fields(base)
+            if f.name.endswith("timeout_s")}
+    dcfg = dataclasses.replace(base, backend="gloo", **caps)
     t0 = time.monotonic()
     try:
         init_distributed(ctx, dcfg, "cpu")

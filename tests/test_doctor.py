@@ -79,7 +79,9 @@ def test_doctor_missing_rank_times_out_bounded():
     env = clean_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     r = doctor("--timeout", "2", env=env, timeout=40)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "ERROR [process-group]" in r.stdout and "1/2 clients joined" in r.stdout
+    assert "ERROR [process-group] (this process): rank 0: no process group after" in r.stdout
+    # torch's store message, or distributed.wait_for_world's where it checks arrivals itself
+    assert re.search(r"1/2 clients joined|only 1 of 2 ranks arrived", r.stdout), r.stdout
 
 
 @pytest.mark.integration
