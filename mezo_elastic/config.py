@@ -49,12 +49,20 @@ class ModelConfig:
     mem_fraction_static: float = opt(0.5, "sglang: fraction of GPU memory for weights + KV pool")
     attention_backend: str = opt("triton", "sglang: attention backend (triton, flashinfer, fa3, torch_native)")
     sglang_port: int = opt(0, "sglang: first candidate for each replica's own dist port (0 = derived from the job)")
+    sglang_load_format: Literal["auto", "dummy"] = opt(
+        "auto", "sglang: auto = weights from model.path; dummy = random weights from its config.json (benchmarks)"
+    )
+    sglang_logprob_tokens: int = opt(
+        8192, "sglang: most completion positions scored in one forward (bounds the fp32 vocab-wide logits buffer)"
+    )
 
     def __post_init__(self) -> None:
         _choice("model", "backend", self.backend, ("hf", "sglang"))
         _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("model", "device", self.device, ("auto", "cpu", "cuda"))
         _positive("model", "tp_size", self.tp_size)
+        _choice("model", "sglang_load_format", self.sglang_load_format, ("auto", "dummy"))
+        _positive("model", "sglang_logprob_tokens", self.sglang_logprob_tokens)
         if self.backend == "hf" and self.tp_size != 1:
             raise ConfigError(f"model.tp_size={self.tp_size} needs model.backend=sglang; the hf backend is tp_size=1")
         if not 0 < self.mem_fraction_static < 1:
@@ -157,12 +165,17 @@ class CheckpointConfig:
 class DistConfig:
     backend: Literal["auto", "nccl", "gloo"] = opt("auto", "process-group backend: auto = nccl on CUDA, gloo on CPU")
     timeout_s: float = opt(600.0, "collective timeout in seconds")
+    init_timeout_s: float = opt(
+        300.0, "where this package rendezvouses (srun without torchrun, RANK/WORLD_SIZE by hand): seconds to wait "
+        "for every rank before failing with the list of missing ranks"
+    )
     port_attempts: int = opt(8, "candidate ports tried where this package picks a port (srun without torchrun)")
     port_timeout_s: float = opt(5.0, "seconds a rank waits on one candidate port before moving to the next")
 
     def __post_init__(self) -> None:
         _choice("dist", "backend", self.backend, ("auto", "nccl", "gloo"))
         _positive("dist", "timeout_s", self.timeout_s)
+        _positive("dist", "init_timeout_s", self.init_timeout_s)
         _positive("dist", "port_attempts", self.port_attempts)
         _positive("dist", "port_timeout_s", self.port_timeout_s)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -95,15 +96,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _bounded_store(addr: str, port: int, world: int, is_master: bool, timeout: float) -> dist.Store | None:
+    """Create a TCPStore, giving up after `timeout` seconds.
+
+    A client whose port is held by a listener that never speaks the store protocol blocks in the
+    handshake forever (the store's own timeout does not cover it), so the constructor runs in a
+    daemon thread (it releases the GIL); a hung attempt is abandoned and the port counted as foreign.
+    """
+    box: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            box["store"] = dist.TCPStore(addr, port, world_size=world, is_master=is_master, wait_for_workers=False,
+                                         timeout=datetime.timedelta(seconds=timeout))
+        except (RuntimeError, OSError) as e:  # bind failed (held) or nothing answered in time
+            box["error"] = e
+
+    worker = threading.Thread(target=build, name=f"store-{port}", daemon=True)
+    worker.start()
+    worker.join(timeout + 1.0)
+    if "store" not in box:
+        log.debug("port %d: %s", port, box.get("error", "no answer"))
+        return None
+    return box["store"]  # type: ignore[return-value]
+
+
 def _own_store(addr: str, port: int, run_id: str, is_master: bool, world: int, timeout: float) -> dist.Store | None:
     """Join (or host) the store on one candidate port; None if the port belongs to someone else."""
-    try:
-        store = dist.TCPStore(
-            addr, port, world_size=world, is_master=is_master, wait_for_workers=False,
-            timeout=datetime.timedelta(seconds=timeout),
-        )
-    except (RuntimeError, OSError) as e:  # bind failed (held) or nothing answered in time
-        log.debug("port %d: %s", port, e)
+    store = _bounded_store(addr, port, world, is_master, timeout)
+    if store is None:
         return None
     if is_master:
         store.set(RUN_ID_KEY, run_id)
@@ -155,6 +176,29 @@ def agree_on_port(ctx: RankContext, cfg: DistConfig, first: int | None = None, r
     )
 
 
+def wait_for_world(store: dist.Store, ctx: RankContext, timeout_s: float, key: str = "mezo_elastic/arrived") -> None:
+    """Every rank checks in; fail on every rank, with the missing ranks named, if the world is incomplete.
+
+    Without this a rank whose peer died at start-up would sit in init_process_group for the whole
+    collective timeout.
+
+    Raises:
+        LaunchEnvError: not all ranks arrived within timeout_s.
+    """
+    store.set(f"{key}/{ctx.rank}", "1")
+    count = store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    while count < ctx.world_size:
+        if time.monotonic() > deadline:
+            missing = [r for r in range(ctx.world_size) if not store.check([f"{key}/{r}"])]
+            raise LaunchEnvError(
+                f"rank {ctx.rank}: only {count} of {ctx.world_size} ranks arrived within dist.init_timeout_s="
+                f"{timeout_s:g}s (missing ranks: {missing[:16]}); a peer failed at start-up or was never launched"
+            )
+        time.sleep(0.1)
+        count = store.add(key, 0)
+
+
 @dataclass
 class DistState:
     """What init_distributed() set up; pass it to teardown()."""
@@ -176,14 +220,19 @@ def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto
         return DistState(device, backend, False)
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     kw = {"device_id": device} if device.type == "cuda" else {}
-    if ctx.port_chosen_by_package:
-        store, port = agree_on_port(ctx, cfg)
-        log.info("rank %d joined run %s on port %d", ctx.rank, ctx.run_id, port)
-        dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw)
-    else:
+    if ctx.launcher == "torchrun":  # the agent's store; the agent also ends every worker if one fails
         dist.init_process_group(
             backend, init_method="env://", rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw
         )
+        return DistState(device, backend, True)
+    if ctx.port_chosen_by_package:
+        store, port = agree_on_port(ctx, cfg)
+        log.info("rank %d joined run %s on port %d", ctx.rank, ctx.run_id, port)
+    else:  # MASTER_PORT given (env launcher, or srun with MASTER_PORT): use it as is
+        store = dist.TCPStore(ctx.master_addr, ctx.master_port, world_size=ctx.world_size, is_master=ctx.rank == 0,
+                              wait_for_workers=False, timeout=datetime.timedelta(seconds=cfg.init_timeout_s))
+    wait_for_world(store, ctx, cfg.init_timeout_s)
+    dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw)
     return DistState(device, backend, True)
 
 

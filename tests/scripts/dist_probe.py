@@ -10,7 +10,7 @@ from mezo_elastic.rank_context import detect
 def main() -> int:
     try:
         ctx = detect()
-        cfg = DistConfig(port_attempts=int(sys.argv[1]) if len(sys.argv) > 1 else 8, port_timeout_s=3.0)
+        cfg = DistConfig(port_attempts=int(sys.argv[1]) if len(sys.argv) > 1 else 8, port_timeout_s=3.0, init_timeout_s=8.0)
         state = distributed.init_distributed(ctx, cfg, "cpu")
     except MezoError as e:
         print(f"ERROR {e}", flush=True)

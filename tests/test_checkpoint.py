@@ -1,0 +1,36 @@
+import torch
+
+from mezo_elastic import checkpoint
+from mezo_elastic.mezo import StepRecord
+
+
+def _rec(t):
+    return StepRecord(step=t, seeds=[t * 7], grads=[0.5 + t], lr=1e-3, weight_decay=0.0, loss=1.0 / (t + 1))
+
+
+def test_step_log_roundtrip_and_torn_tail(tmp_path):
+    log = checkpoint.StepLog(tmp_path / "steps.jsonl")
+    for t in range(5):
+        log.append(_rec(t))
+    log.close()
+    assert [r.step for r in log.read()] == list(range(5))
+    assert log.read()[3].grads == [3.5]
+    with open(tmp_path / "steps.jsonl", "a") as f:  # a crash mid-write leaves half a line
+        f.write('{"crc": 1, "rec": "{\\"step\\": 5')
+    assert [r.step for r in log.read()] == list(range(5))
+    lines = (tmp_path / "steps.jsonl").read_text().splitlines()
+    lines[2] = lines[2].replace("0.001", "0.002")  # a flipped value fails its CRC: the log ends before it
+    (tmp_path / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    assert [r.step for r in log.read()] == [0, 1]
+
+
+def test_checkpoints_atomic_pruned_and_corruption_detected(tmp_path):
+    for step in (10, 20, 30):
+        checkpoint.save_checkpoint(tmp_path, step, {"w": torch.full((4,), float(step))}, {}, keep=2)
+    assert [s for s, _ in checkpoint.checkpoint_dirs(tmp_path)] == [30, 20]
+    (tmp_path / "checkpoints" / "step-40").mkdir()  # no meta.json: not a checkpoint
+    assert checkpoint.newest_valid_checkpoint(tmp_path)[0] == 30
+    w = tmp_path / "checkpoints" / "step-30" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-8])  # truncated
+    step, state = checkpoint.newest_valid_checkpoint(tmp_path)
+    assert step == 20 and state["w"][0].item() == 20.0
