@@ -149,12 +149,23 @@ def _sweep_chunk(w: torch.Tensor, m: torch.Tensor | None, plan: SweepPlan, decay
         w.copy_(new)
 
 
-def sweep(segments: list[ParamSegment], plan: SweepPlan, chunk_elems: int = 1 << 20) -> None:
+def sweep(segments: list[ParamSegment], plan: SweepPlan, chunk_elems: int = 1 << 20,
+          fused: bool | None = None) -> None:
     """Apply one sweep to every segment in place, z generated chunk by chunk (bounded scratch).
 
     The same float32 arithmetic runs on every rank, so identical inputs give identical weights.
+    fused: None = the Triton kernel (mezo_elastic.kernels) when every segment is a CUDA tensor and
+    triton imports, else this torch path; False = always the torch path; True = the kernel or an error.
     """
     SweepCounter.count += 1
+    if fused is not False and segments and segments[0].tensor.is_cuda:
+        from mezo_elastic import kernels  # lazy: CPU-only installs never import triton
+
+        if kernels.fused_sweep(segments, plan):
+            return
+        if fused:
+            raise RuntimeError("fused sweep requested but not possible here (triton missing, mixed devices or "
+                               f"dtypes, or more than {kernels.MAX_SEEDS} seeds in one plan)")
     seeds = sorted({s for s, c in plan.pre + plan.post + plan.show if c != 0.0})
     with torch.no_grad():
         for seg in segments:

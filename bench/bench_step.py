@@ -1,0 +1,241 @@
+"""MeZO step benchmark on one GPU: copy bandwidth, sweeps, forwards, full steps, peak memory.
+
+    python bench/bench_step.py --shape 1b --out results.json      # Llama-3.2-1B shape, random weights
+    python bench/bench_step.py --shape 8b --sglang-dummy          # Llama-3.1-8B shape
+
+Models are built from a config with random weights (no downloads). Rows:
+  copy         device-to-device copy of 2 GiB: the bandwidth every sweep is measured against
+  sweep        reference (princeton-nlp/MeZO: torch.normal per tensor, param.data = param.data + s*eps*z)
+               vs ours (fused Triton kernel, z in registers), 1 seed and 2 seeds (restore+update+next)
+  forward      one scoring forward of the batch: HF eager (HFRunner) vs SGLang (SGLangRunner)
+  step         REFERENCE = a faithful reimplementation of MeZO's large_models/trainer.py zo_step +
+               zo_update (4 sweeps, 2 HF forwards with the loss over full logits); ours on HF and ours
+               on SGLang (MezoOptimizer: weights stay perturbed between steps, 2 sweeps a step)
+  ideal        2 SGLang forwards + 2 sweeps at copy bandwidth
+Peak memory: torch.cuda.max_memory_allocated around forward-only and around steps, per backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
+
+from sglang_models import LLAMA_1B, LLAMA_8B, mean_nll, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+
+from mezo_elastic.config import Config, MezoConfig, ModelConfig  # noqa: E402
+from mezo_elastic.mezo import MezoOptimizer, StepRecord  # noqa: E402
+from mezo_elastic.perturb import ParamSegment, SweepPlan, step_seed, sweep  # noqa: E402
+
+SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
+
+
+def timed(fn, reps: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in ms, CUDA-synchronised around each call."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts))
+
+
+def peak(fn) -> float:
+    """Peak allocated GiB while fn() runs (after resetting the peak counter)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def copy_bandwidth() -> float:
+    """TB/s of a 2 GiB device copy (read + write counted)."""
+    src = torch.empty(2**30, dtype=torch.int16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = timed(lambda: dst.copy_(src), 10)
+    del src, dst
+    return 2 * 2**31 / (ms * 1e-3) / 1e12
+
+
+# ---- the reference: princeton-nlp/MeZO large_models/trainer.py, reimplemented faithfully ----
+class ReferenceMeZO:
+    """zo_perturb_parameters / zo_forward / zo_step / zo_update of the reference trainer (HF model)."""
+
+    def __init__(self, model: torch.nn.Module, eps: float, lr: float, weight_decay: float = 0.0) -> None:
+        self.model, self.eps, self.lr, self.wd = model, eps, lr, weight_decay
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or True]
+
+    def zo_perturb_parameters(self, random_seed: int, scaling_factor: float = 1.0) -> None:
+        torch.manual_seed(random_seed)
+        for _, param in self.named:
+            z = torch.normal(mean=0, std=1, size=param.data.size(), device=param.data.device, dtype=param.data.dtype)
+            param.data = param.data + scaling_factor * z * self.eps
+
+    def zo_forward(self, inputs: dict) -> torch.Tensor:
+        self.model.eval()
+        with torch.inference_mode():
+            return self.model(**inputs).loss.detach()
+
+    def zo_step(self, inputs: dict) -> float:
+        self.zo_random_seed = np.random.randint(1000000000)
+        self.zo_perturb_parameters(self.zo_random_seed, scaling_factor=1)
+        loss1 = self.zo_forward(inputs)
+        self.zo_perturb_parameters(self.zo_random_seed, scaling_factor=-2)
+        loss2 = self.zo_forward(inputs)
+        self.projected_grad = ((loss1 - loss2) / (2 * self.eps)).item()
+        self.zo_perturb_parameters(self.zo_random_seed, scaling_factor=1)
+        return float(loss1)
+
+    def zo_update(self) -> None:
+        torch.manual_seed(self.zo_random_seed)
+        for name, param in self.named:
+            z = torch.normal(mean=0, std=1, size=param.data.size(), device=param.data.device, dtype=param.data.dtype)
+            if "bias" not in name and "layer_norm" not in name and "layernorm" not in name:
+                param.data = param.data - self.lr * (self.projected_grad * z + self.wd * param.data)
+            else:
+                param.data = param.data - self.lr * (self.projected_grad * z)
+
+
+def reference_inputs(reqs, device) -> dict:
+    """input_ids / attention_mask / labels (completion only) of equal-length requests."""
+    ids = torch.tensor([list(r.prompt_ids) + list(r.completion_ids) for r in reqs], device=device)
+    labels = ids.clone()
+    labels[:, : len(reqs[0].prompt_ids)] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+# ---- ours ----
+def our_step(runner, opt: MezoOptimizer, reqs, t: int, mcfg: MezoConfig) -> float:
+    """One dp-mode MeZO step as the trainer does it: weights arrive perturbed (+eps z_t), 2 sweeps."""
+    s, nxt = step_seed(0, t), step_seed(0, t + 1)
+    opt.perturb(s, 1.0)  # no-op after the first step: the previous update left +eps z_t
+    lp = mean_nll(runner.score(reqs))
+    opt.perturb(s, -1.0)
+    lm = mean_nll(runner.score(reqs))
+    g = (lp - lm) / (2 * mcfg.eps)
+    opt.update(StepRecord(step=t, seeds=[s], grads=[g], lr=mcfg.lr, weight_decay=mcfg.weight_decay), nxt)
+    return lp
+
+
+def fresh_segments(model: torch.nn.Module) -> list[ParamSegment]:
+    """Segments over the model's current parameter storage, as HFRunner builds them."""
+    return [ParamSegment(p.data.view(-1), n, 0, p.dim() >= 2) for n, p in model.named_parameters()]
+
+
+def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -> None:
+    ours1 = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)])), reps)
+    ours2 = timed(lambda: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])), reps)
+    torch_path = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)]), fused=False), 1, warmup=0)
+    out["sweep_ours_1seed_ms"], out["sweep_ours_2seed_ms"], out["sweep_torch_path_ms"] = ours1, ours2, torch_path
+    out["sweep_ours_1seed_TBps"] = 2 * n_bytes / (ours1 * 1e-3) / 1e12
+    out["sweep_ours_2seed_TBps"] = 2 * n_bytes / (ours2 * 1e-3) / 1e12
+
+
+def run_hf(path: Path, reqs, args, out: dict) -> None:
+    from mezo_elastic.runners.hf import HFRunner
+
+    dev = torch.device("cuda", 0)
+    hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda")), dev, str(path))
+    n_bytes = sum(p.numel() * p.element_size() for p in hf.model.parameters())
+    out["params_B"] = sum(p.numel() for p in hf.model.parameters()) / 1e9
+    if args.parity:
+        out["loss_hf_clean"] = mean_nll(hf.score(reqs))
+    ref = ReferenceMeZO(hf.model, eps=1e-3, lr=1e-7)
+    out["sweep_reference_ms"] = timed(lambda: ref.zo_perturb_parameters(1, 1.0), args.reps)
+    out["sweep_reference_TBps"] = 2 * n_bytes / (out["sweep_reference_ms"] * 1e-3) / 1e12
+    # The reference rebinds param.data each sweep, so segments are rebuilt from the live parameters
+    # (a new list: the kernel caches its pointer table per list object).
+    bench_sweeps(fresh_segments(hf.model), args.reps, n_bytes, out)
+    out["forward_hf_ms"] = timed(lambda: hf.score(reqs), args.reps)
+    out["peak_forward_hf_GiB"] = peak(lambda: hf.score(reqs))
+    inputs = reference_inputs(reqs, dev)
+
+    def ref_step():
+        ref.zo_step(inputs)
+        ref.zo_update()
+
+    out["step_reference_ms"] = timed(ref_step, args.reps)
+    out["peak_step_reference_GiB"] = peak(ref_step)
+    mcfg = MezoConfig(lr=1e-7, eps=1e-3)
+    opt = MezoOptimizer(fresh_segments(hf.model), mcfg, master_weights=False)
+    counter = iter(range(10**6))
+    out["step_ours_hf_ms"] = timed(lambda: our_step(hf, opt, reqs, next(counter), mcfg), args.reps)
+    out["peak_step_ours_hf_GiB"] = peak(lambda: our_step(hf, opt, reqs, next(counter), mcfg))
+    hf.close()
+    del hf, ref, opt
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def run_sglang(path: Path, reqs, args, out: dict) -> None:
+    from mezo_elastic.runners.sglang import SGLangRunner
+
+    cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction,
+                     sglang_load_format="dummy" if args.sglang_dummy else "auto")
+    cfg.data.max_length, cfg.data.micro_batch = args.seq + 1, args.batch
+    sg = SGLangRunner(single_ctx(), cfg, torch.device("cuda", 0), str(path))
+    if args.parity and not args.sglang_dummy:
+        out["loss_sglang_clean"] = mean_nll(sg.score(reqs))
+    out["forward_sglang_ms"] = timed(lambda: sg.score(reqs), args.reps)
+    out["peak_forward_sglang_GiB"] = peak(lambda: sg.score(reqs))
+    mcfg = MezoConfig(lr=1e-7, eps=1e-3)
+    opt = MezoOptimizer(sg.segments(), mcfg, master_weights=False)
+    counter = iter(range(10**6))
+    out["step_ours_sglang_ms"] = timed(lambda: our_step(sg, opt, reqs, next(counter), mcfg), args.reps)
+    out["peak_step_ours_sglang_GiB"] = peak(lambda: our_step(sg, opt, reqs, next(counter), mcfg))
+    sg.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=256, help="prompt + completion tokens per example")
+    ap.add_argument("--completion", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--mem-fraction", type=float, default=0.6)
+    ap.add_argument("--sglang-dummy", action="store_true", help="SGLang loads random weights itself (no parity)")
+    ap.add_argument("--parity", action="store_true", help="also report HF vs SGLang clean loss on the same weights")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-sglang", action="store_true")
+    ap.add_argument("--workdir", default="/tmp/mezo_bench")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    spec = SHAPES[args.shape]
+    path = Path(args.workdir) / args.shape
+    if not (path / "config.json").exists() or (not args.sglang_dummy and not (path / "model.safetensors").exists()
+                                                and not any(path.glob("*.safetensors"))):
+        save_random_model(spec, path, seed=0)
+    prompt = args.seq - args.completion
+    reqs = random_requests(args.batch, 32000, seed=0, prompt=(prompt, prompt), completion=(args.completion, args.completion))
+    out = {"shape": args.shape, "batch": args.batch, "seq": args.seq, "completion": args.completion,
+           "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    out["copy_TBps"] = copy_bandwidth()
+    if not args.skip_hf:
+        run_hf(path, reqs, args, out)
+    if not args.skip_sglang:
+        run_sglang(path, reqs, args, out)
+    if "params_B" in out and "forward_sglang_ms" in out:
+        sweep_ideal_ms = 2 * out["params_B"] * 1e9 * 2 / (out["copy_TBps"] * 1e12) * 1e3
+        out["step_ideal_ms"] = 2 * out["forward_sglang_ms"] + 2 * sweep_ideal_ms
+    print(json.dumps(out, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Fused Triton sweep: perturb.sweep's semantics in one launch per weight dtype, z made in registers.
+
+Same z as perturb.z_range for the same (seed, HF name, element index): Philox4x32-10 keyed by
+blake2b(f"{seed}|{name}"), counter = index // 4, lane = index % 4, Box-Muller on lanes (0,1) and
+(2,3). The log is libdevice's (precise: near u1 = 1 the radius is tiny and an approximate log's
+absolute error would dominate it); sin and cos use the hardware approximations, |error| < 1e-6
+before scaling by the radius, so z agrees with the torch implementation to ~1e-5 absolute.
+
+One program handles BLOCK_C Philox counters (4 * BLOCK_C consecutive elements of one segment,
+aligned to the HF index so every counter's 4 lanes are used); a block table maps program ids to
+segments, so all segments of a dtype go in a single launch whatever their sizes. Every seed of a
+sweep is generated once per element and feeds the pre / post / show sums, so restore + update +
+next perturbation is one read and one write of the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mezo_elastic.perturb import ParamSegment, SweepPlan, philox_key
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # CPU machines: perturb.sweep keeps its torch path
+    HAVE_TRITON = False
+
+MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
+BLOCK_C = 512  # Philox counters per program = 2048 elements
+DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def available() -> bool:
+    """True when the fused kernel can run here (triton importable and CUDA present)."""
+    return HAVE_TRITON and torch.cuda.is_available()
+
+
+if HAVE_TRITON:
+    PHILOX_A: tl.constexpr = 0xD2511F53
+    PHILOX_B: tl.constexpr = 0xCD9E8D57
+    PHILOX_KA: tl.constexpr = 0x9E3779B9
+    PHILOX_KB: tl.constexpr = 0xBB67AE85
+
+    try:  # libdevice moved between Triton releases
+        from triton.language.extra import libdevice as _libdevice
+    except ImportError:  # pragma: no cover - older Triton
+        from triton.language.extra.cuda import libdevice as _libdevice
+
+    @triton.jit
+    def _philox(c0, c1, k0, k1):
+        """Philox4x32-10 of (c0, c1, 0, 0) under key (k0, k1), as Triton's philox_impl."""
+        c2 = c0 * 0
+        c3 = c0 * 0
+        for _ in tl.static_range(10):
+            a0, a2 = c0, c2
+            c0 = tl.umulhi(PHILOX_B, a2) ^ c1 ^ k0
+            c2 = tl.umulhi(PHILOX_A, a0) ^ c3 ^ k1
+            c1 = PHILOX_B * a2
+            c3 = PHILOX_A * a0
+            k0 = k0 + PHILOX_KA
+            k1 = k1 + PHILOX_KB
+        return c0, c1, c2, c3
+
+    @triton.jit
+    def _uniform(x):
+        """Triton's uint_to_uniform_float: int32 view, negatives folded, times 2**-31."""
+        x = x.to(tl.int32, bitcast=True)
+        x = tl.where(x < 0, -x - 1, x)
+        return x.to(tl.float32) * 4.6566127342e-10
+
+    @triton.jit
+    def _cos(x):
+        return tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _sin(x):
+        return tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _box_muller(a, b):
+        u1 = tl.maximum(_uniform(a), 1.0e-7)
+        th = _uniform(b) * 6.283185307179586
+        r = tl.sqrt(-2.0 * _libdevice.log(u1))
+        return r * _cos(th), r * _sin(th)
+
+    @triton.jit
+    def _z4(c0, c1, k0, k1, lane):
+        """z of the 4 lanes of each counter, as a [BLOCK_C, 4] tensor (lane-minor = element order)."""
+        x0, x1, x2, x3 = _philox(c0, c1, k0, k1)
+        z0, z1 = _box_muller(x0, x1)
+        z2, z3 = _box_muller(x2, x3)
+        return tl.where(lane == 0, z0[:, None], tl.where(lane == 1, z1[:, None],
+                                                         tl.where(lane == 2, z2[:, None], z3[:, None])))
+
+    @triton.jit
+    def _sweep_kernel(blk_seg, seg_first, seg_w, seg_m, seg_numel, seg_off, seg_name, seg_decay, keys, coef,
+                      keep, NSEEDS: tl.constexpr, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
+                      BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        s = tl.load(blk_seg + pid)
+        b = (pid - tl.load(seg_first + s)).to(tl.int64)
+        numel = tl.load(seg_numel + s)
+        off = tl.load(seg_off + s)
+        name = tl.load(seg_name + s)
+        factor = tl.where(tl.load(seg_decay + s) != 0, keep, 1.0)
+        if DT == 0:
+            wp = tl.load(seg_w + s).to(tl.pointer_type(tl.float32))
+        elif DT == 1:
+            wp = tl.load(seg_w + s).to(tl.pointer_type(tl.bfloat16))
+        else:
+            wp = tl.load(seg_w + s).to(tl.pointer_type(tl.float16))
+        c = off // 4 + b * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        lane = tl.arange(0, 4)[None, :]
+        e = (c * 4)[:, None] + lane - off  # element index inside the segment
+        mask = (e >= 0) & (e < numel)
+        if HAS_MASTER:
+            mp = tl.load(seg_m + s).to(tl.pointer_type(tl.float32))
+            base = tl.load(mp + e, mask=mask, other=0.0)
+        else:
+            base = tl.load(wp + e, mask=mask, other=0.0).to(tl.float32)
+        pre = tl.zeros([BLOCK, 4], dtype=tl.float32)
+        post = tl.zeros([BLOCK, 4], dtype=tl.float32)
+        show = tl.zeros([BLOCK, 4], dtype=tl.float32)
+        c0 = (c & 0xFFFFFFFF).to(tl.uint32)
+        c1 = (c >> 32).to(tl.uint32)
+        for k in tl.static_range(NSEEDS):
+            kp = keys + (name * NSEEDS + k) * 2
+            z = _z4(c0, c1, tl.load(kp).to(tl.uint32, bitcast=True), tl.load(kp + 1).to(tl.uint32, bitcast=True), lane)
+            pre += tl.load(coef + 3 * k) * z
+            post += tl.load(coef + 3 * k + 1) * z
+            show += tl.load(coef + 3 * k + 2) * z
+        new = (base + pre) * factor + post
+        if HAS_MASTER:
+            tl.store(mp + e, new, mask=mask)
+            new = new + show
+        if DT == 0:
+            tl.store(wp + e, new, mask=mask)
+        elif DT == 1:
+            tl.store(wp + e, new.to(tl.bfloat16), mask=mask)
+        else:
+            tl.store(wp + e, new.to(tl.float16), mask=mask)
+
+
+@dataclass
+class _Group:
+    """Device tables for the segments of one (weight dtype, master or not) pair."""
+
+    dt: int
+    has_master: bool
+    blocks: int
+    blk_seg: torch.Tensor
+    tables: tuple[torch.Tensor, ...]  # first, w, m, numel, off, name, decay
+
+
+@dataclass
+class _Packed:
+    segments: list[ParamSegment]
+    names: list[str]
+    groups: list[_Group]
+    device: torch.device
+    keys: dict[int, torch.Tensor]  # seed -> [n_names, 2] int32 keys, a few recent seeds
+    fingerprint: tuple
+
+
+def _fingerprint(segments: list[ParamSegment]) -> tuple:
+    a, b = segments[0], segments[-1]
+    return (len(segments), a.tensor.data_ptr(), b.tensor.data_ptr(), a.tensor.numel(), b.tensor.numel())
+
+
+_CACHE: list[_Packed] = []  # packed tables of the last few segment lists (runners return one list object)
+
+
+def can_fuse(segments: list[ParamSegment]) -> bool:
+    """True when every segment is a CUDA tensor of one device in a supported dtype (master fp32)."""
+    if not segments or not available():
+        return False
+    dev = segments[0].tensor.device
+    return all(s.tensor.is_cuda and s.tensor.device == dev and s.tensor.dtype in DTYPE_CODE
+               and (s.master is None or (s.master.dtype == torch.float32 and s.master.device == dev))
+               for s in segments)
+
+
+def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has_master: bool,
+                dev: torch.device) -> _Group:
+    per = 4 * BLOCK_C
+    nblk = [(s.offset % 4 + s.tensor.numel() + per - 1) // per for s in segs]
+    first = torch.tensor([0] + nblk[:-1], dtype=torch.int64).cumsum(0)
+    blk_seg = torch.repeat_interleave(torch.arange(len(segs), dtype=torch.int32), torch.tensor(nblk))
+    i64 = lambda xs: torch.tensor(xs, dtype=torch.int64, device=dev)  # noqa: E731
+    tables = (
+        first.to(torch.int32).to(dev),
+        i64([s.tensor.data_ptr() for s in segs]),
+        i64([s.master.data_ptr() if s.master is not None else 0 for s in segs]),
+        i64([s.tensor.numel() for s in segs]),
+        i64([s.offset for s in segs]),
+        torch.tensor([name_idx[s.name] for s in segs], dtype=torch.int32, device=dev),
+        torch.tensor([1 if s.decay else 0 for s in segs], dtype=torch.int32, device=dev),
+    )
+    return _Group(dt, has_master, int(sum(nblk)), blk_seg.to(dev), tables)
+
+
+def _packed(segments: list[ParamSegment]) -> _Packed:
+    for p in _CACHE:
+        # Same list object, and (cheap guard) same ends: a list refilled in place with other tensors
+        # must not reuse pointers into storage that may have been freed.
+        if p.segments is segments and p.fingerprint == _fingerprint(segments):
+            return p
+    dev = segments[0].tensor.device
+    names = sorted({s.name for s in segments})
+    name_idx = {n: i for i, n in enumerate(names)}
+    by_kind: dict[tuple[int, bool], list[ParamSegment]] = {}
+    for s in segments:
+        if s.tensor.numel():
+            by_kind.setdefault((DTYPE_CODE[s.tensor.dtype], s.master is not None), []).append(s)
+    groups = [_pack_group(segs, name_idx, dt, hm, dev) for (dt, hm), segs in sorted(by_kind.items())]
+    packed = _Packed(segments, names, groups, dev, {}, _fingerprint(segments))
+    _CACHE.insert(0, packed)
+    del _CACHE[4:]
+    return packed
+
+
+def _keys(p: _Packed, seed: int) -> torch.Tensor:
+    if seed not in p.keys:
+        ks = [philox_key(seed, n) for n in p.names]
+        flat = [k - (1 << 32) if k >= (1 << 31) else k for pair in ks for k in pair]  # uint32 as int32 bits
+        p.keys[seed] = torch.tensor(flat, dtype=torch.int32).view(-1, 2).to(p.device)
+        if len(p.keys) > 8:
+            p.keys.pop(next(iter(p.keys)))
+    return p.keys[seed]
+
+
+def plan_coefficients(plan: SweepPlan) -> tuple[list[int], list[list[float]]]:
+    """Distinct seeds with a nonzero coefficient (sorted) and their (pre, post, show) coefficients."""
+    coef: dict[int, list[float]] = {}
+    for slot, terms in enumerate((plan.pre, plan.post, plan.show)):
+        for seed, c in terms:
+            if c != 0.0:
+                coef.setdefault(seed, [0.0, 0.0, 0.0])[slot] += c
+    seeds = sorted(coef)
+    return seeds, [coef[s] for s in seeds]
+
+
+def fused_sweep(segments: list[ParamSegment], plan: SweepPlan) -> bool:
+    """Apply `plan` to every segment with the Triton kernel; False (nothing done) if it cannot.
+
+    Returns False when the segments are not all CUDA tensors of supported dtypes or the plan has
+    more than MAX_SEEDS distinct seeds, so the caller falls back to the torch path.
+    """
+    if not can_fuse(segments):
+        return False
+    seeds, coefs = plan_coefficients(plan)
+    if len(seeds) > MAX_SEEDS:
+        return False
+    p = _packed(segments)
+    keys = (torch.stack([_keys(p, s) for s in seeds], dim=1).reshape(-1) if seeds
+            else torch.zeros(2, dtype=torch.int32, device=p.device))
+    coef = torch.tensor(coefs or [[0.0, 0.0, 0.0]], dtype=torch.float32).reshape(-1).to(p.device)
+    keep = 1.0 - plan.decay  # in float64 here, as the torch path's python scalar
+    with torch.cuda.device(p.device):
+        for g in p.groups:
+            _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
+                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=BLOCK_C, num_warps=4)
+    return True

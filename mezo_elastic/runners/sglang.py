@@ -1,0 +1,273 @@
+"""The `sglang` backend: SGLang's ModelRunner in-process as the forward engine (GPU only).
+
+Scoring is one EXTEND batch per call (split only to fit the KV pool), with return_logprob and
+logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; KV slots are
+freed after every forward and no CUDA graphs are captured. The weights are perturbed in place
+through segments keyed by HF name and element index (runners/sglang_layout.py), so a seed moves an
+SGLang model exactly as it moves the same HF model, at any TP size.
+
+    torchrun --nproc_per_node=4 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2 \
+        --model.dtype=bfloat16 --model.path=/models/Llama-3.2-1B
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from mezo_elastic.config import Config
+from mezo_elastic.errors import BackendError, ConfigError
+from mezo_elastic.perturb import ParamSegment
+from mezo_elastic.rank_context import RankContext
+from mezo_elastic.runners import sglang_compat as compat
+from mezo_elastic.runners import sglang_layout as lay
+from mezo_elastic.runners.base import ScoreRequest
+from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world, layout  # noqa: F401 (public)
+
+log = logging.getLogger(__name__)
+SUPPORTED_ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
+    """Check what the sglang backend needs before any GPU work.
+
+    Raises:
+        ConfigError: a config value the backend cannot use (names it and what is allowed).
+        BackendError: no CUDA device, or sglang missing / outside the supported versions.
+    """
+    m = cfg.model
+    if m.backend != "sglang":
+        raise ConfigError(f"model.backend={m.backend!r}: these checks are for model.backend='sglang'")
+    if m.device == "cpu":
+        raise ConfigError("model.device='cpu' is not allowed with model.backend=sglang; use 'auto' or 'cuda' "
+                          "(SGLang's CPU engine needs an sgl-kernel CPU build; use model.backend=hf on CPU)")
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={m.dtype!r} is not allowed with model.backend=sglang; choose one of {list(DTYPES)}")
+    if not 0 <= m.sglang_port <= 65535 - cfg.dist.port_attempts * 64:
+        raise ConfigError(f"model.sglang_port={m.sglang_port} must be 0 (derived) or a port <= "
+                          f"{65535 - cfg.dist.port_attempts * 64}, leaving room for one candidate range per replica")
+    if m.path and not (Path(m.path) / "config.json").is_file():
+        raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json)")
+    if ctx is not None:
+        layout(ctx, m.tp_size)
+    if not torch.cuda.is_available():
+        raise BackendError(f"model.backend=sglang needs a CUDA GPU; torch {torch.__version__} sees none "
+                           f"(use model.backend=hf on CPU)")
+    if ctx is not None and m.tp_size > torch.cuda.device_count() and ctx.local_world_size > torch.cuda.device_count():
+        raise BackendError(f"{ctx.local_world_size} ranks on this node but only {torch.cuda.device_count()} GPU(s)")
+    compat.check_version()
+
+
+def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> Any:
+    """SGLang ServerArgs with every field MeZO depends on set explicitly (MeZO's defaults).
+
+    No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
+    CUDA graphs (prefill shapes vary, weights change in place), no custom all-reduce (it needs
+    its own IPC buffers; TP traffic is small next to the sweeps).
+    """
+    m = cfg.model
+    fields = dict(
+        model_path=model_path, skip_tokenizer_init=True, load_format=m.sglang_load_format, dtype=m.dtype,
+        trust_remote_code=m.trust_remote_code, tp_size=m.tp_size, dp_size=1, pp_size=1,
+        mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
+        sampling_backend="pytorch", disable_cuda_graph=True, disable_radix_cache=True,
+        disable_overlap_schedule=True, disable_custom_all_reduce=True,
+        context_length=cfg.data.max_length + 1, max_running_requests=max(cfg.data.micro_batch, 1) + 1,
+        random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
+    )
+    return compat.make_server_args(fields)
+
+
+def _module_pieces(mod: torch.nn.Module, pname: str, full: str, p: torch.Tensor, rank: int | None = None) -> list[lay.Piece]:
+    """Pieces of one SGLang parameter on TP rank `rank` (default: this rank), read off SGLang's layer.
+
+    Every TP rank's shard of a parameter has the same local shape, so rank r's pieces describe the
+    tensor all_gather returns from rank r.
+    """
+    from sglang.srt.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
+                                          ReplicatedLinear, RowParallelLinear)
+    from sglang.srt.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    rest = tuple(p.shape[1:])
+    if isinstance(mod, VocabParallelEmbedding):
+        si = mod.shard_indices
+        if rank is not None and mod.tp_size > 1:
+            si = mod._get_indices(mod.num_embeddings_padded, mod.org_vocab_size_padded, mod.num_embeddings,
+                                  mod.org_vocab_size, rank, mod.tp_size)
+        return lay.vocab_pieces(full, mod.org_vocab_size, p.shape[1], si.org_vocab_start_index, si.org_vocab_end_index)
+    if isinstance(mod, ReplicatedLinear) or type(mod).__name__.endswith("RMSNorm") or isinstance(mod, torch.nn.LayerNorm):
+        return lay.replicated_pieces(full, tuple(p.shape))
+    if not hasattr(mod, "tp_rank"):
+        raise BackendError(f"SGLang parameter {full} belongs to {type(mod).__name__}, whose layout this backend "
+                           f"does not map to HF names; supported architectures: {list(SUPPORTED_ARCHS)}")
+    r, tp = (mod.tp_rank if rank is None else rank), mod.tp_size
+    if isinstance(mod, QKVParallelLinear):
+        return lay.qkv_pieces(full, total_heads=mod.total_num_heads, total_kv_heads=mod.total_num_kv_heads,
+                              head_size=mod.head_size, v_head_size=mod.v_head_size, tp_rank=r, tp_size=tp, rest=rest)
+    if isinstance(mod, MergedColumnParallelLinear):
+        return lay.merged_pieces(full, list(mod.output_sizes), rest, r, tp)
+    if isinstance(mod, ColumnParallelLinear):
+        return lay.column_pieces(full, p.shape[0] * tp, rest, r, tp)
+    if isinstance(mod, RowParallelLinear):
+        if pname == "bias":  # added after the all-reduce: whole on every rank
+            return lay.replicated_pieces(full, tuple(p.shape))
+        return lay.row_parallel_pieces(full, p.shape[0], p.shape[1], r, tp)
+    raise BackendError(f"SGLang parameter {full} belongs to {type(mod).__name__}, whose layout this backend "
+                       f"does not map to HF names; supported architectures: {list(SUPPORTED_ARCHS)}")
+
+
+def param_map(model: torch.nn.Module) -> list[tuple[str, torch.Tensor, list[lay.Piece]]]:
+    """(SGLang name, live tensor, pieces) for every parameter of a loaded SGLang model.
+
+    named_modules/named_parameters drop duplicates, so tied embeddings appear once (embed_tokens).
+    """
+    out = []
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            out.append((full, p.data, _module_pieces(mod, pname, full, p)))
+    return out
+
+
+def rank_pieces(model: torch.nn.Module, sg_name: str, t: torch.Tensor, rank: int) -> list[lay.Piece]:
+    """Pieces of SGLang parameter `sg_name` as TP rank `rank` holds it."""
+    mname, _, pname = sg_name.rpartition(".")
+    return _module_pieces(model.get_submodule(mname), pname, sg_name, t, rank)
+
+
+class SGLangRunner:
+    """ForwardRunner on SGLang's ModelRunner (see the module docstring)."""
+
+    def __init__(self, ctx: RankContext, cfg: Config, device: torch.device, model_path: str) -> None:
+        validate_mezo_config(cfg, ctx)
+        self.device, self.cfg, self.model_path = device, cfg, Path(model_path)
+        if not (self.model_path / "config.json").is_file():
+            raise BackendError(f"model path {model_path!r} is not an HF model directory (no config.json)")
+        arch = (json.loads((self.model_path / "config.json").read_text()).get("architectures") or ["?"])[0]
+        if arch not in SUPPORTED_ARCHS:
+            raise BackendError(f"{model_path}: architecture {arch} is not supported by model.backend=sglang; "
+                               f"supported: {list(SUPPORTED_ARCHS)} (use model.backend=hf)")
+        self.tp_rank, self.tp_size, _, _ = layout(ctx, cfg.model.tp_size)
+        torch.cuda.set_device(device)
+        self._keep: list = []
+        port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
+        server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
+        self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
+        self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
+        self._map = param_map(self.engine.model)
+        self._segments = self._build_segments(re.compile(cfg.model.trainable))
+
+    def _build_segments(self, pattern: re.Pattern) -> list[ParamSegment]:
+        segs: list[ParamSegment] = []
+        for _, t, pieces in self._map:
+            for pc in pieces:
+                if pattern.search(pc.hf_name):
+                    # As the hf backend: decay only matrices, never biases and norm weights.
+                    segs.extend(lay.piece_segments(t, pc, decay=len(pc.hf_shape) >= 2))
+        if not segs:
+            raise BackendError(f"model.trainable={self.cfg.model.trainable!r} matches no parameter of {self.model_path}")
+        return segs
+
+    def segments(self) -> list[ParamSegment]:
+        """Trainable weights under HF names and offsets (the same list object on every call)."""
+        return self._segments
+
+    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape of every exported tensor."""
+        return {pc.hf_name: tuple(pc.hf_shape) for _, _, pieces in self._map for pc in pieces}
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of completion log-probs float64, completion lengths int64), in request order."""
+        for i, r in enumerate(requests):
+            if not r.prompt_ids:
+                raise ValueError(f"request {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        total = torch.zeros(len(requests), dtype=torch.float64)
+        for lo, hi in self._chunks(requests):
+            seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests[lo:hi]]
+            starts = [len(r.prompt_ids) - 1 for r in requests[lo:hi]]
+            for j, lp in enumerate(self.engine.extend_logprobs(seqs, starts)):
+                total[lo + j] = lp.double().sum().cpu()
+        return total, torch.tensor([len(r.completion_ids) for r in requests], dtype=torch.int64)
+
+    def _chunks(self, requests: Sequence[ScoreRequest]) -> list[tuple[int, int]]:
+        """Consecutive request ranges whose tokens fit the KV pool and the request pool."""
+        max_tok, max_req, rows = self.engine.max_tokens, self.engine.max_requests, self.cfg.model.sglang_logprob_tokens
+        out, lo, tok, lp = [], 0, 0, 0
+        for i, r in enumerate(requests):
+            n, m = len(r.prompt_ids) + len(r.completion_ids), len(r.completion_ids) + 1
+            if n > max_tok:
+                raise BackendError(f"request {i} has {n} tokens but the KV pool holds {max_tok}; raise "
+                                   f"model.mem_fraction_static or lower data.max_length")
+            if i > lo and (tok + n > max_tok or i - lo >= max_req or lp + m > rows):
+                out.append((lo, i))
+                lo, tok, lp = i, 0, 0
+            tok, lp = tok + n, lp + m
+        if lo < len(requests):
+            out.append((lo, len(requests)))
+        return out
+
+    def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """The same SGLang tensor from every TP rank, in rank order (itself when tp_size = 1)."""
+        if self.tp_size == 1:
+            return [t]
+        parts = [torch.empty_like(t) for _ in range(self.tp_size)]
+        dist.all_gather(parts, t.contiguous())
+        return parts
+
+    @torch.no_grad()
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight under its HF name and shape on CPU (tied embeddings once, as the hf backend)."""
+        out = {n: torch.empty(s, dtype=self.engine.model_runner.model_config.dtype) for n, s in self.hf_shapes().items()}
+        for sg_name, t, pieces in self._map:
+            parts = self._gather(t)
+            for r, part in enumerate(parts):
+                for pc in (pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)):
+                    lay.hf_slice(out[pc.hf_name], pc).copy_(lay.read_piece(part, pc).cpu())
+        return out
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite every weight in place from HF-named tensors (lm_head.weight ignored when tied)."""
+        shapes = self.hf_shapes()
+        missing = sorted(set(shapes) - set(state))
+        if missing:
+            raise BackendError(f"state is missing {len(missing)} parameter(s), e.g. {missing[:3]}")
+        for name, shape in shapes.items():
+            if tuple(state[name].shape) != shape:
+                raise BackendError(f"{name}: shape {tuple(state[name].shape)} does not match model {shape}")
+        for _, t, pieces in self._map:
+            for pc in pieces:
+                lay.read_piece(t, pc).copy_(lay.hf_slice(state[pc.hf_name], pc).to(t.device, t.dtype))
+
+    def save_pretrained(self, out_dir: Path) -> None:
+        """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files."""
+        from safetensors.torch import save_file
+
+        state = self.hf_state_dict()  # every TP rank takes part in the gather
+        if self.tp_rank != 0:
+            return
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
+                  metadata={"format": "pt"})
+        for f in self.model_path.iterdir():
+            if f.is_file() and (f.suffix in (".json", ".model", ".txt", ".jinja")) and not f.name.endswith(".index.json"):
+                shutil.copy2(f, out_dir / f.name)
+
+    def close(self) -> None:
+        """Free the engine (model, KV pool) and SGLang's process groups."""
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
+            self.engine = None
+        self._segments, self._map = [], []
+        self._keep.clear()
+        torch.cuda.empty_cache()

@@ -1,0 +1,199 @@
+"""SGLang's in-process API, one adapter per API generation (no monkey-patching of SGLang).
+
+The sequence mirrors sglang's own `sglang/benchmark/one_batch.py` (`bench_one_batch.py` before)
+of the same release: ModelConfig.from_server_args -> ParallelState -> ModelRunner ->
+alloc_memory_pool -> init_attention_backends; an EXTEND batch is Req -> ScheduleBatch.init_new ->
+prepare_for_extend -> ForwardBatch.init_new -> ModelRunner.forward; KV slots are freed by clearing
+both pools. Only what differs between releases lives here; runners/sglang.py sees `Engine`.
+
+Supported: sglang >= 0.5.17, < 0.5.18 (the API generation where ModelRunner takes a ParallelState and
+initialises torch.distributed itself). 0.5.23's generation (publish(server_args, role=...) and
+bootstrap.init_parallel_runtime before ModelRunner) is not implemented: no machine here runs it, and
+an adapter that was never run is worse than a clear error.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from array import array
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import torch
+
+from mezo_elastic.errors import BackendError
+
+SUPPORTED = ((0, 5, 17), (0, 5, 18))  # [lo, hi)
+INSTALL = 'pip install "sglang==0.5.17"  (or: pip install "mezo_elastic[sglang]")'
+log = logging.getLogger(__name__)
+
+
+def _parse(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) from '0.5.17', '0.5.17.post1', '0.5.17rc1', '0.5.17-0trim'."""
+    import re
+
+    return tuple(int(x) for x in re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version).groups(default="0"))
+
+
+def sglang_version() -> str:
+    """The installed sglang version, or raise BackendError with the install command."""
+    try:
+        return importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        raise BackendError(f"model.backend=sglang needs the sglang package, which is not installed; {INSTALL}") from None
+
+
+def check_version(version: str | None = None) -> str:
+    """Raise BackendError unless sglang's version is in the supported range; return it."""
+    version = version or sglang_version()
+    lo, hi = SUPPORTED
+    if not lo <= _parse(version)[:3] < hi:
+        raise BackendError(
+            f"sglang {version} is not supported by model.backend=sglang; supported: "
+            f">={'.'.join(map(str, lo))},<{'.'.join(map(str, hi))}; {INSTALL}"
+        )
+    return version
+
+
+class _NoTreeCache(SimpleNamespace):
+    """The tree cache ScheduleBatch wants: allocation only, no prefix reuse (as one_batch.py)."""
+
+    def supports_swa(self) -> bool:
+        return False
+
+    def supports_mamba(self) -> bool:
+        return False
+
+    def is_chunk_cache(self) -> bool:
+        return False
+
+    def is_tree_cache(self) -> bool:
+        return True
+
+    def evict(self, params: Any) -> None:
+        pass
+
+
+@dataclass
+class Engine:
+    """A loaded SGLang ModelRunner plus the handles the runner needs (0.5.17 generation)."""
+
+    model_runner: Any
+    server_args: Any
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.model_runner.model
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens the KV pool holds (one forward's prompt+completion tokens must fit)."""
+        return int(self.model_runner.max_total_num_tokens)
+
+    @property
+    def max_requests(self) -> int:
+        """Requests the req->token pool holds (one slot kept back, as SGLang pads slot 0)."""
+        return int(self.model_runner.req_to_token_pool.size) - 1
+
+    def clear(self) -> None:
+        """Free every KV slot and request slot (after each forward: nothing is cached between)."""
+        self.model_runner.req_to_token_pool.clear()
+        self.model_runner.token_to_kv_pool_allocator.clear()
+
+    @torch.no_grad()
+    def extend_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[torch.Tensor]:
+        """One EXTEND forward; per sequence, log p(token j | tokens < j) for j in (start, len).
+
+        With logprob_start_len = s, SGLang returns len - s values per sequence: rows s .. len-1
+        predict tokens s+1 .. len, the last one a padding token (dropped here).
+        """
+        from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+        from sglang.srt.sampling.sampling_params import SamplingParams
+        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+        mr = self.model_runner
+        reqs = []
+        for i, (ids, start) in enumerate(zip(seqs, starts)):
+            req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids),
+                      sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=True)
+            req.full_untruncated_fill_ids = req.origin_input_ids
+            req.logprob_start_len = start
+            req.set_extend_range(len(req.prefix_indices), len(req.origin_input_ids))
+            reqs.append(req)
+        tree = _NoTreeCache(page_size=mr.server_args.page_size, device=mr.device,
+                            token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator)
+        batch = ScheduleBatch.init_new(reqs=reqs, req_to_token_pool=mr.req_to_token_pool,
+                                       token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator, tree_cache=tree,
+                                       model_config=mr.model_config, enable_overlap=False,
+                                       spec_algorithm=SpeculativeAlgorithm.NONE)
+        try:
+            batch.prepare_for_extend()
+            if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
+                batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
+                batch.prefill_input_ids_cpu = None
+            fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+            out = mr.forward(fb).logits_output
+            flat = out.input_token_logprobs
+            lens = [len(ids) - start for ids, start in zip(seqs, starts)]
+            parts = torch.split(flat.float(), lens)
+            return [p[:-1] for p in parts]
+        finally:
+            self.clear()  # free KV and request slots even when the forward failed
+
+    def close(self) -> None:
+        """Drop the model and SGLang's process groups (the default group included)."""
+        from sglang.srt.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        self.model_runner = None
+        destroy_model_parallel()
+        destroy_distributed_environment()
+
+
+def make_server_args(fields: dict[str, Any]) -> Any:
+    """ServerArgs from MeZO's fields; a field this sglang lacks is an error naming it."""
+    from sglang.srt.server_args import ServerArgs
+
+    known = set(ServerArgs.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise BackendError(f"sglang {sglang_version()} ServerArgs has no field(s) {unknown}; supported: {INSTALL}")
+    return ServerArgs(**fields)
+
+
+def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) -> Engine:
+    """Build the ModelRunner as one_batch.py's load_model does, without CUDA graphs.
+
+    torch.distributed's default group must already be this replica's TP world (size tp_size) or
+    absent; SGLang then builds its TP groups on it.
+    """
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.distributed.parallel_state_wrapper import ParallelState
+    from sglang.srt.layers.dp_attention import compute_dp_attention_world_info
+    from sglang.srt.layers.moe import initialize_moe_config
+    from sglang.srt.layers.quantization.fp4_utils import initialize_fp4_gemm_config
+    from sglang.srt.layers.quantization.fp8_utils import initialize_fp8_gemm_config
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+    sa = server_args
+    initialize_moe_config(sa)
+    initialize_fp8_gemm_config(sa)
+    initialize_fp4_gemm_config(sa)
+    model_config = ModelConfig.from_server_args(sa)
+    attn_tp_rank, attn_tp_size, attn_dp_rank, attn_dp_size = compute_dp_attention_world_info(
+        sa.enable_dp_attention, tp_rank, sa.tp_size, sa.dp_size, sa.attn_cp_size)
+    ps = ParallelState(
+        tp_rank=tp_rank, tp_size=sa.tp_size, pp_rank=0, pp_size=1, dp_rank=None, dp_size=sa.dp_size,
+        attn_tp_rank=attn_tp_rank, attn_tp_size=attn_tp_size, attn_cp_rank=0, attn_cp_size=sa.attn_cp_size,
+        attn_dp_rank=attn_dp_rank, attn_dp_size=attn_dp_size, moe_ep_rank=tp_rank // (sa.tp_size // sa.ep_size),
+        moe_ep_size=sa.ep_size, moe_dp_rank=None, moe_dp_size=sa.moe_dp_size, dcp_size=sa.dcp_size, gpu_id=gpu_id,
+    )
+    mr = ModelRunner(model_config=model_config, mem_fraction_static=sa.mem_fraction_static, gpu_id=gpu_id, ps=ps,
+                     nccl_port=nccl_port, server_args=sa)
+    mr.alloc_memory_pool()
+    mr.init_attention_backends()
+    # init_cuda_graphs() is not called: prefill batches of changing shape, and weights that change
+    # in place every sweep, gain nothing from graphs captured for decode.
+    return Engine(mr, sa)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU suite: install the carried wheels, run the GPU tests and the benchmarks, logs under $OUT.
+#
+#   scripts/gpu_suite.sh                      # all single-GPU stages: tests bench1b bench8b
+#   scripts/gpu_suite.sh tests                # only the GPU tests
+#   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
+#
+# Wheels: .gpu/wheels (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
+# MEZO_GPU_COMPAT=1 turns on the wheel set's start-up shim for that machine only (see its
+# sitecustomize.py); the package itself never imports it.
+set -uo pipefail
+OUT=${OUT:-/tmp/mezo_gpu_out}
+mkdir -p "$OUT"
+stages=${*:-tests bench1b bench8b}
+export PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
+
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/suite.log"; }
+
+if [ ! -d /tmp/site/sglang ]; then
+  log "install wheels"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .gpu/wheels/*.whl 2>&1 | tail -3 | tee -a "$OUT/suite.log"
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, triton, transformers, sglang; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', triton.__version__, 'transformers', transformers.__version__, 'sglang', sglang.__version__)"
+} 2>&1 | tee "$OUT/versions.txt"
+
+rc=0
+for s in $stages; do
+  case $s in
+    tests)
+      log "gpu tests"
+      python3 -m pytest tests/gpu -m gpu -q -s -rA -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | \
+        grep -E "passed|failed|error|NLL|corr|PASSED|FAILED|ERROR" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+    bench1b)
+      log "bench 1b"
+      python3 bench/bench_step.py --shape 1b --parity --out "$OUT/bench_1b.json" > "$OUT/bench_1b.log" 2>&1 || rc=1
+      tail -45 "$OUT/bench_1b.log" ;;
+    bench8b)
+      log "bench 8b"
+      python3 bench/bench_step.py --shape 8b --sglang-dummy --reps 5 --out "$OUT/bench_8b.json" \
+        > "$OUT/bench_8b.log" 2>&1 || rc=1
+      tail -45 "$OUT/bench_8b.log" ;;
+    multi)
+      log "dp / tp on 2 GPUs"
+      bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+    *) echo "unknown stage $s (tests bench1b bench8b multi)"; exit 2 ;;
+  esac
+done
+log "done rc=$rc"
+exit $rc

@@ -1,0 +1,80 @@
+"""The fused Triton sweep against perturb's torch implementation (same z, same sweep semantics)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+pytest.importorskip("triton", reason="needs triton")
+
+from mezo_elastic import kernels  # noqa: E402
+from mezo_elastic.perturb import ParamSegment, SweepCounter, SweepPlan, sweep, z_range  # noqa: E402
+
+DEV = torch.device("cuda", 0)
+Z_ATOL = 2e-5  # approximate sin/cos (|err| < 1e-6) times the Box-Muller radius (< 6)
+
+
+@pytest.mark.parametrize("seed,name,offset,count", [
+    (0, "w", 0, 4096), (123456789, "model.layers.0.mlp.up_proj.weight", 3, 1001),
+    (2**62 + 5, "lm_head.weight", 10**9 + 1, 777), (42, "x", 5, 1),
+])
+def test_kernel_z_equals_torch_z(seed, name, offset, count):
+    """z of (seed, name, index) from the kernel is perturb.z_range's, wherever the segment starts."""
+    w = torch.zeros(count, dtype=torch.float32, device=DEV)
+    assert kernels.fused_sweep([ParamSegment(w, name, offset)], SweepPlan(post=[(seed, 1.0)]))
+    ref = z_range(seed, name, offset, count)
+    err = (w.cpu() - ref).abs().max().item()
+    assert err < Z_ATOL, f"max |z_kernel - z_torch| = {err:.2e}"
+
+
+def _segments(dtype, master: bool, sizes=(1, 3, 4, 5, 1000, 4097, 70001)):
+    g = torch.Generator().manual_seed(0)
+    segs = []
+    for i, n in enumerate(sizes):
+        t = (torch.randn(n, generator=g) * 0.02).to(dtype).to(DEV)
+        m = t.float().clone() if master else None
+        segs.append(ParamSegment(t, f"p{i % 3}", offset=(i * 7919) % 50 + (n if i % 3 == 0 else 0), decay=i % 2 == 0,
+                                 master=m))
+    return segs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("master", [False, True])
+def test_fused_sweep_matches_torch_sweep(dtype, master):
+    """restore + update + next perturbation with decay, on many segment sizes in one launch."""
+    plan = SweepPlan(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3)], decay=1e-2,
+                     show=[(13, 1e-3)] if master else [])
+    a, b = _segments(dtype, master), _segments(dtype, master)
+    before = SweepCounter.count
+    sweep(a, plan, fused=True)
+    sweep(b, plan, fused=False)
+    assert SweepCounter.count == before + 2
+    for sa, sb in zip(a, b):
+        d = (sa.tensor.float() - sb.tensor.float()).abs()
+        ulp = sb.tensor.float().abs() * {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype] + 1e-7
+        assert bool((d <= ulp).all()), f"{sa.name} {dtype}: max |d| {d.max().item():.3e}"
+        if master:
+            assert torch.allclose(sa.master, sb.master, rtol=1e-5, atol=1e-7)
+
+
+def test_perturb_and_restore_round_trip_fp32():
+    """+eps z then -eps z returns fp32 weights to within rounding (z regenerated, never stored)."""
+    w = torch.randn(100_003, device=DEV)
+    ref = w.clone()
+    seg = [ParamSegment(w, "w")]
+    sweep(seg, SweepPlan(post=[(5, 1e-3)]))
+    assert not torch.equal(w, ref)
+    sweep(seg, SweepPlan(post=[(5, -1e-3)]))
+    assert (w - ref).abs().max().item() < 1e-6
+
+
+def test_too_many_seeds_falls_back_to_torch():
+    w = torch.zeros(10, device=DEV)
+    plan = SweepPlan(post=[(s, 1.0) for s in range(kernels.MAX_SEEDS + 1)])
+    assert not kernels.fused_sweep([ParamSegment(w, "w")], plan)
+    sweep([ParamSegment(w, "w")], plan)  # torch path still does it
+    ref = sum(z_range(s, "w", 0, 10) for s in range(kernels.MAX_SEEDS + 1))
+    assert torch.allclose(w.cpu(), ref, atol=1e-5)

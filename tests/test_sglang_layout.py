@@ -1,0 +1,157 @@
+"""CPU tests of the SGLang <-> HF layout, the version gate and the config checks (no sglang needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mezo_elastic.config import Config, ModelConfig
+from mezo_elastic.errors import BackendError, ConfigError
+from mezo_elastic.perturb import SweepPlan, sweep, z_range
+from mezo_elastic.rank_context import RankContext
+from mezo_elastic.runners import sglang_compat as compat
+from mezo_elastic.runners import sglang_layout as lay
+from mezo_elastic.runners.sglang_dist import layout
+
+
+def _shard(full: dict[str, torch.Tensor], pieces: list[lay.Piece], local_shape) -> torch.Tensor:
+    """Build one rank's local tensor from HF tensors, as SGLang's weight loaders do."""
+    any_t = next(iter(full.values()))
+    local = torch.full(local_shape, float("nan"), dtype=any_t.dtype)
+    for p in pieces:
+        lay.read_piece(local, p).copy_(lay.hf_slice(full[p.hf_name], p))
+    return local
+
+
+def _qkv(tp: int, heads=8, kv=2, hs=4, hidden=16, bias=False):
+    names = ["m.l.qkv_proj.bias" if bias else "m.l.qkv_proj.weight"]
+    rest = () if bias else (hidden,)
+    out = []
+    for r in range(tp):
+        out.append(lay.qkv_pieces(names[0], total_heads=heads, total_kv_heads=kv, head_size=hs, v_head_size=hs,
+                                  tp_rank=r, tp_size=tp, rest=rest))
+    return out
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_qkv_layout_covers_hf_tensors_and_replicates_kv_heads(tp):
+    by_rank = _qkv(tp)
+    shapes = {p.hf_name: p.hf_shape for p in by_rank[0]}
+    assert shapes == {"m.l.q_proj.weight": (32, 16), "m.l.k_proj.weight": (8, 16), "m.l.v_proj.weight": (8, 16)}
+    lay.check_cover(by_rank, shapes)
+    full = {n: torch.randn(s) for n, s in shapes.items()}
+    locals_ = [_shard(full, ps, (sum(p.length for p in ps), 16)) for ps in by_rank]
+    assert all(not torch.isnan(t).any() for t in locals_)
+    rebuilt = {n: torch.zeros(s) for n, s in shapes.items()}
+    for ps, t in zip(by_rank, locals_):
+        for p in ps:
+            lay.hf_slice(rebuilt[p.hf_name], p).copy_(lay.read_piece(t, p))
+    assert all(torch.equal(rebuilt[n], full[n]) for n in full)
+
+
+def test_merged_vocab_row_parallel_cover():
+    for tp in (1, 2, 4):
+        merged = [lay.merged_pieces("a.gate_up_proj.weight", [24, 24], (8,), r, tp) for r in range(tp)]
+        lay.check_cover(merged, {"a.gate_proj.weight": (24, 8), "a.up_proj.weight": (24, 8)})
+        rows = [lay.row_parallel_pieces("a.down_proj.weight", 8, 24 // tp, r, tp) for r in range(tp)]
+        lay.check_cover(rows, {"a.down_proj.weight": (8, 24)})
+    vocab = [lay.vocab_pieces("e.weight", 100, 4, 0, 64), lay.vocab_pieces("e.weight", 100, 4, 64, 100)]
+    lay.check_cover(vocab, {"e.weight": (100, 4)})
+    with pytest.raises(ValueError, match="not fully covered"):
+        lay.check_cover(vocab[:1], {"e.weight": (100, 4)})
+
+
+def test_hf_leaf_names():
+    assert lay.hf_leaf_names("model.layers.3.self_attn.qkv_proj.weight") == (
+        "model.layers.3.self_attn.q_proj.weight", "model.layers.3.self_attn.k_proj.weight",
+        "model.layers.3.self_attn.v_proj.weight")
+    assert lay.hf_leaf_names("model.norm.weight") == ("model.norm.weight",)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_sharded_sweep_equals_unsharded_sweep(tp):
+    """The same seed moves TP shards exactly as it moves the whole HF tensors (z keyed by HF index)."""
+    hidden, inter = 16, 24
+    full = {"l.gate_proj.weight": torch.randn(inter, hidden), "l.up_proj.weight": torch.randn(inter, hidden),
+            "l.down_proj.weight": torch.randn(hidden, inter)}
+    ref = {n: t.clone() for n, t in full.items()}
+    plan = SweepPlan(pre=[(3, 1e-2)], post=[(4, -1e-2)], decay=0.1)
+    sweep([lay.ParamSegment(t.view(-1), n) for n, t in ref.items()], plan)
+    out = {n: torch.zeros_like(t) for n, t in full.items()}
+    for r in range(tp):
+        gu = lay.merged_pieces("l.gate_up_proj.weight", [inter, inter], (hidden,), r, tp)
+        dn = lay.row_parallel_pieces("l.down_proj.weight", hidden, inter // tp, r, tp)
+        t_gu = _shard(full, gu, (2 * inter // tp, hidden))
+        t_dn = _shard(full, dn, (hidden, inter // tp))
+        segs = [s for p in gu for s in lay.piece_segments(t_gu, p, True)]
+        segs += [s for p in dn for s in lay.piece_segments(t_dn, p, True)]
+        sweep(segs, plan)
+        for t, ps in ((t_gu, gu), (t_dn, dn)):
+            for p in ps:
+                lay.hf_slice(out[p.hf_name], p).copy_(lay.read_piece(t, p))
+    for n in full:
+        assert torch.allclose(out[n], ref[n], atol=1e-6), n
+
+
+def test_piece_segments_offsets_are_hf_element_indices():
+    t = torch.zeros(4, 3)  # rank 1 of 2 of a [4, 6] row-parallel weight
+    (p,) = lay.row_parallel_pieces("w", 4, 3, 1, 2)
+    segs = lay.piece_segments(t, p, True)
+    assert [s.offset for s in segs] == [3, 9, 15, 21]
+    sweep(segs, SweepPlan(post=[(9, 1.0)]))
+    assert torch.allclose(t[2], z_range(9, "w", 15, 3))
+
+
+def test_version_gate():
+    assert compat.check_version("0.5.17") == "0.5.17"
+    assert compat.check_version("0.5.17-0trim") == "0.5.17-0trim"
+    for bad in ("0.5.16", "0.5.23", "0.4.10", "1.0.0"):
+        with pytest.raises(BackendError, match="pip install"):
+            compat.check_version(bad)
+
+
+def _ctx(world=4, local=4, rank=0):
+    return RankContext(rank=rank, local_rank=rank % local, world_size=world, local_world_size=local, node_rank=0,
+                       master_addr="127.0.0.1", master_port=29500, restart_count=0, run_id="t", launcher="torchrun")
+
+
+def test_dp_tp_layout():
+    assert layout(_ctx(rank=3), 2) == (1, 2, 1, 2)
+    assert layout(_ctx(rank=3), 1) == (0, 1, 3, 4)
+    with pytest.raises(ConfigError, match="must divide the world size 4"):
+        layout(_ctx(), 3)
+    with pytest.raises(ConfigError, match="never spans nodes"):
+        layout(_ctx(world=8, local=2), 4)
+
+
+def test_validate_mezo_config_errors_name_the_field(tmp_path):
+    from mezo_elastic.runners.sglang import validate_mezo_config
+
+    with pytest.raises(ConfigError, match="model.dtype='float32'"):
+        validate_mezo_config(Config(model=ModelConfig(backend="sglang", dtype="float32")))
+    with pytest.raises(ConfigError, match="model.device='cpu'"):
+        validate_mezo_config(Config(model=ModelConfig(backend="sglang", dtype="bfloat16", device="cpu")))
+    with pytest.raises(ConfigError, match="no config.json"):
+        validate_mezo_config(Config(model=ModelConfig(backend="sglang", dtype="bfloat16", path=str(tmp_path))))
+    with pytest.raises(ConfigError, match="model.tp_size=3"):
+        validate_mezo_config(Config(model=ModelConfig(backend="sglang", dtype="bfloat16", tp_size=3)), _ctx())
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="needs a CUDA GPU"):
+            validate_mezo_config(Config(model=ModelConfig(backend="sglang", dtype="bfloat16")))
+
+
+def test_wrong_size_default_group_is_a_clear_error():
+    """torchrun's whole-world group under the sglang backend: our error, not SGLang's assert."""
+    import torch.distributed as dist
+
+    from mezo_elastic.distributed import free_port
+    from mezo_elastic.runners.sglang_dist import init_tp_world
+
+    store = dist.TCPStore("127.0.0.1", free_port(), world_size=1, is_master=True)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        cfg = Config(model=ModelConfig(backend="sglang", dtype="bfloat16", tp_size=2))
+        with pytest.raises(BackendError, match="default group has 1 ranks but model.tp_size=2"):
+            init_tp_world(_ctx(world=2, local=2), cfg, torch.device("cpu"), [], backend="gloo")
+    finally:
+        dist.destroy_process_group()
