@@ -71,7 +71,13 @@ def _save_model(out: Path, seed: int) -> None:
     cfg = LlamaConfig(vocab_size=len(VOCAB), pad_token_id=0, bos_token_id=2, eos_token_id=3, **TINY_LLAMA)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(torch.float32)
-    model.save_pretrained(out)
+    # Not model.save_pretrained: under a process group transformers writes only on global rank 0,
+    # and every rank (every node) may be the one building this directory.
+    from safetensors.torch import save_file
+
+    cfg.save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
 
 
 def ensure_tiny_model(root: Path, seed: int = 0) -> Path:

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 from mezo_elastic.config import Config, parse_args
 from mezo_elastic.distributed import init_distributed, teardown
 from mezo_elastic.doctor_checks import Problem, Section, check_backends, check_context, check_devices, check_ports
+from mezo_elastic.doctor_report import render, summary
 from mezo_elastic.errors import ConfigError
 from mezo_elastic.rank_context import RankContext
 
@@ -65,8 +67,10 @@ def _start_watchdog(seconds: float) -> None:
 
 
 def _rank_report(ctx: RankContext | None, sections: list[Section]) -> dict[str, Any]:
-    return {"rank": ctx.rank if ctx else None, "describe": ctx.describe() if ctx else "invalid environment",
-            "sections": [s.to_dict() for s in sections]}
+    # host and device per rank: on several nodes, rank 0's own sections say nothing about the others.
+    device = next((s.facts.get("device") for s in sections if s.title == "Devices"), None)
+    return {"rank": ctx.rank if ctx else None, "host": socket.gethostname(), "device": device,
+            "describe": ctx.describe() if ctx else "invalid environment", "sections": [s.to_dict() for s in sections]}
 
 
 def _gather(ctx: RankContext | None, cfg: Config | None, report: dict[str, Any], timeout: float,
@@ -126,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     blocked = any(p.code in BLOCKING and p.severity == "error" for s in sections for p in s.problems)
     reports, pg_sec = _gather(ctx, cfg, _rank_report(ctx, sections), args.timeout, blocked)
     sections.append(pg_sec)
-    from mezo_elastic.doctor_report import render, summary
-
     if reports is None:  # no summary possible: this rank reports alone
         reports = [_rank_report(ctx, sections)]
     else:

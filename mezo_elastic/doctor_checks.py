@@ -21,8 +21,6 @@ from mezo_elastic.distributed import free_port, port_holder, port_is_free, selec
 from mezo_elastic.errors import LaunchEnvError
 from mezo_elastic.rank_context import RankContext
 
-# Mirrors pyproject's [sglang] extra; the sglang runner refuses versions outside it.
-SGLANG_SUPPORTED = ">=0.5.17,<0.6"
 # torchrun's defaults: --master_port (static rendezvous) and the c10d --rdzv-endpoint port.
 TORCHRUN_DEFAULT_PORTS = (29500, 29400)
 
@@ -65,27 +63,33 @@ def check_devices(ctx: RankContext, cfg: Config | None) -> Section:
     else:
         why = "torch is a CPU build" if torch.version.cuda is None else "no GPU visible to this process"
         sec.lines.append(f"CUDA: not available ({why}); training runs on CPU with gloo")
-    want = cfg.model.device if cfg is not None else "auto"
+    sglang = cfg is not None and cfg.model.backend == "sglang"
+    # The sglang runner always takes the rank's GPU, whatever model.device says.
+    want = "cuda" if sglang else (cfg.model.device if cfg is not None else "auto")
     try:
         device = select_device(ctx, want)
-        sec.facts["device"] = str(device)
-        sec.lines.append(f"this rank's device: {device} (LOCAL_RANK={ctx.local_rank}, model.device={want})")
     except LaunchEnvError as e:
         sec.facts["device"] = None
-        fix = (
-            "use --model.device=cpu, or run on a node with CUDA (check CUDA_VISIBLE_DEVICES and nvidia-smi)"
-            if not cuda else
-            f"launch at most {count} processes per node (torchrun --nproc_per_node={count}), or give each "
-            "task its own GPU (srun --gpus-per-task=1)"
-        )
-        sec.problems.append(Problem("cuda-device", str(e), fix))
-    if cuda and count == 1 and ctx.local_world_size > 1 and cvd is not None and "," not in cvd:
-        pass  # per-task CUDA_VISIBLE_DEVICES (one GPU each): select_device maps every rank to index 0
-    elif cuda and count == 1 and ctx.local_world_size > 1:
+        sec.problems.append(Problem("cuda-device", str(e), _device_fix(cuda, count, sglang)))
+        return sec
+    sec.facts["device"] = str(device)
+    sec.lines.append(f"this rank's device: {device} (LOCAL_RANK={ctx.local_rank}, model.device={want})")
+    # One visible GPU and several ranks: fine with per-task CUDA_VISIBLE_DEVICES (each its own GPU),
+    # but with a node-wide single GPU every rank lands on it.
+    if device.type == "cuda" and count == 1 and ctx.local_world_size > 1 and cvd is None:
         sec.problems.append(Problem(
             "gpu-shared", f"{ctx.local_world_size} ranks on this node share the only visible GPU",
             "run one process per GPU (torchrun --nproc_per_node=<GPUs>)", "warning"))
     return sec
+
+
+def _device_fix(cuda: bool, count: int, sglang: bool) -> str:
+    if cuda:
+        return (f"launch at most {count} processes per node (torchrun --nproc_per_node={count}), or give each "
+                "task its own GPU (srun --gpus-per-task=1)")
+    if sglang:
+        return "model.backend=sglang needs a GPU: run on a CUDA node, or use --model.backend=hf"
+    return "use --model.device=cpu, or run on a node with CUDA (check CUDA_VISIBLE_DEVICES and nvidia-smi)"
 
 
 def _dist_version(name: str) -> str | None:
@@ -95,15 +99,12 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def sglang_supported(version: str) -> bool:
-    """True if an installed sglang version lies in the supported range (SGLANG_SUPPORTED)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
+def sglang_range() -> str:
+    """The supported sglang versions as a pip specifier (runners.sglang_compat.SUPPORTED is the truth)."""
+    from mezo_elastic.runners.sglang_compat import SUPPORTED
 
-    try:
-        return Version(version) in SpecifierSet(SGLANG_SUPPORTED)
-    except InvalidVersion:
-        return False
+    lo, hi = (".".join(map(str, v)) for v in SUPPORTED)
+    return f">={lo},<{hi}"
 
 
 def check_backends(cfg: Config | None) -> Section:
@@ -136,17 +137,25 @@ def check_backends(cfg: Config | None) -> Section:
 
 
 def _sglang_line(sec: Section, version: str | None, wanted: bool) -> str:
-    fix = f"pip install 'sglang{SGLANG_SUPPORTED}'  (or: pip install 'mezo_elastic[sglang]')"
+    # sglang_compat imports no sglang at module level, so this stays cheap on machines without it.
+    from mezo_elastic.errors import BackendError
+    from mezo_elastic.runners.sglang_compat import INSTALL, check_version
+
+    supported = sglang_range()
     if version is None:
         if wanted:
-            sec.problems.append(Problem("sglang-missing", "model.backend=sglang but sglang is not installed", fix))
-        return f"sglang: not installed (optional; supported {SGLANG_SUPPORTED}; needed for model.backend=sglang)"
-    ok = sglang_supported(version)
+            sec.problems.append(Problem("sglang-missing", "model.backend=sglang but sglang is not installed", INSTALL))
+        return f"sglang: not installed (optional; supported {supported}; needed for model.backend=sglang)"
+    try:
+        check_version(version)
+        ok = True
+    except BackendError:
+        ok = False
     sec.facts["sglang_supported"] = ok
     if not ok:
-        sec.problems.append(Problem("sglang-unsupported", f"sglang {version} is outside {SGLANG_SUPPORTED}", fix,
+        sec.problems.append(Problem("sglang-unsupported", f"sglang {version} is outside {supported}", INSTALL,
                                     "error" if wanted else "warning"))
-    return f"sglang: {version} ({'supported' if ok else 'NOT supported'}; supported {SGLANG_SUPPORTED})"
+    return f"sglang: {version} ({'supported' if ok else 'NOT supported'}; supported {supported})"
 
 
 def resolve(host: str, timeout_s: float) -> list[str] | None:
@@ -202,8 +211,8 @@ def check_ports(ctx: RankContext, cfg: Config | None, timeout_s: float) -> Secti
         _check_torchrun_defaults(sec)
     else:
         _check_master(sec, ctx, cfg, timeout_s)
-    if cfg is not None and (cfg.model.backend == "sglang" or cfg.model.sglang_port):
-        _check_sglang_port(sec, cfg)
+    if cfg is not None and cfg.model.backend == "sglang":
+        _check_sglang_port(sec, ctx, cfg)
     return sec
 
 
@@ -277,18 +286,29 @@ def _check_candidates(sec: Section, ctx: RankContext, cfg: Config | None) -> Non
             f"export MASTER_PORT={free_port()} in the sbatch script, or raise --dist.port_attempts"))
 
 
-def _check_sglang_port(sec: Section, cfg: Config) -> None:
-    port = cfg.model.sglang_port
-    if port == 0:
-        sec.lines.append("SGLang dist port: derived from the job at start-up (model.sglang_port=0)")
+def _check_sglang_port(sec: Section, ctx: RankContext, cfg: Config) -> None:
+    # The replica's TP store: tp_rank 0 binds it on 127.0.0.1, walking port_attempts candidates.
+    from mezo_elastic.errors import ConfigError
+    from mezo_elastic.runners.sglang_dist import layout, tp_first_port
+
+    if cfg.model.tp_size == 1:
+        sec.lines.append("SGLang TP port: none needed (model.tp_size=1 uses an in-memory store)")
         return
-    free, what = _port_line(port)
-    sec.facts["sglang_port"] = {port: what}
-    sec.lines.append(f"SGLang dist port {port} (model.sglang_port): {what}")
-    if not free:
+    try:
+        tp_rank, _, _, _ = layout(ctx, cfg.model.tp_size)
+    except ConfigError as e:
+        sec.problems.append(Problem("sglang-layout", str(e), "choose a model.tp_size that divides both"))
+        return
+    first, attempts = tp_first_port(ctx, cfg), cfg.dist.port_attempts
+    held = {p: w for p in range(first, first + attempts) for free, w in [_port_line(p)] if not free}
+    sec.facts["sglang_ports_held"] = held
+    source = "model.sglang_port" if cfg.model.sglang_port else "MASTER_PORT + offset, model.sglang_port=0"
+    sec.lines.append(f"SGLang TP ports {first}..{first + attempts - 1} ({source}): {attempts - len(held)} free"
+                     + (f", held: {held}" if held else ""))
+    if tp_rank == 0 and len(held) == attempts:
         sec.problems.append(Problem(
-            "sglang-port-held", f"model.sglang_port={port} is {what}",
-            f"use --model.sglang_port=0 (derived per job) or a free port such as {free_port()}", "warning"))
+            "sglang-port-held", f"all {attempts} SGLang TP candidate ports from {first} are held: {held}",
+            f"set --model.sglang_port to a free range start (e.g. {free_port()}) or raise --dist.port_attempts"))
 
 
 def check_context(env: dict[str, str] | os._Environ[str]) -> tuple[RankContext | None, Section]:

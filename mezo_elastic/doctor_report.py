@@ -24,8 +24,8 @@ def summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 # The same fault on every rank is one problem; rank-specific text (rank N: ...) stays apart.
                 entry = merged.setdefault((p["code"], p["message"], p["severity"]), {**p, "ranks": []})
                 entry["ranks"].append(rank)
-        ranks.append({"rank": rank, "describe": rep["describe"], "errors": counts["error"],
-                      "warnings": counts["warning"]})
+        ranks.append({"rank": rank, "host": rep["host"], "device": rep["device"], "describe": rep["describe"],
+                      "errors": counts["error"], "warnings": counts["warning"]})
     problems = sorted(merged.values(), key=lambda p: (p["severity"] != "error", min(p["ranks"])))
     return {"ok": not any(p["severity"] == "error" for p in problems), "ranks": ranks, "problems": problems}
 
@@ -50,7 +50,7 @@ def render(sections: list[Section], reports: list[dict[str, Any]], verdict: dict
         for r in verdict["ranks"]:
             state = "ok" if not r["errors"] else f"{r['errors']} error(s)"
             warn = f", {r['warnings']} warning(s)" if r["warnings"] else ""
-            out.append(f"  rank {r['rank']}: {state}{warn}  [{r['describe']}]")
+            out.append(f"  rank {r['rank']}: {state}{warn}  host={r['host']} device={r['device']}  [{r['describe']}]")
         out.append("")
     errors = [p for p in verdict["problems"] if p["severity"] == "error"]
     warnings = [p for p in verdict["problems"] if p["severity"] != "error"]

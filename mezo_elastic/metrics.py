@@ -64,14 +64,6 @@ class Progress:
             print(f"step {step + 1}/{self.total} loss {loss:.4f} {steps_per_s:.2f} steps/s "
                   f"{tokens_per_s:.0f} tok/s eta {eta:.0f}s", file=sys.stderr, flush=True)
 
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -274,7 +274,7 @@ class Trainer:
                    **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
                    "seconds": time.monotonic() - t0}
         self.metrics.write("summary", cfg.train.steps, **summary)
-        prog.message("done: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        log.info("done: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
         return summary
 
     def _save_final(self) -> None:
