@@ -95,7 +95,7 @@ def test_doctor_under_torchrun_every_rank_reports_rank0_summarises():
     assert "mezo_elastic doctor: 2 rank(s) reporting" in out
     assert "gloo group of 2 formed and every report gathered" in out
     assert re.search(r"rank 0: ok .*launcher=torchrun rank=0/2", out)
-    assert re.search(r"rank 1: ok .*launcher=torchrun rank=1/2", out)
+    assert re.search(rf"rank 1: ok  host={re.escape(socket.gethostname())} device=\S+  \[launcher=torchrun rank=1/2", out)
     assert "this job's torchrun agent store (expected)" in out
     assert out.count("RESULT: OK") == 1  # only rank 0 summarises
 
@@ -116,3 +116,61 @@ def test_doctor_under_torchrun_problem_on_every_rank_fails_the_job():
     assert "ERROR [cuda-device] (all ranks): model.device=cuda but CUDA is not available" in r.stdout
     assert "fix: use --model.device=cpu" in r.stdout
     assert re.search(r"rank 1: [1-9]\d* error\(s\)", r.stdout)  # the summary counts rank 1's own errors
+
+
+def test_doctor_sglang_backend_requirements_follow_this_machine():
+    import importlib.metadata
+
+    try:
+        installed = importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    r = doctor("--model.backend=sglang", env=clean_env())
+    out = r.stdout
+    if installed is None:
+        assert "ERROR [sglang-missing] (this process): model.backend=sglang but sglang is not installed" in out
+        assert 'fix: pip install "sglang==' in out
+    if not torch.cuda.is_available():
+        assert "ERROR [cuda-device]" in out and "model.backend=sglang needs a GPU" in out
+    assert r.returncode == (0 if installed and torch.cuda.is_available() else 1)
+    assert "SGLang TP port: none needed (model.tp_size=1" in out
+
+
+def test_doctor_sglang_tp_ports_all_held_is_an_error():
+    socks = []
+    try:
+        first = None
+        while first is None:  # two consecutive ports we hold, as another job's stores would
+            a = socket.socket()
+            a.bind(("127.0.0.1", 0))
+            b = socket.socket()
+            try:
+                b.bind(("127.0.0.1", a.getsockname()[1] + 1))
+                first = a.getsockname()[1]
+            except OSError:
+                a.close()
+                b.close()
+                continue
+            socks += [a, b]
+        for s in socks:
+            s.listen()
+        env = clean_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                        MASTER_PORT=str(_free_port()))
+        r = doctor("--timeout", "2", "--model.backend=sglang", "--model.tp_size=2", f"--model.sglang_port={first}",
+                   "--dist.port_attempts=2", env=env, timeout=40)
+    finally:
+        for s in socks:
+            s.close()
+    assert r.returncode == 1
+    assert f"ERROR [sglang-port-held] (this process): all 2 SGLang TP candidate ports from {first} are held" in r.stdout
+    assert f"held by pid {os.getpid()}" in r.stdout and "fix: set --model.sglang_port to a free range start" in r.stdout
+
+
+def test_doctor_json_is_machine_readable():
+    import json
+
+    r = doctor("--json", env=clean_env())
+    assert r.returncode == 0
+    verdict = json.loads(r.stdout)
+    assert verdict["ok"] is True and verdict["ranks"][0]["rank"] == 0 and verdict["ranks"][0]["errors"] == 0
+    assert all(p["severity"] == "warning" for p in verdict["problems"])
