@@ -1,0 +1,107 @@
+"""docs/troubleshooting.md quotes this package's own messages: produce each one for real and find it there.
+
+Numbers (ranks, ports, sizes, timeouts, versions) may differ between the quote and the message produced
+here; the words may not. A reworded message fails this test until the page is updated.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from helpers import REPO
+
+DOC = (REPO / "docs" / "troubleshooting.md").read_text()
+
+
+def normalise(text: str) -> str:
+    """Numbers become N, and a list of numbers [N, N, N] becomes [N]."""
+    text = re.sub(r"\d+(\.\d+)*(\+\w+)?", "N", text)
+    return re.sub(r"\[N(, N)*\]", "[N]", text)
+
+
+def assert_quoted(message: str) -> None:
+    assert normalise(message) in normalise(DOC), f"docs/troubleshooting.md does not quote:\n  {message}"
+
+
+def _error(fn, *args, **kw) -> str:
+    with pytest.raises(Exception) as e:
+        fn(*args, **kw)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("env", [
+    {"RANK": "5", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "29500"},
+    {"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4"},
+    {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_TASKS_PER_NODE": "4(x2"},
+])
+def test_rank_context_errors_are_quoted(env):
+    from mezo_elastic.rank_context import detect
+
+    assert_quoted(_error(detect, env))
+
+
+def test_device_and_backend_errors_are_quoted():
+    from mezo_elastic.config import DistConfig
+    from mezo_elastic.distributed import backend_for, select_device
+    from mezo_elastic.rank_context import detect
+
+    assert_quoted(_error(backend_for, torch.device("cpu"), DistConfig(backend="nccl")))
+    if not torch.cuda.is_available():  # on a GPU host this message cannot occur; the others still run
+        assert_quoted(_error(select_device, detect({}), "cuda"))
+
+
+def test_tp_layout_and_default_group_errors_are_quoted():
+    from mezo_elastic.config import Config, ModelConfig
+    from mezo_elastic.rank_context import detect
+    from mezo_elastic.runners.sglang_dist import init_tp_world, layout
+
+    world8 = {"RANK": "0", "WORLD_SIZE": "8", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "8",
+              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert_quoted(_error(layout, detect(world8), 3))
+    # A real default group of the wrong size (1 rank, in-memory store) where SGLang needs tp_size ranks.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        cfg = Config(model=ModelConfig(backend="sglang", tp_size=2))
+        assert_quoted(_error(init_tp_world, detect(world8), cfg, torch.device("cpu"), []))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_missing_rank_and_port_errors_are_quoted():
+    from mezo_elastic.config import DistConfig
+    from mezo_elastic.distributed import agree_on_port, wait_for_world
+    from mezo_elastic.rank_context import detect
+
+    ctx = detect({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                  "MASTER_PORT": "29500"})
+    assert_quoted(_error(wait_for_world, dist.HashStore(), ctx, 0.2))
+    with socket.socket() as held:  # a listener that is not a store: the one candidate is taken
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        msg = _error(agree_on_port, ctx, DistConfig(port_attempts=1, port_timeout_s=1.0), first=held.getsockname()[1])
+    head, _, tail = msg.partition(" after ")
+    assert_quoted(head.replace("'env'", "'slurm-1.0'"))  # the page shows the srun case's run id
+    assert_quoted(tail.split("); ")[-1])
+    assert "held by pid" in msg
+
+
+def test_doctor_master_port_held_fix_is_quoted():
+    # The doctor's own wording for the most common port problem, as the page shows it.
+    from mezo_elastic.doctor_checks import Section, _check_master
+    from mezo_elastic.rank_context import detect
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        ctx = detect({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                      "MASTER_PORT": str(held.getsockname()[1])})
+        sec = Section("Ports")
+        _check_master(sec, ctx, None, 5.0)
+    (problem,) = sec.problems
+    assert_quoted(problem.message)
+    assert_quoted(problem.fix.split(", or stop")[0])
