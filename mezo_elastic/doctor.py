@@ -24,7 +24,8 @@ from typing import Any
 
 from mezo_elastic.config import Config, parse_args
 from mezo_elastic.distributed import init_distributed, teardown
-from mezo_elastic.doctor_checks import Problem, Section, check_backends, check_context, check_devices, check_ports
+from mezo_elastic.doctor_checks import (Problem, Section, check_backends, check_context, check_devices,
+                                        check_output_dir, check_ports)
 from mezo_elastic.doctor_report import render, summary
 from mezo_elastic.errors import ConfigError
 from mezo_elastic.rank_context import RankContext
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(check_backends(cfg))
     if ctx is not None:
         sections.append(check_ports(ctx, cfg, args.timeout))
+    sections.append(check_output_dir(cfg))
     blocked = any(p.code in BLOCKING and p.severity == "error" for s in sections for p in s.problems)
     reports, pg_sec = _gather(ctx, cfg, _rank_report(ctx, sections), args.timeout, blocked)
     sections.append(pg_sec)

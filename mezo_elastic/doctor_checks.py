@@ -338,3 +338,26 @@ def _launch_fix(message: str) -> str:
     if "not an integer" in message or "not set" in message:
         return "unset the stray variable or set it to an integer; better, let torchrun/srun set it"
     return "launch with torchrun (or srun) and do not override its RANK/WORLD_SIZE variables"
+
+
+def check_output_dir(cfg: Config | None) -> Section:
+    """train.output_dir: writable here (without creating it), and the free space under it."""
+    import shutil
+    from pathlib import Path
+
+    sec = Section("Output")
+    if cfg is None:
+        return sec
+    out = Path(cfg.train.output_dir).expanduser().absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())  # the root always exists
+    writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    free_gib = shutil.disk_usage(existing).free / 2**30
+    state = "exists" if existing == out else f"will be created under {existing}"
+    sec.facts.update(output_dir=str(out), writable=writable, free_gib=round(free_gib, 1))
+    sec.lines.append(f"train.output_dir {out}: {state}, {'writable' if writable else 'NOT writable'}, "
+                     f"{free_gib:.1f} GiB free")
+    if not writable:
+        sec.problems.append(Problem(
+            "output-dir", f"train.output_dir={cfg.train.output_dir!r}: {existing} is not a writable directory",
+            "pass --train.output_dir=<a directory you can write, on a filesystem every node shares>"))
+    return sec

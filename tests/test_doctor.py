@@ -174,3 +174,15 @@ def test_doctor_json_is_machine_readable():
     verdict = json.loads(r.stdout)
     assert verdict["ok"] is True and verdict["ranks"][0]["rank"] == 0 and verdict["ranks"][0]["errors"] == 0
     assert all(p["severity"] == "warning" for p in verdict["problems"])
+
+
+def test_doctor_output_dir_under_a_file_is_a_problem(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = doctor(f"--train.output_dir={blocker / 'run'}", env=clean_env())
+    assert r.returncode == 1
+    assert f"ERROR [output-dir] (this process): train.output_dir='{blocker / 'run'}': {blocker} is not a writable directory" in r.stdout
+    assert not (blocker / "run").exists()
+    ok = doctor(f"--train.output_dir={tmp_path / 'new' / 'run'}", env=clean_env())
+    assert ok.returncode == 0 and f"will be created under {tmp_path}, writable" in ok.stdout
+    assert not (tmp_path / "new").exists()  # the doctor looks, it does not create
