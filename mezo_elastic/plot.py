@@ -61,12 +61,21 @@ def load_metrics(path: Path) -> Series:
     return s
 
 
-def ema(values: list[float], weight: float) -> list[float]:
-    """Debiased exponential moving average (as TensorBoard's smoothing): early points are not pulled to 0."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values, 1):
-        acc = weight * acc + (1 - weight) * v
-        out.append(acc / (1 - weight**i))
+def ema(steps: list[int], values: list[float], weight: float) -> list[float]:
+    """Debiased exponential moving average with `weight` per training step (TensorBoard's, step-aware).
+
+    A point logged k steps after the previous one decays the average by weight**k, so the curve does
+    not depend on train.log_every; dividing by the accumulated weight keeps early points unbiased.
+    """
+    out: list[float] = []
+    acc = norm = 0.0
+    prev = None
+    for step, v in zip(steps, values):
+        decay = weight ** (step - prev if prev is not None else 1)
+        acc = decay * acc + (1 - decay) * v
+        norm = decay * norm + (1 - decay)
+        out.append(acc / norm if norm > 0 else v)
+        prev = step
     return out
 
 
@@ -99,7 +108,7 @@ def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
     steps, loss = _column(series.train, "loss")
     if loss:
         ax_loss.plot(steps, loss, color="tab:blue", alpha=0.25, lw=1, label="train loss (raw)")
-        ax_loss.plot(steps, ema(loss, smoothing), color="tab:blue", lw=2, label=f"train loss (EMA {smoothing:g})")
+        ax_loss.plot(steps, ema(steps, loss, smoothing), color="tab:blue", lw=2, label=f"train loss (EMA {smoothing:g} per step)")
     ev_steps, ev_loss = _column(series.eval, "eval_loss")
     if ev_loss:
         ax_loss.plot(ev_steps, ev_loss, color="tab:orange", marker="o", ms=4, lw=1.5, label="eval loss")
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mezo_elastic.plot", description=__doc__.split("\n")[0])
     parser.add_argument("output_dir", type=Path, help="a run's train.output_dir (holds metrics.jsonl)")
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default: OUTPUT_DIR/metrics.png)")
-    parser.add_argument("--smoothing", type=float, default=0.9, help="EMA weight in [0, 1) for train loss (0.9)")
+    parser.add_argument("--smoothing", type=float, default=0.9, help="EMA weight per training step in [0, 1) for the smoothed train loss (0.9)")
     args = parser.parse_args(argv)
     if not 0 <= args.smoothing < 1:
         parser.error(f"--smoothing={args.smoothing} must be in [0, 1)")

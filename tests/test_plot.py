@@ -77,3 +77,15 @@ def test_loader_keeps_last_of_repeated_steps_and_skips_torn_tail(tmp_path: Path)
     path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"type": "tra')
     s = load_metrics(path)
     assert s.train[1]["loss"] == 1.5 and sorted(s.train) == [0, 1] and s.eval[2]["eval_loss"] == 1.0
+
+
+def test_ema_is_per_step_not_per_logged_point():
+    from mezo_elastic.plot import ema
+
+    assert ema([0, 1], [5.0, 5.0], 0.9) == pytest.approx([5.0, 5.0])  # debiased: a constant stays constant
+    # Logged every 10 steps: each gap decays the average by 0.9**10, not by 0.9.
+    d = 0.9**10
+    expected = (d * (1 - d) + (1 - d)) / (d * d * 0.1 + d * (1 - d) + (1 - d))
+    sparse = ema([0, 10, 20], [0.0, 1.0, 1.0], 0.9)
+    assert sparse[-1] == pytest.approx(expected, rel=1e-12)
+    assert sparse[-1] > 0.95  # a per-point EMA would still sit near 0.7 after two points
