@@ -37,6 +37,7 @@ from mezo_elastic.mezo import MezoOptimizer, StepRecord  # noqa: E402
 from mezo_elastic.perturb import ParamSegment, SweepPlan, step_seed, sweep  # noqa: E402
 
 SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
+TUNE = False  # --tune: also time other kernel block sizes and keep the fastest for the steps
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
@@ -143,6 +144,18 @@ def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -
     out["sweep_ours_1seed_ms"], out["sweep_ours_2seed_ms"], out["sweep_torch_path_ms"] = ours1, ours2, torch_path
     out["sweep_ours_1seed_TBps"] = 2 * n_bytes / (ours1 * 1e-3) / 1e12
     out["sweep_ours_2seed_TBps"] = 2 * n_bytes / (ours2 * 1e-3) / 1e12
+    if TUNE:
+        from mezo_elastic import kernels
+
+        best = (ours2, kernels.BLOCK_C, kernels.NUM_WARPS)
+        for blk, warps in ((256, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)):
+            kernels.BLOCK_C, kernels.NUM_WARPS = blk, warps
+            segs = list(segs)  # a new list: the kernel rebuilds its block table for the new BLOCK_C
+            ms = timed(lambda: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])), reps)
+            out[f"sweep_2seed_ms_block{blk}_warps{warps}"] = ms
+            best = min(best, (ms, blk, warps))
+        kernels.BLOCK_C, kernels.NUM_WARPS = best[1], best[2]
+        out["sweep_best_block_warps"] = [best[1], best[2]]
 
 
 def run_hf(path: Path, reqs, args, out: dict) -> None:
@@ -210,11 +223,14 @@ def main() -> None:
     ap.add_argument("--mem-fraction", type=float, default=0.6)
     ap.add_argument("--sglang-dummy", action="store_true", help="SGLang loads random weights itself (no parity)")
     ap.add_argument("--parity", action="store_true", help="also report HF vs SGLang clean loss on the same weights")
+    ap.add_argument("--tune", action="store_true", help="time the sweep kernel at other block sizes")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-sglang", action="store_true")
     ap.add_argument("--workdir", default="/tmp/mezo_bench")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    global TUNE
+    TUNE = args.tune
     spec = SHAPES[args.shape]
     path = Path(args.workdir) / args.shape
     if not (path / "config.json").exists() or (not args.sglang_dummy and not (path / "model.safetensors").exists()

@@ -30,7 +30,8 @@ except ImportError:  # CPU machines: perturb.sweep keeps its torch path
     HAVE_TRITON = False
 
 MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
-BLOCK_C = 512  # Philox counters per program = 2048 elements
+BLOCK_C = 512  # Philox counters per program = 2048 elements (bench/bench_step.py --tune re-measures)
+NUM_WARPS = 4
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -40,10 +41,10 @@ def available() -> bool:
 
 
 if HAVE_TRITON:
-    PHILOX_A: tl.constexpr = 0xD2511F53
-    PHILOX_B: tl.constexpr = 0xCD9E8D57
-    PHILOX_KA: tl.constexpr = 0x9E3779B9
-    PHILOX_KB: tl.constexpr = 0xBB67AE85
+    PHILOX_A = tl.constexpr(0xD2511F53)
+    PHILOX_B = tl.constexpr(0xCD9E8D57)
+    PHILOX_KA = tl.constexpr(0x9E3779B9)
+    PHILOX_KB = tl.constexpr(0xBB67AE85)
 
     try:  # libdevice moved between Triton releases
         from triton.language.extra import libdevice as _libdevice
@@ -88,18 +89,39 @@ if HAVE_TRITON:
         return r * _cos(th), r * _sin(th)
 
     @triton.jit
-    def _z4(c0, c1, k0, k1, lane):
-        """z of the 4 lanes of each counter, as a [BLOCK_C, 4] tensor (lane-minor = element order)."""
+    def _z4(c0, c1, k0, k1):
+        """z of lanes 0..3 of each counter (4 tensors shaped like the counters; one Philox call each)."""
         x0, x1, x2, x3 = _philox(c0, c1, k0, k1)
         z0, z1 = _box_muller(x0, x1)
         z2, z3 = _box_muller(x2, x3)
-        return tl.where(lane == 0, z0[:, None], tl.where(lane == 1, z1[:, None],
-                                                         tl.where(lane == 2, z2[:, None], z3[:, None])))
+        return z0, z1, z2, z3
+
+    @triton.jit
+    def _lane(wp, mp, e, numel, pre, post, show, factor, HAS_MASTER: tl.constexpr, DT: tl.constexpr):
+        """new = (base + pre) * factor + post for the elements of one lane (index e); store it."""
+        mask = (e >= 0) & (e < numel)
+        if HAS_MASTER:
+            base = tl.load(mp + e, mask=mask, other=0.0)
+        else:
+            base = tl.load(wp + e, mask=mask, other=0.0).to(tl.float32)
+        new = (base + pre) * factor + post
+        if HAS_MASTER:
+            tl.store(mp + e, new, mask=mask)
+            new = new + show
+        if DT == 0:
+            tl.store(wp + e, new, mask=mask)
+        elif DT == 1:
+            tl.store(wp + e, new.to(tl.bfloat16), mask=mask)
+        else:
+            tl.store(wp + e, new.to(tl.float16), mask=mask)
 
     @triton.jit
     def _sweep_kernel(blk_seg, seg_first, seg_w, seg_m, seg_numel, seg_off, seg_name, seg_decay, keys, coef,
                       keep, NSEEDS: tl.constexpr, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
                       BLOCK: tl.constexpr):
+        # Lanes are kept as 4 separate vectors shaped like the counters (element 4c + lane): no layout
+        # shuffles between the per-counter Philox and the per-element update; each lane's loads and
+        # stores are stride-4 but the 4 lanes cover the same cache lines back to back.
         pid = tl.program_id(0)
         s = tl.load(blk_seg + pid)
         b = (pid - tl.load(seg_first + s)).to(tl.int64)
@@ -113,36 +135,28 @@ if HAVE_TRITON:
             wp = tl.load(seg_w + s).to(tl.pointer_type(tl.bfloat16))
         else:
             wp = tl.load(seg_w + s).to(tl.pointer_type(tl.float16))
+        mp = tl.load(seg_m + s).to(tl.pointer_type(tl.float32))  # 0 (unused) without master weights
         c = off // 4 + b * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        lane = tl.arange(0, 4)[None, :]
-        e = (c * 4)[:, None] + lane - off  # element index inside the segment
-        mask = (e >= 0) & (e < numel)
-        if HAS_MASTER:
-            mp = tl.load(seg_m + s).to(tl.pointer_type(tl.float32))
-            base = tl.load(mp + e, mask=mask, other=0.0)
-        else:
-            base = tl.load(wp + e, mask=mask, other=0.0).to(tl.float32)
-        pre = tl.zeros([BLOCK, 4], dtype=tl.float32)
-        post = tl.zeros([BLOCK, 4], dtype=tl.float32)
-        show = tl.zeros([BLOCK, 4], dtype=tl.float32)
+        e = c * 4 - off  # element index (inside the segment) of each counter's lane 0
         c0 = (c & 0xFFFFFFFF).to(tl.uint32)
         c1 = (c >> 32).to(tl.uint32)
+        zero = tl.zeros([BLOCK], dtype=tl.float32)
+        p0, p1, p2, p3 = zero, zero, zero, zero  # pre
+        q0, q1, q2, q3 = zero, zero, zero, zero  # post
+        r0, r1, r2, r3 = zero, zero, zero, zero  # show
         for k in tl.static_range(NSEEDS):
             kp = keys + (name * NSEEDS + k) * 2
-            z = _z4(c0, c1, tl.load(kp).to(tl.uint32, bitcast=True), tl.load(kp + 1).to(tl.uint32, bitcast=True), lane)
-            pre += tl.load(coef + 3 * k) * z
-            post += tl.load(coef + 3 * k + 1) * z
-            show += tl.load(coef + 3 * k + 2) * z
-        new = (base + pre) * factor + post
-        if HAS_MASTER:
-            tl.store(mp + e, new, mask=mask)
-            new = new + show
-        if DT == 0:
-            tl.store(wp + e, new, mask=mask)
-        elif DT == 1:
-            tl.store(wp + e, new.to(tl.bfloat16), mask=mask)
-        else:
-            tl.store(wp + e, new.to(tl.float16), mask=mask)
+            z0, z1, z2, z3 = _z4(c0, c1, tl.load(kp).to(tl.uint32, bitcast=True),
+                                 tl.load(kp + 1).to(tl.uint32, bitcast=True))
+            a_pre, a_post, a_show = tl.load(coef + 3 * k), tl.load(coef + 3 * k + 1), tl.load(coef + 3 * k + 2)
+            p0, p1, p2, p3 = p0 + a_pre * z0, p1 + a_pre * z1, p2 + a_pre * z2, p3 + a_pre * z3
+            q0, q1, q2, q3 = q0 + a_post * z0, q1 + a_post * z1, q2 + a_post * z2, q3 + a_post * z3
+            if HAS_MASTER:
+                r0, r1, r2, r3 = r0 + a_show * z0, r1 + a_show * z1, r2 + a_show * z2, r3 + a_show * z3
+        _lane(wp, mp, e, numel, p0, q0, r0, factor, HAS_MASTER, DT)
+        _lane(wp, mp, e + 1, numel, p1, q1, r1, factor, HAS_MASTER, DT)
+        _lane(wp, mp, e + 2, numel, p2, q2, r2, factor, HAS_MASTER, DT)
+        _lane(wp, mp, e + 3, numel, p3, q3, r3, factor, HAS_MASTER, DT)
 
 
 @dataclass
@@ -151,6 +165,7 @@ class _Group:
 
     dt: int
     has_master: bool
+    block: int  # BLOCK_C the block table was built for
     blocks: int
     blk_seg: torch.Tensor
     tables: tuple[torch.Tensor, ...]  # first, w, m, numel, off, name, decay
@@ -158,17 +173,23 @@ class _Group:
 
 @dataclass
 class _Packed:
-    segments: list[ParamSegment]
+    list_id: int
+    fingerprint: tuple
     names: list[str]
     groups: list[_Group]
     device: torch.device
     keys: dict[int, torch.Tensor]  # seed -> [n_names, 2] int32 keys, a few recent seeds
-    fingerprint: tuple
 
 
 def _fingerprint(segments: list[ParamSegment]) -> tuple:
-    a, b = segments[0], segments[-1]
-    return (len(segments), a.tensor.data_ptr(), b.tensor.data_ptr(), a.tensor.numel(), b.tensor.numel())
+    """len + (pointer, size, offset) of up to 64 evenly spaced segments: cheap for 10^5 segments.
+
+    The cache keys on the list object's id without holding the list: holding it would keep every
+    segment's storage alive after the caller dropped it (e.g. weights rebound by param.data = ...).
+    """
+    step = max(1, len(segments) // 64)
+    picks = segments[::step] + segments[-1:]
+    return (len(segments),) + tuple((s.tensor.data_ptr(), s.tensor.numel(), s.offset, s.name) for s in picks)
 
 
 _CACHE: list[_Packed] = []  # packed tables of the last few segment lists (runners return one list object)
@@ -200,14 +221,13 @@ def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has
         torch.tensor([name_idx[s.name] for s in segs], dtype=torch.int32, device=dev),
         torch.tensor([1 if s.decay else 0 for s in segs], dtype=torch.int32, device=dev),
     )
-    return _Group(dt, has_master, int(sum(nblk)), blk_seg.to(dev), tables)
+    return _Group(dt, has_master, BLOCK_C, int(sum(nblk)), blk_seg.to(dev), tables)
 
 
 def _packed(segments: list[ParamSegment]) -> _Packed:
+    fp = _fingerprint(segments)
     for p in _CACHE:
-        # Same list object, and (cheap guard) same ends: a list refilled in place with other tensors
-        # must not reuse pointers into storage that may have been freed.
-        if p.segments is segments and p.fingerprint == _fingerprint(segments):
+        if p.list_id == id(segments) and p.fingerprint == fp:
             return p
     dev = segments[0].tensor.device
     names = sorted({s.name for s in segments})
@@ -217,7 +237,7 @@ def _packed(segments: list[ParamSegment]) -> _Packed:
         if s.tensor.numel():
             by_kind.setdefault((DTYPE_CODE[s.tensor.dtype], s.master is not None), []).append(s)
     groups = [_pack_group(segs, name_idx, dt, hm, dev) for (dt, hm), segs in sorted(by_kind.items())]
-    packed = _Packed(segments, names, groups, dev, {}, _fingerprint(segments))
+    packed = _Packed(id(segments), fp, names, groups, dev, {})
     _CACHE.insert(0, packed)
     del _CACHE[4:]
     return packed
@@ -263,5 +283,5 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan) -> bool:
     with torch.cuda.device(p.device):
         for g in p.groups:
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
-                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=BLOCK_C, num_warps=4)
+                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, num_warps=NUM_WARPS)
     return True

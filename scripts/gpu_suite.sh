@@ -5,7 +5,7 @@
 #   scripts/gpu_suite.sh tests                # only the GPU tests
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
 #
-# Wheels: .gpu/wheels (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
+# Wheels: .gpu/whl (the .whl files of .gpu/wheels) (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
 # MEZO_GPU_COMPAT=1 turns on the wheel set's start-up shim for that machine only (see its
 # sitecustomize.py); the package itself never imports it.
 set -uo pipefail
@@ -21,7 +21,7 @@ log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/suite.log"; }
 if [ ! -d /tmp/site/sglang ]; then
   log "install wheels"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .gpu/wheels/*.whl 2>&1 | tail -3 | tee -a "$OUT/suite.log"
+    ${WHEELS:-.gpu/whl}/*.whl 2>&1 | tail -3 | tee -a "$OUT/suite.log"
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -39,18 +39,22 @@ for s in $stages; do
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
     bench1b)
       log "bench 1b"
-      python3 bench/bench_step.py --shape 1b --parity --out "$OUT/bench_1b.json" > "$OUT/bench_1b.log" 2>&1 || rc=1
+      python3 bench/bench_step.py --shape 1b --parity --tune --out "$OUT/bench_1b.json" > "$OUT/bench_1b.log" 2>&1 || rc=1
       tail -45 "$OUT/bench_1b.log" ;;
     bench8b)
       log "bench 8b"
       python3 bench/bench_step.py --shape 8b --sglang-dummy --reps 5 --out "$OUT/bench_8b.json" \
         > "$OUT/bench_8b.log" 2>&1 || rc=1
       tail -45 "$OUT/bench_8b.log" ;;
+    dpcheck1)
+      log "dp_tp_check on one GPU (the reference the 2-GPU stage compares against)"
+      python3 bench/dp_tp_check.py --model /tmp/mezo_bench/1b --tp 1 --out "$OUT/one.json" 2>&1 | \
+        grep -v "Ignore import error" | tail -5 ;;
     multi)
       log "dp / tp on 2 GPUs"
       bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
-    *) echo "unknown stage $s (tests bench1b bench8b multi)"; exit 2 ;;
+    *) echo "unknown stage $s (tests bench1b bench8b dpcheck1 multi)"; exit 2 ;;
   esac
 done
 log "done rc=$rc"

@@ -194,6 +194,9 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
                      nccl_port=nccl_port, server_args=sa)
     mr.alloc_memory_pool()
     mr.init_attention_backends()
-    # init_cuda_graphs() is not called: prefill batches of changing shape, and weights that change
-    # in place every sweep, gain nothing from graphs captured for decode.
+    # With disable_cuda_graph every phase's backend is "disabled": this captures nothing and only
+    # sets up the eager runner the forward path dispatches to.
+    mr.init_cuda_graphs()
+    if mr.decode_cuda_graph_runner is not None:
+        raise BackendError("sglang captured a decode CUDA graph although disable_cuda_graph=True")
     return Engine(mr, sa)
