@@ -1,32 +1,24 @@
-"""`srun python -m mezo_elastic.doctor` on the real one-node SLURM cluster (.ci/slurm-up.sh)."""
+"""`srun python -m mezo_elastic.doctor` on the real one-node SLURM cluster."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 
 import pytest
 
-from helpers import REPO, env
+from helpers import REPO
+from slurm_helpers import Cluster, job_env
 
-pytestmark = [pytest.mark.integration, pytest.mark.slurm]
-
-
-@pytest.fixture(scope="module")
-def slurm_conf() -> str:
-    """Start the cluster if it is not up (idempotent) and return its SLURM_CONF."""
-    r = subprocess.run([str(REPO / ".ci" / "slurm-up.sh")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    m = re.search(r"^export SLURM_CONF=(\S+)$", r.stdout, re.M)
-    assert m, r.stdout
-    return m.group(1)
+pytestmark = pytest.mark.slurm
 
 
-def test_doctor_under_srun_two_tasks_agree_on_a_port_and_summarise(slurm_conf: str):
+def test_doctor_under_srun_two_tasks_agree_on_a_port_and_summarise(slurm_cluster: Cluster):
     # srun without torchrun: rank/world from SLURM_PROCID/SLURM_NTASKS, the port picked by this package.
     cmd = ["srun", "--oversubscribe", "-N1", "-n2", "--ntasks-per-node=2", "-t", "3",
-           "python", "-m", "mezo_elastic.doctor", "--timeout", "30"]
-    r = subprocess.run(cmd, env=env(SLURM_CONF=slurm_conf), capture_output=True, text=True, timeout=240, cwd=REPO)
+           sys.executable, "-m", "mezo_elastic.doctor", "--timeout", "30"]
+    r = subprocess.run(cmd, env=job_env(slurm_cluster), capture_output=True, text=True, timeout=240, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "mezo_elastic doctor: 2 rank(s) reporting" in out
