@@ -50,6 +50,7 @@ def export(run_dir: Path, out: Path, step: int | None = None) -> int:
     for rec in records:
         if base <= rec.step < step:
             opt.replay(rec)
+    opt.clean()  # the last replayed step may have folded in the next perturbation
     if opt.master_state():
         for seg, master in opt.master_state():
             seg.tensor.copy_(master)

@@ -10,6 +10,7 @@ Sweeps a step (one sweep = one pass over the trainable weights, see perturb.swee
 So 2 sweeps a step; 3 when the next step starts from clean weights (after eval or checkpoint).
 With master weights the fp32 master is updated exactly as a replay of the step log does it,
 and the model only ever shows master + offset, so perturbation leaves no drift at all.
+Without, a replay re-runs the step's sweeps (no forwards), so resume is still bit-exact.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StepRecord:
     weight_decay: float
     skipped: bool = False
     loss: float = float("nan")
+    next_seed: int | None = None  # the next step's perturbation folded into this update (None: clean after)
     extra: dict = field(default_factory=dict)
 
     def update_terms(self) -> list[Term]:
@@ -126,10 +128,21 @@ class MezoOptimizer:
         self.offset = show
 
     def replay(self, rec: StepRecord) -> None:
-        """Apply a logged step to clean weights (one sweep, no forward)."""
-        assert not self.offset, "replay needs clean weights"
-        if not rec.skipped:
-            self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay))
+        """Apply a logged step without any forward, bit-exactly as the live run did.
+
+        With master weights: one sweep on the master (the shown offset never touches it).
+        Without: the step's own sweeps (flip to -eps z, restore + update + fold), because in place
+        the rounding of those sweeps is part of the trajectory; two sweeps, still no forward.
+        """
+        if self.master:
+            if not rec.skipped:
+                self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay))
+            return
+        if len(rec.seeds) != 1:
+            raise ValueError(f"step {rec.step}: {len(rec.seeds)} seeds need master weights to replay")
+        self.perturb(rec.seeds[0], +1.0)  # no sweep when the previous step folded it in
+        self.perturb(rec.seeds[0], -1.0)
+        self.update(rec, rec.next_seed)
 
     def master_state(self) -> list[tuple[ParamSegment, torch.Tensor]]:
         """(segment, exact fp32 theta) pairs when master weights are kept, else []."""

@@ -246,7 +246,10 @@ class Trainer:
                     raise MezoError(f"{self.nonfinite} steps had non-finite losses (mezo.max_nonfinite="
                                     f"{cfg.mezo.max_nonfinite}); lower mezo.lr or mezo.eps")
             done = t + 1
-            self.opt.update(rec, None if self._needs_clean_after(done) or stop else self._my_seed(t + 1))
+            # A stop keeps the fold an undisturbed run would make: the log then replays to the very
+            # same weights, and the relaunch continues bit-exactly.
+            rec.next_seed = None if self._needs_clean_after(done) else self._my_seed(t + 1)
+            self.opt.update(rec, rec.next_seed)
             if self.ctx.is_main:
                 self.steplog.append(rec)
             tokens += 2 * sum(self.data.train[i].n_tokens for i in self.schedule.global_batch(t))
