@@ -1,0 +1,38 @@
+# The Makefile mirrors CI: .ci/run calls `make test`.
+#   make run    install (CPU torch pinned) and train the built-in tiny default on 2 CPU processes
+#   make test   install dev extras and run the default suite (unit, torchrun integration, real SLURM;
+#               GPU tests skip with their reason on a machine without CUDA)
+#   make docs   regenerate docs/configuration.md from the config tree
+#   make bench  GPU benchmarks (on a CUDA machine; see docs/benchmarks.md)
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# CPU machines: the CPU wheel, pinned (a bare `torch` may pull a multi-GB CUDA build). Where torch
+# already imports (a GPU machine with its CUDA build) it is left alone.
+TORCH_SPEC ?= torch==2.13.0
+NPROC ?= 2
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit docs bench gpu-suite
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+
+run: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m mezo_elastic.train $(RUN_ARGS)
+
+test: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PYTHON) -m pytest -m "not gpu and not integration and not slurm" $(PYTEST_ARGS)
+
+docs:
+	$(PYTHON) -m mezo_elastic.docs_gen
+
+bench:
+	$(PYTHON) bench/bench_step.py
+
+gpu-suite:
+	bash scripts/gpu_suite.sh
