@@ -24,7 +24,7 @@
 set -euo pipefail
 
 DIR=${MEZO_SLURM_DIR:-/tmp/slurm}
-CPUS=${MEZO_SLURM_CPUS:-$(nproc)}
+CPUS=${MEZO_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 WAIT=${MEZO_SLURM_WAIT:-30}
 CONF=$DIR/slurm.conf
 HOST=$(hostname -s)

@@ -94,7 +94,7 @@ is_count "$NPROC_PER_NODE" || die "NPROC_PER_NODE=$NPROC_PER_NODE is not a posit
 if [[ $DEVICE == cuda ]] && ((NPROC_PER_NODE > gpus)); then
     die "NPROC_PER_NODE=$NPROC_PER_NODE but only $gpus GPU(s) are visible on $(hostname -s); use NPROC_PER_NODE<=$gpus (one process per GPU)"
 fi
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc alone obeys OMP_NUM_THREADS
 if [[ $DEVICE == cpu ]] && ((NPROC_PER_NODE > cpus)); then
     die "NPROC_PER_NODE=$NPROC_PER_NODE but $(hostname -s) has $cpus CPU(s) for DEVICE=cpu; use NPROC_PER_NODE<=$cpus"
 fi
