@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256, help="prompt + completion tokens per example")
     ap.add_argument("--completion", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--mem-fraction", type=float, default=0.6)
     ap.add_argument("--sglang-dummy", action="store_true", help="SGLang loads random weights itself (no parity)")
     ap.add_argument("--parity", action="store_true", help="also report HF vs SGLang clean loss on the same weights")

@@ -32,6 +32,7 @@ except ImportError:  # CPU machines: perturb.sweep keeps its torch path
 MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
 BLOCK_C = 512  # Philox counters per program = 2048 elements (bench/bench_step.py --tune re-measures)
 NUM_WARPS = 4
+MAX_INDEX = 2**33  # HF element indices the kernel handles (counter = index // 4 in 31 bits)
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -124,8 +125,8 @@ if HAVE_TRITON:
         # stores are stride-4 but the 4 lanes cover the same cache lines back to back.
         pid = tl.program_id(0)
         s = tl.load(blk_seg + pid)
-        b = (pid - tl.load(seg_first + s)).to(tl.int64)
-        numel = tl.load(seg_numel + s)
+        b = pid - tl.load(seg_first + s)
+        numel = tl.load(seg_numel + s).to(tl.int32)
         off = tl.load(seg_off + s)
         name = tl.load(seg_name + s)
         factor = tl.where(tl.load(seg_decay + s) != 0, keep, 1.0)
@@ -136,10 +137,12 @@ if HAVE_TRITON:
         else:
             wp = tl.load(seg_w + s).to(tl.pointer_type(tl.float16))
         mp = tl.load(seg_m + s).to(tl.pointer_type(tl.float32))  # 0 (unused) without master weights
-        c = off // 4 + b * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        e = c * 4 - off  # element index (inside the segment) of each counter's lane 0
-        c0 = (c & 0xFFFFFFFF).to(tl.uint32)
-        c1 = (c >> 32).to(tl.uint32)
+        # 32-bit index math (the host guarantees HF index < 2**33, so counters fit 31 bits and c1 = 0):
+        # int64 address arithmetic was a large share of the instructions of this compute-bound loop.
+        i = b * BLOCK + tl.arange(0, BLOCK)
+        e = i * 4 - (off % 4).to(tl.int32)  # element index (inside the segment) of each counter's lane 0
+        c0 = ((off // 4).to(tl.int32) + i).to(tl.uint32, bitcast=True)
+        c1 = c0 * 0
         zero = tl.zeros([BLOCK], dtype=tl.float32)
         p0, p1, p2, p3 = zero, zero, zero, zero  # pre
         q0, q1, q2, q3 = zero, zero, zero, zero  # post
@@ -275,6 +278,8 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan) -> bool:
     seeds, coefs = plan_coefficients(plan)
     if len(seeds) > MAX_SEEDS:
         return False
+    if any(s.offset + s.tensor.numel() >= MAX_INDEX or s.tensor.numel() >= 2**31 - 4 * BLOCK_C for s in segments):
+        return False  # the kernel's 32-bit counters; the torch path takes any index
     p = _packed(segments)
     keys = (torch.stack([_keys(p, s) for s in seeds], dim=1).reshape(-1) if seeds
             else torch.zeros(2, dtype=torch.int32, device=p.device))

@@ -194,8 +194,7 @@ class SGLangRunner:
         for lo, hi in self._chunks(requests):
             seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests[lo:hi]]
             starts = [len(r.prompt_ids) - 1 for r in requests[lo:hi]]
-            for j, lp in enumerate(self.engine.extend_logprobs(seqs, starts)):
-                total[lo + j] = lp.double().sum().cpu()
+            total[lo:hi] = self.engine.logprob_sums(seqs, starts)
         return total, torch.tensor([len(r.completion_ids) for r in requests], dtype=torch.int64)
 
     def _chunks(self, requests: Sequence[ScoreRequest]) -> list[tuple[int, int]]:

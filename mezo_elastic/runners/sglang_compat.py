@@ -103,11 +103,12 @@ class Engine:
         self.model_runner.token_to_kv_pool_allocator.clear()
 
     @torch.no_grad()
-    def extend_logprobs(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[torch.Tensor]:
-        """One EXTEND forward; per sequence, log p(token j | tokens < j) for j in (start, len).
+    def logprob_sums(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
+        """One EXTEND forward; per sequence, sum of log p(token j | tokens < j) for j in (start, len).
 
         With logprob_start_len = s, SGLang returns len - s values per sequence: rows s .. len-1
-        predict tokens s+1 .. len, the last one a padding token (dropped here).
+        predict tokens s+1 .. len, the last one a padding token (left out of the sum).
+        Returns float64 sums on the CPU.
         """
         from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
         from sglang.srt.model_executor.forward_batch_info import ForwardBatch
@@ -135,11 +136,14 @@ class Engine:
                 batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
                 batch.prefill_input_ids_cpu = None
             fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
-            out = mr.forward(fb).logits_output
-            flat = out.input_token_logprobs
-            lens = [len(ids) - start for ids, start in zip(seqs, starts)]
-            parts = torch.split(flat.float(), lens)
-            return [p[:-1] for p in parts]
+            flat = mr.forward(fb).logits_output.input_token_logprobs.double()
+            # Sum on the GPU and copy once (one sync per forward, not one per sequence).
+            lens = torch.tensor([len(ids) - start for ids, start in zip(seqs, starts)], device=flat.device)
+            seq_of = torch.repeat_interleave(torch.arange(len(seqs), device=flat.device), lens)
+            keep = torch.ones_like(flat)
+            keep[lens.cumsum(0) - 1] = 0.0  # each sequence's last row predicts past its end
+            sums = torch.zeros(len(seqs), dtype=torch.float64, device=flat.device)
+            return sums.index_add_(0, seq_of, flat * keep).cpu()
         finally:
             self.clear()  # free KV and request slots even when the forward failed
 
