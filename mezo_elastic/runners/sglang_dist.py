@@ -113,7 +113,13 @@ def _dp_group(ctx: RankContext, cfg: Config, tp_rank: int, dp_rank: int, dp_size
     store = _launcher_store(ctx, cfg)
     keep.append(store)
     prefix = dist.PrefixStore(f"mezo_elastic/{ctx.run_id}/{ctx.restart_count}/dp/tp{tp_rank}", store)
-    return dist.ProcessGroupGloo(prefix, dp_rank, dp_size, datetime.timedelta(seconds=cfg.dist.timeout_s))
+    opts = dist.ProcessGroupGloo._Options()
+    opts._timeout = datetime.timedelta(seconds=cfg.dist.timeout_s)
+    # One node: loopback, so gloo never depends on the host name resolving (containers often lack it).
+    host = "127.0.0.1" if ctx.local_world_size == ctx.world_size else None
+    opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host) if host
+                     else dist.ProcessGroupGloo.create_default_device()]
+    return dist.ProcessGroupGloo(prefix, dp_rank, dp_size, opts)
 
 
 def init_tp_world(ctx: RankContext, cfg: Config, device: torch.device, keep: list, backend: str = "nccl") -> int:

@@ -1,0 +1,13 @@
+"""Run under torchrun: the sglang backend's DP group (gloo over torchrun's store) sums and gathers."""
+import torch
+from mezo_elastic.config import Config, ModelConfig
+from mezo_elastic.rank_context import detect
+from mezo_elastic.runners.sglang_dist import MezoDist, _dp_group, layout
+ctx = detect()
+cfg = Config(model=ModelConfig(backend="sglang", dtype="bfloat16", tp_size=1))
+tp_rank, tp, dp_rank, dp = layout(ctx, 1)
+keep = []
+g = _dp_group(ctx, cfg, tp_rank, dp_rank, dp, keep)
+md = MezoDist(torch.device("cpu"), tp_rank, tp, dp_rank, dp, 0, g, keep)
+print(ctx.rank, md.all_reduce_sum([1.0, float(ctx.rank)]), md.all_gather_floats([float(ctx.rank)]))
+md.barrier()
