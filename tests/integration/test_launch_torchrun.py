@@ -68,7 +68,7 @@ def test_single_node_two_concurrent_launches_take_different_ports(tiny_inputs, t
 
 
 def test_single_node_stop_and_resume_matches_an_uninterrupted_run(tiny_inputs, tmp_path: Path):
-    args = [*tiny_inputs, *FAST, "--train.steps=40", "--checkpoint.every=10", "--mezo.master_weights=true"]
+    args = [*tiny_inputs, *FAST, "--train.steps=40", "--checkpoint.every=10"]
     ref = launch(SINGLE, tmp_path / "ref", args, NPROC_PER_NODE="2")
     run = launch(SINGLE, tmp_path / "run", args, NPROC_PER_NODE="2")
     deadline = time.monotonic() + 120
