@@ -19,7 +19,7 @@ import torch
 from mezo_elastic import checkpoint
 from mezo_elastic.config import from_dict
 from mezo_elastic.errors import CheckpointError, MezoError
-from mezo_elastic.mezo import MezoOptimizer
+from mezo_elastic.mezo import MezoOptimizer, use_master_weights
 from mezo_elastic.runners.hf import HFRunner
 
 
@@ -42,7 +42,7 @@ def export(run_dir: Path, out: Path, step: int | None = None) -> int:
     if step > last and base != step:
         raise CheckpointError(f"--step {step}: the step log of {run_dir} reaches step {last} only")
     runner = HFRunner(cfg, torch.device("cpu"), info["model_path"])
-    opt = MezoOptimizer(runner.segments(), cfg.mezo, cfg.mezo.master_weights or cfg.mezo.mode == "multi_seed")
+    opt = MezoOptimizer(runner.segments(), cfg.mezo, use_master_weights(cfg.mezo, cfg.model.dtype))
     if ck:
         runner.load_hf_state_dict(ck[1])
         for seg, master in opt.master_state():

@@ -18,7 +18,7 @@ from mezo_elastic.config import Config
 from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.metrics import MetricsWriter, Progress
-from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step
+from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step, use_master_weights
 from mezo_elastic.objective import example_losses
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import ForwardRunner, make_runner
@@ -80,8 +80,7 @@ class Trainer:
             model_path,
         )
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
-        # multi_seed: each rank perturbs with its own z, so only a master copy keeps ranks bit-identical.
-        master = cfg.mezo.master_weights or cfg.mezo.mode == "multi_seed"
+        master = use_master_weights(cfg.mezo, cfg.model.dtype)
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)

@@ -70,7 +70,7 @@ def _run_counting(tmp_path, *flags):
     (["--train.eval_every=0"], 2 * 12 + 1),  # 2 a step, plus the first perturbation
     (["--train.eval_every=4"], 2 * 12 + 1 + 2),  # eval after steps 4 and 8 needs clean weights: +1 each
     (["--train.eval_every=0", "--mezo.fold_next_perturbation=false"], 3 * 12),  # the 3-sweep form
-    (["--train.eval_every=0", "--mezo.master_weights=true"], 2 * 12 + 1),
+    (["--train.eval_every=0", "--mezo.master_weights=on"], 2 * 12 + 1),
 ])
 def test_sweeps_per_step_are_counted(tmp_path, flags, expected):
     assert _run_counting(tmp_path, *flags) == expected

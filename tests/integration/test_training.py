@@ -84,6 +84,6 @@ def test_multi_seed_mode_logs_every_rank_and_replays_exactly(tmp_path):
 
 def test_bfloat16_master_weights_run(tmp_path):
     out = tmp_path / "bf16"
-    train(out, "--model.dtype=bfloat16", "--mezo.master_weights=true", "--train.steps=10", *FAST)
+    train(out, "--model.dtype=bfloat16", "--mezo.master_weights=on", "--train.steps=10", *FAST)
     w = final_weights(out)
     assert all(t.dtype == torch.bfloat16 for t in w.values())
