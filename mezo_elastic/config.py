@@ -267,7 +267,10 @@ def load_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config={path!r}: no such file")
     text = p.read_text()
     if p.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
 
         try:
             return tomllib.loads(text)
