@@ -137,7 +137,9 @@ class TrainConfig:
     eval_every: int = opt(200, "evaluate every this many steps, at step 0 and at the end (0 = only start and end)")
     log_every: int = opt(10, "write a train line to metrics.jsonl every this many steps")
     progress: bool = opt(True, "rank 0 shows a progress bar on a terminal")
-    tensorboard: bool = opt(False, "also write metrics to output_dir/tb (needs the tensorboard package)")
+    tensorboard: Literal["auto", "on", "off"] = opt(
+        "auto", "also write metrics to output_dir/tb: auto = when the tensorboard package is installed"
+    )
     save_final: bool = opt(True, "save the final model (HF format) to output_dir/final")
     requeue_on_signal: bool = opt(
         False, "under SLURM, rank 0 runs `scontrol requeue $SLURM_JOB_ID` when SIGUSR1 stops the run"
@@ -145,6 +147,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("train", "steps", self.steps, zero_ok=True)
+        _choice("train", "tensorboard", self.tensorboard, ("auto", "on", "off"))
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "eval_every", self.eval_every, zero_ok=True)
         _positive("train", "log_every", self.log_every)

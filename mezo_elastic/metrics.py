@@ -13,15 +13,17 @@ from mezo_elastic.errors import ConfigError
 class MetricsWriter:
     """Appends one JSON object a line to metrics.jsonl (and TensorBoard when asked). Rank 0 only."""
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool) -> None:
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: str) -> None:
         self.enabled = enabled
         self._f = open(Path(output_dir) / "metrics.jsonl", "a") if enabled else None
         self._tb = None
-        if enabled and tensorboard:
+        if enabled and tensorboard != "off":
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("train.tensorboard=true needs tensorboard: pip install 'mezo_elastic[tensorboard]'") from None
+                if tensorboard == "on":
+                    raise ConfigError("train.tensorboard=on needs tensorboard: pip install 'mezo_elastic[tensorboard]'") from None
+                return
             self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
 
     def write(self, kind: str, step: int, **values: float) -> None:
