@@ -117,6 +117,7 @@ echo "$me: ${cmd[*]}" >&2
 # torchrun runs in the background so that this shell can pass signals on (bash runs a trap only
 # between commands). SIGUSR1 becomes SIGTERM: torchrun does not forward SIGUSR1 on every version.
 got=0
+# shellcheck disable=SC2317  # called by the traps
 forward() { got=$1; kill -TERM "$child" 2>/dev/null || true; }
 trap 'forward 15' TERM; trap 'forward 2' INT; trap 'forward 1' HUP; trap 'forward 10' USR1
 "${cmd[@]}" &

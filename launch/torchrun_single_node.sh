@@ -81,7 +81,7 @@ case ${DIST_BACKEND:-} in ""|auto|nccl|gloo) ;; *) die "DIST_BACKEND=$DIST_BACKE
 [[ -z ${CONFIG:-} || -f $CONFIG ]] || die "CONFIG=$CONFIG: no such file"
 
 if [[ -n ${RDZV_PORT:-} ]]; then
-    [[ $RDZV_PORT =~ ^[0-9]+$ ]] && ((RDZV_PORT > 0 && RDZV_PORT < 65536)) || die "RDZV_PORT=$RDZV_PORT is not a port"
+    if ! [[ $RDZV_PORT =~ ^[0-9]+$ ]] || ((RDZV_PORT < 1 || RDZV_PORT > 65535)); then die "RDZV_PORT=$RDZV_PORT is not a port"; fi
     port=$RDZV_PORT
 else
     # Bind port 0 and let go: the kernel does not hand the same port out again at once, so two
@@ -106,6 +106,7 @@ echo "$me: ${cmd[*]}" >&2
 # torchrun runs in the background so that this shell can pass signals on (bash runs a trap only
 # between commands; a foreground child would delay it until torchrun had already exited).
 got=0
+# shellcheck disable=SC2317  # called by the traps
 forward() { got=$1; kill -TERM "$child" 2>/dev/null || true; }
 trap 'forward 15' TERM; trap 'forward 2' INT; trap 'forward 1' HUP; trap 'forward 10' USR1
 "${cmd[@]}" &
