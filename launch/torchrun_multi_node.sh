@@ -4,6 +4,8 @@
 #   launch/torchrun_multi_node.sh --rdzv-endpoint=HOST:PORT --rdzv-id=ID --nnodes=N \
 #       [--nproc-per-node=N] [--max-restarts=N] [TRAIN ARGS...]
 #
+# (`--opt value` works as well as `--opt=value` for these options.)
+#
 # runs, on each node:
 #
 #   python -m torch.distributed.run --nnodes=N --nproc-per-node=P --max-restarts=R \
@@ -45,15 +47,19 @@ PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 DEVICE=${DEVICE:-auto}
 args=()
-for a in "$@"; do
-    case $a in
-        --rdzv-endpoint=*|--rdzv_endpoint=*) RDZV_ENDPOINT=${a#*=} ;;
-        --rdzv-id=*|--rdzv_id=*) RDZV_ID=${a#*=} ;;
-        --nnodes=*) NNODES=${a#*=} ;;
-        --nproc-per-node=*|--nproc_per_node=*) NPROC_PER_NODE=${a#*=} ;;
-        --max-restarts=*|--max_restarts=*) MAX_RESTARTS=${a#*=} ;;
-        *) args+=("$a") ;;
+while (($#)); do  # the script's own options, as --opt=value or --opt value; the rest goes to training
+    case $1 in
+        --rdzv-endpoint=*|--rdzv_endpoint=*) RDZV_ENDPOINT=${1#*=} ;;
+        --rdzv-id=*|--rdzv_id=*) RDZV_ID=${1#*=} ;;
+        --nnodes=*) NNODES=${1#*=} ;;
+        --nproc-per-node=*|--nproc_per_node=*) NPROC_PER_NODE=${1#*=} ;;
+        --max-restarts=*|--max_restarts=*) MAX_RESTARTS=${1#*=} ;;
+        --rdzv-endpoint|--rdzv_endpoint|--rdzv-id|--rdzv_id|--nnodes|--nproc-per-node|--nproc_per_node|--max-restarts|--max_restarts)
+            (($# >= 2)) || die "$1 needs a value"
+            set -- "$1=$2" "${@:3}"; continue ;;
+        *) args+=("$1") ;;
     esac
+    shift
 done
 
 visible_gpus() {  # CUDA_VISIBLE_DEVICES wins over what the driver lists

@@ -3,6 +3,8 @@
 #
 #   launch/torchrun_single_node.sh [--nproc-per-node=N] [--max-restarts=N] [TRAIN ARGS...]
 #
+# (`--opt value` works as well as `--opt=value` for these two options.)
+#
 # runs, from the directory you call it in:
 #
 #   python -m torch.distributed.run --nnodes=1 --nproc-per-node=N --max-restarts=R \
@@ -38,12 +40,16 @@ PYTHON=${PYTHON:-python3}
 MAX_RESTARTS=${MAX_RESTARTS:-0}
 DEVICE=${DEVICE:-auto}
 args=()
-for a in "$@"; do
-    case $a in
-        --nproc-per-node=*|--nproc_per_node=*) NPROC_PER_NODE=${a#*=} ;;
-        --max-restarts=*|--max_restarts=*) MAX_RESTARTS=${a#*=} ;;
-        *) args+=("$a") ;;
+while (($#)); do  # the script's own options, as --opt=value or --opt value; the rest goes to training
+    case $1 in
+        --nproc-per-node=*|--nproc_per_node=*) NPROC_PER_NODE=${1#*=} ;;
+        --max-restarts=*|--max_restarts=*) MAX_RESTARTS=${1#*=} ;;
+        --nproc-per-node|--nproc_per_node|--max-restarts|--max_restarts)
+            (($# >= 2)) || die "$1 needs a value"
+            set -- "$1=$2" "${@:3}"; continue ;;
+        *) args+=("$1") ;;
     esac
+    shift
 done
 
 visible_gpus() {  # CUDA_VISIBLE_DEVICES wins over what the driver lists

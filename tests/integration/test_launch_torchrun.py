@@ -90,7 +90,7 @@ def test_multi_node_two_agents_meet_on_the_given_endpoint(tiny_inputs, tmp_path:
     from mezo_elastic.distributed import free_port
 
     endpoint = f"127.0.0.1:{free_port()}"
-    agents = [launch(MULTI, tmp_path / "out", [f"--rdzv-endpoint={endpoint}", "--nnodes=2", "--nproc-per-node=1",
+    agents = [launch(MULTI, tmp_path / "out", [f"--rdzv-endpoint={endpoint}", "--nnodes", "2", "--nproc-per-node=1",
                                                *tiny_inputs, *FAST, "--train.steps=20"], RDZV_ID=f"test-{tmp_path.name}")
               for _ in range(2)]
     for rc, out in [finish(p) for p in agents]:
@@ -108,6 +108,7 @@ def test_multi_node_two_agents_meet_on_the_given_endpoint(tiny_inputs, tmp_path:
     (MULTI, {"RDZV_ENDPOINT": "node1"}, ["--nnodes=2", "--rdzv-id=x"], "RDZV_ENDPOINT=node1 is not HOST:PORT"),
     (MULTI, {"RDZV_ENDPOINT": "node1:29555"}, ["--nnodes=2"], "no rendezvous id"),
     (MULTI, {"RDZV_ENDPOINT": "node1:29555", "RDZV_ID": "x", "NNODES": "4:2"}, [], "MIN is larger than MAX"),
+    (MULTI, {"RDZV_ENDPOINT": "node1:29555", "RDZV_ID": "x"}, ["--nnodes"], "--nnodes needs a value"),
 ])
 def test_bad_settings_fail_fast_with_a_clear_message(tmp_path: Path, script, vars, args, message):
     t0 = time.monotonic()
