@@ -182,6 +182,7 @@ class _Packed:
     groups: list[_Group]
     device: torch.device
     keys: dict[int, torch.Tensor]  # seed -> [n_names, 2] int32 keys, a few recent seeds
+    ok: bool = True  # can_fuse(segments); False: the torch path does this list
 
 
 def _fingerprint(segments: list[ParamSegment]) -> tuple:
@@ -199,12 +200,14 @@ _CACHE: list[_Packed] = []  # packed tables of the last few segment lists (runne
 
 
 def can_fuse(segments: list[ParamSegment]) -> bool:
-    """True when every segment is a CUDA tensor of one device in a supported dtype (master fp32)."""
+    """True when every segment is a CUDA tensor of one device in a supported dtype (master fp32)
+    and every HF index fits the kernel's 32-bit counters. O(len(segments)): cached by fused_sweep."""
     if not segments or not available():
         return False
     dev = segments[0].tensor.device
     return all(s.tensor.is_cuda and s.tensor.device == dev and s.tensor.dtype in DTYPE_CODE
                and (s.master is None or (s.master.dtype == torch.float32 and s.master.device == dev))
+               and s.offset + s.tensor.numel() < MAX_INDEX and s.tensor.numel() < 2**31 - 4 * BLOCK_C
                for s in segments)
 
 
@@ -228,19 +231,24 @@ def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has
 
 
 def _packed(segments: list[ParamSegment]) -> _Packed:
+    """The list's device tables, built once: per-sweep Python work must not grow with the number of
+    segments (TP row shards give one segment per row, 10^5 of them)."""
     fp = _fingerprint(segments)
     for p in _CACHE:
         if p.list_id == id(segments) and p.fingerprint == fp:
             return p
     dev = segments[0].tensor.device
-    names = sorted({s.name for s in segments})
-    name_idx = {n: i for i, n in enumerate(names)}
-    by_kind: dict[tuple[int, bool], list[ParamSegment]] = {}
-    for s in segments:
-        if s.tensor.numel():
-            by_kind.setdefault((DTYPE_CODE[s.tensor.dtype], s.master is not None), []).append(s)
-    groups = [_pack_group(segs, name_idx, dt, hm, dev) for (dt, hm), segs in sorted(by_kind.items())]
-    packed = _Packed(id(segments), fp, names, groups, dev, {})
+    if not can_fuse(segments):
+        packed = _Packed(id(segments), fp, [], [], dev, {}, ok=False)
+    else:
+        names = sorted({s.name for s in segments})
+        name_idx = {n: i for i, n in enumerate(names)}
+        by_kind: dict[tuple[int, bool], list[ParamSegment]] = {}
+        for s in segments:
+            if s.tensor.numel():
+                by_kind.setdefault((DTYPE_CODE[s.tensor.dtype], s.master is not None), []).append(s)
+        groups = [_pack_group(segs, name_idx, dt, hm, dev) for (dt, hm), segs in sorted(by_kind.items())]
+        packed = _Packed(id(segments), fp, names, groups, dev, {})
     _CACHE.insert(0, packed)
     del _CACHE[4:]
     return packed
@@ -273,14 +281,14 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan) -> bool:
     Returns False when the segments are not all CUDA tensors of supported dtypes or the plan has
     more than MAX_SEEDS distinct seeds, so the caller falls back to the torch path.
     """
-    if not can_fuse(segments):
+    if not segments or not available():
         return False
     seeds, coefs = plan_coefficients(plan)
     if len(seeds) > MAX_SEEDS:
         return False
-    if any(s.offset + s.tensor.numel() >= MAX_INDEX or s.tensor.numel() >= 2**31 - 4 * BLOCK_C for s in segments):
-        return False  # the kernel's 32-bit counters; the torch path takes any index
     p = _packed(segments)
+    if not p.ok:
+        return False
     keys = (torch.stack([_keys(p, s) for s in seeds], dim=1).reshape(-1) if seeds
             else torch.zeros(2, dtype=torch.int32, device=p.device))
     coef = torch.tensor(coefs or [[0.0, 0.0, 0.0]], dtype=torch.float32).reshape(-1).to(p.device)
