@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -201,11 +202,15 @@ def wait_for_world(store: dist.Store, ctx: RankContext, timeout_s: float, key: s
 
 @dataclass
 class DistState:
-    """What init_distributed() set up; pass it to teardown()."""
+    """What init_distributed() set up."""
 
     device: torch.device
     backend: str
     initialized: bool
+
+    def comm(self, ctx: RankContext) -> WorldComm:
+        """MeZO's data-parallel collectives over this group: every rank is one data slot."""
+        return WorldComm(self.device, ctx.rank, ctx.world_size)
 
 
 def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto") -> DistState:
@@ -242,35 +247,61 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few float64 scalars over all ranks (identity without a process group)."""
-    if not dist.is_initialized():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+class DataParallel(Protocol):
+    """Where MeZO's data-parallel traffic goes: this rank's data slot and the scalar collectives.
+
+    hf backend: every rank is a slot (WorldComm, the default group). sglang backend: a replica of
+    tp ranks is a slot and the default group is the replica's TP world (runners.sglang_dist.MezoDist).
+    """
+
+    device: torch.device
+    dp_rank: int
+    dp_size: int
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]: ...
+    def all_gather_floats(self, values: list[float]) -> list[list[float]]: ...
+    def broadcast_object(self, obj: object) -> object: ...
+    def barrier(self) -> None: ...
+    def close(self) -> None: ...
 
 
-def all_gather_floats(values: list[float], device: torch.device) -> list[list[float]]:
-    """Gather a fixed-length float64 vector from every rank, in rank order."""
-    if not dist.is_initialized():
-        return [list(values)]
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return [o.tolist() for o in out]
+@dataclass
+class WorldComm:
+    """DataParallel over torch.distributed's default group; identity without one (single process)."""
 
+    device: torch.device
+    dp_rank: int = 0
+    dp_size: int = 1
 
-def barrier() -> None:
-    """Wait for every rank (no-op without a process group)."""
-    if dist.is_initialized():
-        dist.barrier()
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum a few float64 scalars over all ranks."""
+        if not dist.is_initialized():
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
 
+    def all_gather_floats(self, values: list[float]) -> list[list[float]]:
+        """A fixed-length float64 vector from every rank, in rank order."""
+        if not dist.is_initialized():
+            return [list(values)]
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, t)
+        return [o.tolist() for o in out]
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a small picklable object from `src` to every rank (identity without a group)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+    def broadcast_object(self, obj: object) -> object:
+        """A small object from rank 0 to every rank (pickled in memory, never from disk)."""
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if dist.is_initialized():
+            dist.barrier()
+
+    def close(self) -> None:
+        """Nothing of its own to release (teardown() destroys the default group)."""

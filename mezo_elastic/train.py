@@ -30,6 +30,21 @@ def _setup_logging(rank: int) -> None:
     logging.basicConfig(level=level, format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _init(ctx, cfg) -> distributed.DataParallel:
+    """Bring up devices and groups for the backend: the world group (hf), or DP x TP (sglang)."""
+    if cfg.model.backend == "sglang":
+        # SGLang needs the default group to be its own TP world: MeZO's DP traffic gets a separate group.
+        from mezo_elastic.runners.sglang_dist import init_mezo_distributed
+
+        comm = init_mezo_distributed(ctx, cfg)
+        log.info("%s device=%s tp=%d/%d dp=%d/%d", ctx.describe(), comm.device, comm.tp_rank, comm.tp_size,
+                 comm.dp_rank, comm.dp_size)
+        return comm
+    state = distributed.init_distributed(ctx, cfg.dist, cfg.model.device)
+    log.info("%s device=%s backend=%s", ctx.describe(), state.device, state.backend)
+    return state.comm(ctx)
+
+
 @record
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, bring up the rank, train, tear down. Returns the process exit code."""
@@ -42,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mezo_elastic: error: {e}", file=sys.stderr)
         return 2
     _setup_logging(ctx.rank)
-    trainer = None
+    trainer = comm = None
     try:
-        state = distributed.init_distributed(ctx, cfg.dist, cfg.model.device)
-        log.info("%s device=%s backend=%s", ctx.describe(), state.device, state.backend)
-        trainer = Trainer(ctx, cfg, state.device)
+        comm = _init(ctx, cfg)
+        trainer = Trainer(ctx, cfg, comm)
         trainer.run()
         return 0
     except StopRequested as e:
@@ -58,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trainer is not None:
             trainer.close()
+        if comm is not None:
+            comm.close()
         distributed.teardown()
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from mezo_elastic import builtin, checkpoint, distributed
+from mezo_elastic import builtin, checkpoint
+from mezo_elastic.distributed import DataParallel
 from mezo_elastic.config import Config
 from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
@@ -63,15 +64,19 @@ def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
 
 
 class Trainer:
-    """One MeZO run on one rank. Build with a RankContext and Config, then call run()."""
+    """One MeZO run on one rank. Build with a RankContext, Config and the data-parallel comm, then run().
 
-    def __init__(self, ctx: RankContext, cfg: Config, device: torch.device) -> None:
-        self.ctx, self.cfg, self.device = ctx, cfg, device
+    Data slots are `comm.dp_rank` of `comm.dp_size` (a replica of tp ranks under the sglang backend).
+    Global rank 0 writes files; the ranks of data slot 0 take part in gathering the weights to save.
+    """
+
+    def __init__(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
+        self.ctx, self.cfg, self.comm, self.device = ctx, cfg, comm, comm.device
         self.out = Path(cfg.train.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self._signal: int | None = None
         model_path, train_path, eval_path = resolve_inputs(cfg)
-        self.runner: ForwardRunner = make_runner(ctx, cfg, device, model_path)
+        self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
         tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
         self.data = RunData(
             tokenize(read_jsonl(train_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length),
@@ -119,7 +124,7 @@ class Trainer:
             if tail and tail[0].step != ck_step:
                 raise CheckpointError(f"step log has no record for step {ck_step} (first after the checkpoint)")
             plan = (ck_step if ck else None, [r.__dict__ for r in tail], len(records) != ck_step + len(tail))
-        ck_step, tail_dicts, rewrite = distributed.broadcast_object(plan)
+        ck_step, tail_dicts, rewrite = self.comm.broadcast_object(plan)
         tail = [StepRecord(**d) for d in tail_dicts]
         if ck_step is not None:
             _, state = checkpoint.load_checkpoint(self.out / "checkpoints" / f"step-{ck_step}")
@@ -132,7 +137,7 @@ class Trainer:
         start = tail[-1].step + 1 if tail else (ck_step or 0)
         if start:
             log.info("resumed at step %d (checkpoint %s + %d replayed steps)", start, ck_step, len(tail))
-        distributed.barrier()
+        self.comm.barrier()
         return start
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -155,11 +160,11 @@ class Trainer:
 
     def _local(self, step: int) -> list[Example]:
         batch = self.schedule.global_batch(step)
-        return [self.data.train[i] for i in rank_slice(batch, self.ctx.rank, self.ctx.world_size)]
+        return [self.data.train[i] for i in rank_slice(batch, self.comm.dp_rank, self.comm.dp_size)]
 
     def _my_seed(self, step: int) -> int:
-        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.ctx.world_size)
-        return seeds[0] if self.cfg.mezo.mode == "dp" else seeds[self.ctx.rank]
+        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.comm.dp_size)
+        return seeds[0] if self.cfg.mezo.mode == "dp" else seeds[self.comm.dp_rank]
 
     def step(self, t: int) -> tuple[StepRecord, bool]:
         """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
@@ -171,17 +176,15 @@ class Trainer:
         lm = losses()
         stop_vote = 1.0 if self._signal is not None else 0.0
         lr = lr_at(cfg.mezo, t, cfg.train.steps)
-        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.ctx.world_size)
+        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size)
         if cfg.mezo.mode == "dp":
             # sums and counts, so uneven slices weigh right; the 4th scalar makes every rank stop together
-            sp, sm, n, stop = distributed.all_reduce_sum([float(lp.sum()), float(lm.sum()), len(examples), stop_vote],
-                                                        self.device)
+            sp, sm, n, stop = self.comm.all_reduce_sum([float(lp.sum()), float(lm.sum()), len(examples), stop_vote])
             loss_p, loss_m = sp / n, sm / n
             grads = [projected_grad(loss_p, loss_m, cfg.mezo.eps, cfg.mezo.grad_clip)]
         else:
             n_loc = max(len(examples), 1)
-            rows = distributed.all_gather_floats([float(lp.sum()) / n_loc, float(lm.sum()) / n_loc, stop_vote],
-                                                 self.device)
+            rows = self.comm.all_gather_floats([float(lp.sum()) / n_loc, float(lm.sum()) / n_loc, stop_vote])
             grads = [projected_grad(r[0], r[1], cfg.mezo.eps, cfg.mezo.grad_clip) for r in rows]
             loss_p, loss_m = sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows)
             stop = sum(r[2] for r in rows)
@@ -192,11 +195,11 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Loss (and accuracy) on the eval set, split over ranks, on clean weights."""
-        mine = rank_slice(self.data.eval, self.ctx.rank, self.ctx.world_size)
+        mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
             losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch)
         n_corr = float(correct.sum()) if correct is not None else 0.0
-        s, n, c = distributed.all_reduce_sum([float(losses.sum()), len(mine), n_corr], self.device)
+        s, n, c = self.comm.all_reduce_sum([float(losses.sum()), len(mine), n_corr])
         out = {"eval_loss": s / max(n, 1)}
         if self.cfg.data.objective == "classification":
             out["eval_accuracy"] = c / max(n, 1)
@@ -204,13 +207,15 @@ class Trainer:
         return out
 
     def save(self, steps_done: int) -> None:
-        """Checkpoint step-N (rank 0 writes; everyone waits)."""
+        """Checkpoint step-N (data slot 0 gathers, rank 0 writes; everyone waits)."""
         with self.opt.clean_weights():
-            if self.ctx.is_main:
-                checkpoint.save_checkpoint(self.out, steps_done, self.state(), {
-                    "world_size": self.ctx.world_size, "model_path": self.data.model_path, "time": time.time(),
-                }, self.cfg.checkpoint.keep)
-        distributed.barrier()
+            if self.comm.dp_rank == 0:
+                state = self.state()  # a TP replica gathers its shards: all of its ranks take part
+                if self.ctx.is_main:
+                    checkpoint.save_checkpoint(self.out, steps_done, state, {
+                        "world_size": self.ctx.world_size, "model_path": self.data.model_path, "time": time.time(),
+                    }, self.cfg.checkpoint.keep)
+        self.comm.barrier()
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -268,9 +273,9 @@ class Trainer:
                 self.save(done)
         final = self.evaluate(cfg.train.steps) if self.data.eval else last
         self.opt.clean()
-        if cfg.train.save_final and self.ctx.is_main:
+        if cfg.train.save_final and self.comm.dp_rank == 0:
             self._save_final()
-        distributed.barrier()
+        self.comm.barrier()
         prog.close()
         summary = {"steps": cfg.train.steps, "resumed_from": start, **{f"first_{k}": v for k, v in first_eval.items()},
                    **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
@@ -280,18 +285,21 @@ class Trainer:
         return summary
 
     def _save_final(self) -> None:
-        """final/: HF-loadable model at theta, written to a temp folder and renamed."""
+        """final/: HF-loadable model at theta, written to a temp folder by rank 0 and renamed."""
         import shutil
 
         tmp, dst = self.out / ".final.tmp", self.out / "final"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if self.ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
         if self.opt.master_state():
             self.load_state(self.state())  # weights := master (exact theta, cast to the model dtype)
-        self.runner.save_pretrained(tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        self.runner.save_pretrained(tmp)  # every rank of data slot 0 joins (TP gather); rank 0 writes
+        if self.ctx.is_main:
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
 
     def close(self) -> None:
+        """Close the log and metrics files and release the engine."""
         self.steplog.close()
         self.metrics.close()
         self.runner.close()

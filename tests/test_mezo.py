@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from mezo_elastic.config import Config, MezoConfig, parse_args
+from mezo_elastic.config import MezoConfig, parse_args
+from mezo_elastic.distributed import WorldComm
 from mezo_elastic.mezo import MezoOptimizer, lr_at, projected_grad
 from mezo_elastic.perturb import ParamSegment, SweepCounter, step_seed, z_range
 from mezo_elastic.rank_context import detect
@@ -59,7 +60,7 @@ def test_clip_and_nonfinite():
 def _run_counting(tmp_path, *flags):
     cfg = parse_args([f"--train.output_dir={tmp_path}", "--train.steps=12", "--train.batch_size=8",
                       "--train.progress=false", "--checkpoint.every=0", "--data.eval_examples=8", *flags])
-    trainer = Trainer(detect({}), cfg, torch.device("cpu"))
+    trainer = Trainer(detect({}), cfg, WorldComm(torch.device("cpu")))
     before = SweepCounter.count
     trainer.run()
     trainer.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import pickle
 from dataclasses import dataclass, field
 
 import torch
@@ -57,6 +58,25 @@ class MezoDist:
         out = [torch.empty_like(t) for _ in range(self.dp_size)]
         self.dp_group.allgather([out], [t]).wait()
         return [o.tolist() for o in out]
+
+    def broadcast_object(self, obj: object) -> object:
+        """A small object from global rank 0 to every rank: over replica 0's TP world, then each DP group.
+
+        Pickled in memory only (never read from disk)."""
+        if self.dp_rank == 0 and self.tp_size > 1:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)  # the default group is replica 0's TP world here
+            obj = box[0]
+        if self.dp_group is None:
+            return obj
+        data = pickle.dumps(obj) if self.dp_rank == 0 else b""
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        self.dp_group.broadcast([size], opts).wait()
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(int(size), dtype=torch.uint8)
+        self.dp_group.broadcast([buf], opts).wait()
+        return pickle.loads(buf.numpy().tobytes()) if self.dp_rank else obj
 
     def barrier(self) -> None:
         """Wait for every replica (and, through SGLang's default group, every TP rank)."""

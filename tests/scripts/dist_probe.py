@@ -16,7 +16,7 @@ def main() -> int:
         print(f"ERROR {e}", flush=True)
         return 2
     try:
-        total = distributed.all_reduce_sum([float(ctx.rank + 1)], state.device)[0]
+        total = state.comm(ctx).all_reduce_sum([float(ctx.rank + 1)])[0]
         print(f"OK launcher={ctx.launcher} rank={ctx.rank} world={ctx.world_size} sum={total:g}", flush=True)
     finally:
         distributed.teardown()
