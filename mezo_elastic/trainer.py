@@ -113,10 +113,10 @@ class Trainer:
         self._check_run_json()
         if not self.cfg.checkpoint.resume:
             return 0
-        plan = None
+        plan, ck = None, None
         if self.ctx.is_main:  # one rank decides, so every rank resumes from the same state
             records = self.steplog.read()
-            ck = checkpoint.newest_valid_checkpoint(self.out)
+            ck = checkpoint.newest_valid_checkpoint(self.out)  # verified and loaded: kept for this rank
             ck_step = ck[0] if ck else 0
             tail = [r for r in records if r.step >= ck_step]
             if records and ck_step > records[-1].step + 1:
@@ -127,8 +127,9 @@ class Trainer:
         ck_step, tail_dicts, rewrite = self.comm.broadcast_object(plan)
         tail = [StepRecord(**d) for d in tail_dicts]
         if ck_step is not None:
-            _, state = checkpoint.load_checkpoint(self.out / "checkpoints" / f"step-{ck_step}")
+            state = ck[1] if ck else checkpoint.load_checkpoint(self.out / "checkpoints" / f"step-{ck_step}")[1]
             self.load_state(state)
+            del state, ck
         for rec in tail:
             self.opt.replay(rec)
         if self.ctx.is_main and (rewrite or tail):
