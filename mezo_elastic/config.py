@@ -141,6 +141,10 @@ class TrainConfig:
         "auto", "also write metrics to output_dir/tb: auto = when the tensorboard package is installed"
     )
     save_final: bool = opt(True, "save the final model (HF format) to output_dir/final")
+    stop_grace_s: float = opt(
+        20.0, "after SIGTERM/SIGINT/SIGUSR1 the current step may finish; a rank still busy after this many seconds "
+        "(e.g. blocked on a dead peer) exits at once (torchrun kills workers 30 s after forwarding a signal)"
+    )
     requeue_on_signal: bool = opt(
         False, "under SLURM, rank 0 runs `scontrol requeue $SLURM_JOB_ID` when SIGUSR1 stops the run"
     )
@@ -148,6 +152,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive("train", "steps", self.steps, zero_ok=True)
         _choice("train", "tensorboard", self.tensorboard, ("auto", "on", "off"))
+        _positive("train", "stop_grace_s", self.stop_grace_s)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "eval_every", self.eval_every, zero_ok=True)
         _positive("train", "log_every", self.log_every)
@@ -171,8 +176,8 @@ class DistConfig:
     backend: Literal["auto", "nccl", "gloo"] = opt("auto", "process-group backend: auto = nccl on CUDA, gloo on CPU")
     timeout_s: float = opt(600.0, "collective timeout in seconds")
     init_timeout_s: float = opt(
-        300.0, "where this package rendezvouses (srun without torchrun, RANK/WORLD_SIZE by hand): seconds to wait "
-        "for every rank before failing with the list of missing ranks"
+        300.0, "seconds to bring the group up: every rank checking in (srun, RANK/WORLD_SIZE by hand; the missing "
+        "ranks are named) and the backend connecting (also under torchrun, whose agent then restarts the workers)"
     )
     port_attempts: int = opt(8, "candidate ports tried where this package picks a port (srun without torchrun)")
     port_timeout_s: float = opt(5.0, "seconds a rank waits on one candidate port before moving to the next")

@@ -226,9 +226,17 @@ def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     kw = {"device_id": device} if device.type == "cuda" else {}
     if ctx.launcher == "torchrun":  # the agent's store; the agent also ends every worker if one fails
-        dist.init_process_group(
-            backend, init_method="env://", rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw
-        )
+        # The agent's store outlives worker restarts, and gloo's address keys from the previous attempt
+        # were seen to be read by the next one (connect refused to a dead worker's port, every restart).
+        # A prefix per restart keeps each attempt's keys its own.
+        base = dist.TCPStore(ctx.master_addr, ctx.master_port, world_size=ctx.world_size,
+                             is_master=not ctx.agent_store and ctx.rank == 0, wait_for_workers=False,
+                             timeout=datetime.timedelta(seconds=cfg.init_timeout_s))
+        store = dist.PrefixStore(f"mezo_elastic/{ctx.run_id}/attempt_{ctx.restart_count}", base)
+        # Connecting gets init_timeout_s, not the collective timeout, so a stuck connect fails soon.
+        dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.world_size,
+                                timeout=datetime.timedelta(seconds=cfg.init_timeout_s), **kw)
+        dist.distributed_c10d._set_pg_timeout(timeout)  # collectives: dist.timeout_s
         return DistState(device, backend, True)
     if ctx.port_chosen_by_package:
         store, port = agree_on_port(ctx, cfg)

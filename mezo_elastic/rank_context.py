@@ -35,6 +35,7 @@ class RankContext:
     launcher: Launcher
     job_id: str | None = None
     cuda_visible_devices: str | None = None
+    agent_store: bool = False  # torchrun's agent hosts the store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -115,6 +116,7 @@ def _torchrun(env: Mapping[str, str]) -> RankContext | None:
         launcher=launcher,
         job_id=env.get("SLURM_JOB_ID"),
         cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
 
 

@@ -45,6 +45,21 @@ def _init(ctx, cfg) -> distributed.DataParallel:
     return state.comm(ctx)
 
 
+def _exit_without_teardown(e: Exception) -> None:
+    """After a failure in a multi-rank job a peer may be gone: destroying the process group (or the
+    interpreter's own clean-up of it) can then block or abort. Report the error where the elastic
+    agent looks for it, print it, and leave at once; the agent restarts or ends the job."""
+    import os
+    import traceback
+
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(e)
+    traceback.print_exc()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 @record
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, bring up the rank, train, tear down. Returns the process exit code."""
@@ -69,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     except MezoError as e:
         print(f"mezo_elastic: error (rank {ctx.rank}): {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if ctx.world_size > 1:
+            _exit_without_teardown(e)
+        raise
     finally:
         if trainer is not None:
             trainer.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +225,31 @@ class Trainer:
     def _on_signal(self, signum: int, _frame) -> None:
         self._signal = signum  # acted on at the end of the current step, agreed by all ranks
 
+    def _install_signal_handlers(self) -> None:
+        """Stop signals end the run after the current step; a rank that cannot get there still exits.
+
+        Python runs signal handlers only when the main thread is back in the interpreter, so a rank
+        blocked in a collective on a dead peer would never see one. The wakeup fd is written by the
+        C-level handler at once: a watcher thread reads it, exits at once on a second signal, and
+        otherwise gives the step train.stop_grace_s seconds. Every logged step is durable already.
+        """
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_signal)
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        grace = self.cfg.train.stop_grace_s
+
+        def watch() -> None:
+            first = os.read(r, 1)[0]
+            timer = threading.Timer(grace, os._exit, args=(128 + first,))
+            timer.daemon = True
+            timer.start()
+            second = os.read(r, 1)[0]  # Ctrl-C twice: leave now
+            os._exit(128 + second)
+
+        threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
+
     def _needs_clean_after(self, steps_done: int) -> bool:
         c = self.cfg
         return (not c.mezo.fold_next_perturbation or steps_done == c.train.steps
@@ -236,8 +263,7 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         """Train from wherever the output directory says, to train.steps; return the summary."""
-        for s in STOP_SIGNALS:
-            signal.signal(s, self._on_signal)
+        self._install_signal_handlers()
         cfg = self.cfg
         start = self.resume()
         prog = Progress(self.ctx.is_main and cfg.train.progress, start, cfg.train.steps, cfg.train.log_every)

@@ -21,6 +21,7 @@ DOC = (REPO / "docs" / "troubleshooting.md").read_text()
 def normalise(text: str) -> str:
     """Numbers become N, and a list of numbers [N, N, N] becomes [N]."""
     text = re.sub(r"\d+(\.\d+)*(\+\w+)?", "N", text)
+    text = text.replace("(pythonN)", "(python)")  # the process is python3 under make, python elsewhere
     return re.sub(r"\[N(, N)*\]", "[N]", text)
 
 

@@ -1,4 +1,6 @@
 """Run under torchrun: the sglang backend's DP group (gloo over torchrun's store) sums and gathers."""
+import os
+
 import torch
 from mezo_elastic.config import Config, ModelConfig
 from mezo_elastic.rank_context import detect
@@ -9,5 +11,6 @@ tp_rank, tp, dp_rank, dp = layout(ctx, 1)
 keep = []
 g = _dp_group(ctx, cfg, tp_rank, dp_rank, dp, keep)
 md = MezoDist(torch.device("cpu"), tp_rank, tp, dp_rank, dp, 0, g, keep)
-print(ctx.rank, md.all_reduce_sum([1.0, float(ctx.rank)]), md.all_gather_floats([float(ctx.rank)]))
+line = f"{ctx.rank} {md.all_reduce_sum([1.0, float(ctx.rank)])} {md.all_gather_floats([float(ctx.rank)])}"
+os.write(1, (line + "\n").encode())  # one write: lines of several ranks never interleave
 md.barrier()

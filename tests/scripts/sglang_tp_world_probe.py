@@ -1,4 +1,5 @@
 """Run under torchrun: each replica's TP world is the default group, on a port agreed per replica (gloo)."""
+import os
 import sys
 
 import torch
@@ -14,5 +15,5 @@ keep: list = []
 port = init_tp_world(ctx, cfg, torch.device("cpu"), keep, backend="gloo")
 t = torch.tensor([float(ctx.rank)])
 dist.all_reduce(t)  # sums over this replica's TP world only
-print(f"rank {ctx.rank} port {port} world {dist.get_world_size()} sum {t.item()}")
+os.write(1, f"rank {ctx.rank} port {port} world {dist.get_world_size()} sum {t.item()}\n".encode())  # one write: no interleaving
 dist.destroy_process_group()
