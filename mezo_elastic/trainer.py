@@ -230,8 +230,9 @@ class Trainer:
 
         Python runs signal handlers only when the main thread is back in the interpreter, so a rank
         blocked in a collective on a dead peer would never see one. The wakeup fd is written by the
-        C-level handler at once: a watcher thread reads it, exits at once on a second signal, and
-        otherwise gives the step train.stop_grace_s seconds. Every logged step is durable already.
+        C-level handler at once: a watcher thread reads it and gives the step train.stop_grace_s
+        seconds. Every logged step is durable already. A second signal does not cut the grace short:
+        under srun, SLURM and torchrun both deliver the same SIGTERM to a worker within milliseconds.
         """
         for s in STOP_SIGNALS:
             signal.signal(s, self._on_signal)
@@ -245,8 +246,6 @@ class Trainer:
             timer = threading.Timer(grace, os._exit, args=(128 + first,))
             timer.daemon = True
             timer.start()
-            second = os.read(r, 1)[0]  # Ctrl-C twice: leave now
-            os._exit(128 + second)
 
         threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 
