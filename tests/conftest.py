@@ -1,4 +1,24 @@
+"""Shared test setup: tests/ on sys.path (for helpers) and the session's built-in tiny inputs."""
+
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import REPO, env  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory) -> list[str]:
+    """Flags for the built-in tiny model and task, made once by one process, so that concurrent
+    launches and ranks only read them (and each job skips building)."""
+    out = tmp_path_factory.mktemp("tiny")
+    r = subprocess.run([sys.executable, "-m", "mezo_elastic.train", f"--train.output_dir={out}", "--train.steps=0",
+                        "--train.progress=false"], env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = out / "builtin"
+    return [f"--model.path={b / 'tiny-model'}", f"--data.path={b / 'task-lm' / 'train.jsonl'}",
+            f"--data.eval_path={b / 'task-lm' / 'eval.jsonl'}"]

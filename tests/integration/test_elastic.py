@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import FAST, REPO, env, final_weights, max_abs_diff, torchrun, train
+from helpers import REPO, env, final_weights, max_abs_diff, torchrun, train
 from mezo_elastic.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
@@ -26,6 +26,11 @@ STEPS = 60
 ARGS = [f"--train.steps={STEPS}", "--train.batch_size=16", "--train.eval_every=0", "--train.progress=false",
         "--checkpoint.every=20", "--checkpoint.keep=3", "--dist.init_timeout_s=30"]
 TOL = 1e-6
+
+
+def args_for(steps: int) -> list[str]:
+    """ARGS with another train.steps (the lr schedule is constant, so the trajectory is the same)."""
+    return [f"--train.steps={steps}" if a.startswith("--train.steps") else a for a in ARGS]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +128,7 @@ def test_resize_two_agents_to_one(tmp_path, reference):
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, reference):
     out = tmp_path / "trunc"
-    train(out, *[a if not a.startswith("--train.steps") else "--train.steps=40" for a in ARGS], nproc=2)
+    train(out, *args_for(40), nproc=2)
     newest = out / "checkpoints" / "step-40" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     res = train(out, *ARGS, nproc=2)  # resume to 60: step-40 is corrupt, so step-20 + 20 replayed steps
@@ -159,13 +164,13 @@ def test_export_at_step_n_equals_live_weights_at_step_n(tmp_path, reference):
     from mezo_elastic.export import main as export_main
 
     live = tmp_path / "live45"
-    train(live, *[a if not a.startswith("--train.steps") else "--train.steps=45" for a in ARGS], nproc=1)
+    train(live, *args_for(45), nproc=1)
     assert export_main(["--run", str(reference), "--step", "45", "--out", str(tmp_path / "e45")]) == 0
     diff = max_abs_diff(load_file(str(tmp_path / "e45" / "model.safetensors")), final_weights(live))
     print(f"export step 45 (checkpoint 40 + 5 replayed) vs live: {diff:.3g}")
     assert diff <= TOL
     # from the base model alone (no checkpoint before step 15): a run is base model + log
     live15 = tmp_path / "live15"
-    train(live15, *[a if not a.startswith("--train.steps") else "--train.steps=15" for a in ARGS], nproc=1)
+    train(live15, *args_for(15), nproc=1)
     assert export_main(["--run", str(reference), "--step", "15", "--out", str(tmp_path / "e15")]) == 0
     assert max_abs_diff(load_file(str(tmp_path / "e15" / "model.safetensors")), final_weights(live15)) <= TOL

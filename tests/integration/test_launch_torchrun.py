@@ -19,18 +19,6 @@ SINGLE, MULTI = REPO / "launch" / "torchrun_single_node.sh", REPO / "launch" / "
 FAST = ["--train.batch_size=8", "--train.eval_every=0", "--train.progress=false"]
 
 
-@pytest.fixture(scope="module")
-def tiny_inputs(tmp_path_factory) -> list[str]:
-    """Flags for the built-in tiny model and task, made once by one process (the launches only read them)."""
-    out = tmp_path_factory.mktemp("tiny")
-    r = subprocess.run([sys.executable, "-m", "mezo_elastic.train", f"--train.output_dir={out}", "--train.steps=0",
-                        "--train.progress=false"], env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    b = out / "builtin"
-    return [f"--model.path={b / 'tiny-model'}", f"--data.path={b / 'task-lm' / 'train.jsonl'}",
-            f"--data.eval_path={b / 'task-lm' / 'eval.jsonl'}"]
-
-
 def launch(script: Path, out: Path, args: list[str], **vars: str) -> subprocess.Popen:
     e = env(**{"PYTHON": sys.executable, "DEVICE": "cpu", "OUTPUT_DIR": str(out), **vars})
     return subprocess.Popen(["bash", str(script), *args], env=e, cwd=REPO, stdout=subprocess.PIPE,

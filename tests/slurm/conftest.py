@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import REPO, env
+from helpers import REPO
 from slurm_helpers import Cluster
 
 UP, DOWN = REPO / ".ci" / "slurm-up.sh", REPO / ".ci" / "slurm-down.sh"
@@ -42,20 +42,3 @@ def slurm_cluster() -> Cluster:
     yield Cluster(conf=conf, cpus=int(m.group(1)))
     if started_here:
         subprocess.run([str(DOWN)], capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="session")
-def tiny_inputs(tmp_path_factory) -> list[str]:
-    """Model and data flags for the built-in tiny model and task, made once by a single process.
-
-    Made up front so that concurrent jobs and ranks only read them (and each job skips building).
-    """
-    out = tmp_path_factory.mktemp("tiny")
-    r = subprocess.run([sys.executable, "-m", "mezo_elastic.train", f"--train.output_dir={out}", "--train.steps=0",
-                        "--train.progress=false"], env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
-    b = out / "builtin"
-    return [f"--model.path={b / 'tiny-model'}", f"--data.path={b / 'task-lm' / 'train.jsonl'}",
-            f"--data.eval_path={b / 'task-lm' / 'eval.jsonl'}"]
-
-
