@@ -83,7 +83,11 @@ class DataConfig:
     seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
     max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
     eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation")
-    micro_batch: int = opt(64, "examples per forward call on one rank (memory bound, not a hyperparameter)")
+    micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
+    share_prompt: bool = opt(
+        True, "classification: run each prompt once and score all its candidates from it (hf backend; "
+        "sglang scores prompt+candidate sequences); same losses up to float rounding"
+    )
 
     def __post_init__(self) -> None:
         _choice("data", "objective", self.objective, ("lm", "classification"))

@@ -18,24 +18,44 @@ def _score_all(runner: ForwardRunner, requests: list[ScoreRequest], micro_batch:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
+def _candidate_scores(runner: ForwardRunner, examples: Sequence[Example], micro_batch: int,
+                      share_prompt: bool) -> list[torch.Tensor]:
+    """Summed log-likelihood of every candidate of every example, in order."""
+    score_choices = getattr(runner, "score_choices", None) if share_prompt else None
+    if score_choices is None:  # one sequence per (prompt, candidate)
+        reqs = [ScoreRequest(ex.prompt_ids, c) for ex in examples for c in ex.candidates]
+        flat, out, i = _score_all(runner, reqs, micro_batch), [], 0
+        for ex in examples:
+            out.append(flat[i : i + len(ex.candidates)])
+            i += len(ex.candidates)
+        return out
+    out, lo = [], 0
+    while lo < len(examples):  # a forward holds at most micro_batch candidate rows (and >= 1 example)
+        hi, rows = lo, 0
+        while hi < len(examples) and (hi == lo or rows + len(examples[hi].candidates) <= micro_batch):
+            rows += len(examples[hi].candidates)
+            hi += 1
+        chunk = examples[lo:hi]
+        out += score_choices([ex.prompt_ids for ex in chunk], [ex.candidates for ex in chunk])
+        lo = hi
+    return out
+
+
 def example_losses(runner: ForwardRunner, examples: Sequence[Example], objective: str,
-                   micro_batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   micro_batch: int, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(loss per example float64, correct per example for classification else None).
 
     lm: mean NLL of the completion's tokens. classification: cross-entropy over the candidates,
-    each candidate scored by the summed log-likelihood of its tokens (MeZO's scoring of options).
+    each candidate scored by the summed log-likelihood of its tokens (MeZO's scoring of options);
+    with share_prompt and a runner that has `score_choices`, each prompt is run once for all of them.
     """
     if objective == "lm":
         reqs = [ScoreRequest(ex.prompt_ids, ex.candidates[0]) for ex in examples]
         lp = _score_all(runner, reqs, micro_batch)
         n = torch.tensor([len(ex.candidates[0]) for ex in examples], dtype=torch.float64)
         return -lp / n, None
-    reqs = [ScoreRequest(ex.prompt_ids, c) for ex in examples for c in ex.candidates]
-    lp = _score_all(runner, reqs, micro_batch)
-    losses, correct, i = [], [], 0
-    for ex in examples:
-        scores = lp[i : i + len(ex.candidates)]
-        i += len(ex.candidates)
+    losses, correct = [], []
+    for ex, scores in zip(examples, _candidate_scores(runner, examples, micro_batch, share_prompt)):
         losses.append(torch.logsumexp(scores, 0) - scores[ex.label])
         correct.append(int(torch.argmax(scores)) == ex.label)
     return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64), torch.tensor(correct)

@@ -172,7 +172,8 @@ class Trainer:
     def step(self, t: int) -> tuple[StepRecord, bool]:
         """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
         cfg, examples = self.cfg, self._local(t)
-        losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch)[0]  # noqa: E731
+        losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch,
+                                        cfg.data.share_prompt)[0]  # noqa: E731
         self.opt.perturb(self._my_seed(t), +1.0)
         lp = losses()
         self.opt.perturb(self._my_seed(t), -1.0)
@@ -200,7 +201,8 @@ class Trainer:
         """Loss (and accuracy) on the eval set, split over ranks, on clean weights."""
         mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
-            losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch)
+            losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch,
+                                             self.cfg.data.share_prompt)
         n_corr = float(correct.sum()) if correct is not None else 0.0
         s, n, c = self.comm.all_reduce_sum([float(losses.sum()), len(mine), n_corr])
         out = {"eval_loss": s / max(n, 1)}

@@ -38,8 +38,18 @@ def train(out: Path, *args: str, nproc: int = 1, timeout: float = 300, check: bo
     argv += [f"--train.output_dir={out}", *args]
     res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if check and res.returncode != 0:
-        raise AssertionError(f"{argv} exited {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}")
+        raise AssertionError(f"{argv} exited {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{excerpt(res.stderr)}")
     return res
+
+
+def excerpt(out: str, n: int = 4000) -> str:
+    """What a failure message should show of a job's output: a fatal error's own report (its thread
+    stacks) when there is one, then the tail, without the interpreter's long extension-module list."""
+    lines = [l for l in out.splitlines() if not l.lstrip().startswith("Extension modules:")]
+    text = "\n".join(lines)
+    i = text.find("Fatal Python error")
+    head = text[i : i + n] + "\n[...]\n" if i >= 0 else ""
+    return head + text[-n:]
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

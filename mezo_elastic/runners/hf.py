@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 from pathlib import Path
@@ -48,18 +49,16 @@ class HFRunner:
         ]
         if not self._segments:
             raise BackendError(f"model.trainable={cfg.model.trainable!r} matches no parameter of {model_path}")
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, then goes).
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def segments(self) -> list[ParamSegment]:
         """Trainable parameters, whole, under their HF names (tied weights appear once)."""
         return self._segments
 
-    @torch.no_grad()
-    def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded batch; logits only for the last positions, which hold every completion."""
-        seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests]
-        lens = torch.tensor([len(s) for s in seqs])
-        comp = torch.tensor([len(r.completion_ids) for r in requests])
-        width, keep = int(lens.max()), int(comp.max()) + 1
+    def _left_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, mask, position ids), left-padded: every sequence ends in the last column."""
+        width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -67,6 +66,15 @@ class HFRunner:
             mask[i, width - len(s):] = 1
         # Explicit positions: with left padding each sequence must still start at position 0.
         pos = (mask.cumsum(1) - 1).clamp(min=0)
+        return ids, mask, pos
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded batch; logits only for the last positions, which hold every completion."""
+        seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests]
+        comp = torch.tensor([len(r.completion_ids) for r in requests])
+        ids, mask, pos = self._left_pad(seqs)
+        width, keep = ids.shape[1], int(comp.max()) + 1
         logits = self.model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             position_ids=pos.to(self.device), logits_to_keep=keep,
@@ -77,6 +85,55 @@ class HFRunner:
         col = torch.arange(keep - 1)
         in_completion = col.unsqueeze(0) >= (keep - 1 - comp).unsqueeze(1)
         return (tok_lp * in_completion).sum(1), comp.to(torch.int64)
+
+    @torch.no_grad()
+    def score_choices(self, prompts: Sequence[Sequence[int]],
+                      choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt runs once.
+
+        The prompt's last position gives every candidate's first token; candidates longer than one
+        token extend a per-candidate copy of the prompt's KV cache. A prompt of P tokens with k
+        candidates of length L costs P + k(L-1) token positions instead of k(P+L): with one-token
+        verbalizers (" positive" / " negative") that is one forward of the prompt for all of them.
+        """
+        ids, mask, pos = self._left_pad(prompts)
+        multi = any(len(c) > 1 for cs in choices for c in cs)
+        out = self.model(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=pos.to(self.device),
+            use_cache=multi, logits_to_keep=1,
+        )
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).double().cpu()  # [prompts, vocab]
+        scores = [torch.stack([first[b, c[0]] for c in cs]) for b, cs in enumerate(choices)]
+        if not multi:
+            return scores
+        rows = [(b, j) for b, cs in enumerate(choices) for j, c in enumerate(cs) if len(c) > 1]
+        ext_ids, ext_mask, _ = self._right_pad([choices[b][j][:-1] for b, j in rows])
+        targets, _, _ = self._right_pad([choices[b][j][1:] for b, j in rows])
+        src = torch.tensor([b for b, _ in rows])
+        cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.24 names it `cache`
+        cache.reorder_cache(src.to(self.device))  # one copy of its prompt's keys/values per row
+        full_mask = torch.cat([mask[src], ext_mask], dim=1)
+        ext_pos = mask.sum(1)[src].unsqueeze(1) + torch.arange(ext_ids.shape[1]).unsqueeze(0)
+        logits = self.model(
+            input_ids=ext_ids.to(self.device), attention_mask=full_mask.to(self.device),
+            position_ids=ext_pos.to(self.device), **{self._cache_kwarg: cache},
+        ).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)  # position e predicts the candidate's token e+1
+        tok_lp = logp.gather(-1, targets.to(self.device).unsqueeze(-1)).squeeze(-1).double().cpu()
+        rest = (tok_lp * ext_mask).sum(1)
+        for r, (b, j) in enumerate(rows):
+            scores[b][j] += rest[r]
+        return scores
+
+    def _right_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """(ids, mask, None), right-padded: the padding follows each sequence (causal: it is never seen)."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        return ids, mask, None
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """All parameters under HF names (tied weights once), on CPU."""

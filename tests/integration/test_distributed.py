@@ -11,7 +11,7 @@ import time
 import pytest
 import torch.distributed as dist
 
-from helpers import REPO, env, torchrun
+from helpers import REPO, env, excerpt, torchrun
 
 pytestmark = pytest.mark.integration
 PROBE = str(REPO / "tests" / "scripts" / "dist_probe.py")
@@ -53,7 +53,7 @@ def _collect(procs, timeout=60):
 def test_torchrun_two_workers_allreduce():
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", PROBE]
     res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, excerpt(res.stderr)
     for r in (0, 1):
         assert f"OK launcher=torchrun rank={r} world=2 sum=3" in res.stdout
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, env, final_weights, max_abs_diff
+from helpers import REPO, env, excerpt, final_weights, max_abs_diff
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def finish(p: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
-        raise AssertionError(f"launch did not finish in {timeout}s:\n{out[-4000:]}")
+        raise AssertionError(f"launch did not finish in {timeout}s:\n{excerpt(out)}")
     return p.returncode, out
 
 
@@ -46,7 +46,7 @@ def test_single_node_two_concurrent_launches_take_different_ports(tiny_inputs, t
     results = [finish(p) for p in runs]
     ports = []
     for i, (rc, out) in enumerate(results):
-        assert rc == 0, out[-4000:]
+        assert rc == 0, excerpt(out)
         m = re.search(r"rendezvous 127\.0\.0\.1:(\d+)", out)
         assert m, out[:2000]
         ports.append(m.group(1))
@@ -64,13 +64,13 @@ def test_single_node_stop_and_resume_matches_an_uninterrupted_run(tiny_inputs, t
         time.sleep(0.1)
     run.send_signal(signal.SIGUSR1)  # SLURM's usual preemption signal: the script passes it on as SIGTERM
     rc, out = finish(run)
-    assert rc == 128 + signal.SIGUSR1, out[-4000:]
-    assert "stopped by signal 10" in out and re.search(r"stopped by SIGTERM after step \d+", out), out[-4000:]
+    assert rc == 128 + signal.SIGUSR1, excerpt(out)
+    assert "stopped by signal 10" in out and re.search(r"stopped by SIGTERM after step \d+", out), excerpt(out)
     assert steps_logged(tmp_path / "run") < 40
     rc, out = finish(launch(SINGLE, tmp_path / "run", args, NPROC_PER_NODE="2"))
-    assert rc == 0 and "resumed at step" in out, out[-4000:]
+    assert rc == 0 and "resumed at step" in out, excerpt(out)
     rc, out = finish(ref)
-    assert rc == 0, out[-4000:]
+    assert rc == 0, excerpt(out)
     assert max_abs_diff(final_weights(tmp_path / "run"), final_weights(tmp_path / "ref")) <= 1e-6
 
 
@@ -82,7 +82,7 @@ def test_multi_node_two_agents_meet_on_the_given_endpoint(tiny_inputs, tmp_path:
                                                *tiny_inputs, *FAST, "--train.steps=20"], RDZV_ID=f"test-{tmp_path.name}")
               for _ in range(2)]
     for rc, out in [finish(p) for p in agents]:
-        assert rc == 0, out[-4000:]
+        assert rc == 0, excerpt(out)
         assert f"rendezvous {endpoint}" in out
     assert steps_logged(tmp_path / "out") == 20
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()

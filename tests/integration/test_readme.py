@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import REPO, env
+from helpers import REPO, env, excerpt
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_run_command_trains_the_default_and_learns(tmp_path):
     res = subprocess.run(cmd, shell=True, cwd=REPO, env=env(RUN_ARGS=f"--train.output_dir={tmp_path}"),
                          capture_output=True, text=True, timeout=600)
     took = time.monotonic() - t0
-    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.returncode == 0, excerpt(res.stderr)
     summary = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
     assert summary["type"] == "summary"
     print(f"make run: {took:.0f}s, eval loss {summary['first_eval_loss']:.3f} -> {summary['final_eval_loss']:.3f}")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, env
+from helpers import REPO, env, excerpt
 
 from mezo_elastic.distributed import free_port
 
@@ -19,7 +19,7 @@ def _run(tp: int, first: int, nproc: int = 4) -> list[str]:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             str(REPO / "tests" / "scripts" / "sglang_tp_world_probe.py"), str(tp), str(first)]
     res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, excerpt(res.stderr)
     return sorted(l for l in res.stdout.splitlines() if l.startswith("rank "))
 
 

@@ -1,0 +1,90 @@
+"""Classification scoring with the prompt shared between candidates (hf backend, CPU, fp32).
+
+The shared path must give the losses of the one-sequence-per-candidate path, and must really run
+each prompt once: the model sees P + sum(L - 1) token positions per example, not k * (P + L).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mezo_elastic.config import Config, ModelConfig
+from mezo_elastic.data import Example
+from mezo_elastic.objective import _candidate_scores, example_losses
+from mezo_elastic.runners.hf import HFRunner
+
+SPECS = {  # tiny random models of two architectures (GQA, tied and untied, qkv bias)
+    "llama": dict(model_type="llama", vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", vocab_size=1536, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def runner(request, tmp_path_factory) -> HFRunner:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(SPECS[request.param])
+    out = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec)).save_pretrained(out)
+    cfg = Config(model=ModelConfig(path=str(out), dtype="float32", device="cpu"))
+    return HFRunner(cfg, torch.device("cpu"), str(out))
+
+
+def _examples(n: int, lengths: tuple[int, ...], seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    tok = lambda k: tuple(rng.randrange(3, 900) for _ in range(k))  # noqa: E731
+    return [Example(tok(rng.randint(2, 24)), tuple(tok(L) for L in lengths), rng.randrange(len(lengths)))
+            for _ in range(n)]
+
+
+def _positions_seen(runner: HFRunner, fn) -> int:
+    """Non-padding token positions the model was fed while fn ran."""
+    seen = []
+    hook = runner.model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(int(kw["attention_mask"][:, -kw["input_ids"].shape[1]:].sum())),
+        with_kwargs=True)
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return sum(seen)
+
+
+@pytest.mark.parametrize("lengths", [(1, 1), (1, 2, 4), (3, 3, 3, 3)], ids=["one-token", "mixed", "multi-token"])
+@pytest.mark.parametrize("micro_batch", [64, 5])
+def test_shared_prompt_scores_equal_separate_sequences(runner: HFRunner, lengths, micro_batch):
+    exs = _examples(11, lengths)
+    shared = _candidate_scores(runner, exs, micro_batch, share_prompt=True)
+    separate = _candidate_scores(runner, exs, micro_batch, share_prompt=False)
+    assert [s.shape for s in shared] == [(len(lengths),)] * len(exs)
+    diff = max((a - b).abs().max().item() for a, b in zip(shared, separate))
+    assert diff < 2e-4, diff  # fp32, sums of up to 4 log-probs of magnitude ~7
+    ls, cs = example_losses(runner, exs, "classification", micro_batch, share_prompt=True)
+    lu, cu = example_losses(runner, exs, "classification", micro_batch, share_prompt=False)
+    assert torch.allclose(ls, lu, atol=1e-4) and torch.equal(cs, cu)
+
+
+def test_each_prompt_runs_once(runner: HFRunner):
+    exs = _examples(6, (1, 2, 4))
+    prompts = sum(len(e.prompt_ids) for e in exs)
+    shared = _positions_seen(runner, lambda: example_losses(runner, exs, "classification", 64, True))
+    separate = _positions_seen(runner, lambda: example_losses(runner, exs, "classification", 64, False))
+    assert shared == prompts + len(exs) * (0 + 1 + 3)  # each candidate's last token is only a target
+    assert separate == 3 * prompts + len(exs) * (1 + 2 + 4)
+
+
+def test_a_runner_without_score_choices_is_scored_per_sequence(runner: HFRunner):
+    class Plain:  # a backend that only has score() (like sglang): the objective falls back
+        def score(self, reqs):
+            return runner.score(reqs)
+
+    exs = _examples(4, (1, 3))
+    a = example_losses(Plain(), exs, "classification", 64, share_prompt=True)[0]
+    b = example_losses(runner, exs, "classification", 64, share_prompt=False)[0]
+    assert torch.equal(a, b)
