@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import torch
 import torch.distributed as dist
@@ -223,6 +225,7 @@ def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto
     backend = backend_for(device, cfg)
     if ctx.world_size == 1:
         return DistState(device, backend, False)
+    joined_a_group()
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
     kw = {"device_id": device} if device.type == "cuda" else {}
     if ctx.launcher == "torchrun":  # the agent's store; the agent also ends every worker if one fails
@@ -249,10 +252,37 @@ def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto
     return DistState(device, backend, True)
 
 
+_joined_a_group = False  # set by joined_a_group(): this process made or joined a process group
+
+
+def joined_a_group() -> None:
+    """Note that this process is part of a process group (exit() then skips finalization)."""
+    global _joined_a_group
+    _joined_a_group = True
+
+
 def teardown() -> None:
     """Destroy the default process group if one exists (call in `finally`)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code`; without interpreter finalization if it was part of a group.
+
+    Call after teardown, with every file closed. torch 2.13's gloo objects outlive
+    destroy_process_group: their worker threads can still hold the last collective's tensors, and C++
+    objects with running threads get destroyed while the process exits. Both aborted a rank after it
+    had finished its work (SIGABRT: "Fatal Python error: Aborted", "terminate called without an
+    active exception"; seen in CI, 2 of ~40 runs of 2-rank jobs), and torchrun then reports the whole
+    job failed. os._exit skips that stage; logs and standard streams are flushed first.
+    """
+    if not _joined_a_group:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class DataParallel(Protocol):

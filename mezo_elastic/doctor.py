@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from mezo_elastic.config import Config, parse_args
+from mezo_elastic import distributed
 from mezo_elastic.distributed import init_distributed, teardown
 from mezo_elastic.doctor_checks import (Problem, Section, check_backends, check_context, check_devices,
                                         check_output_dir, check_ports)
@@ -146,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main())

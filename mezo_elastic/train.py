@@ -24,7 +24,6 @@ from mezo_elastic.errors import MezoError
 from mezo_elastic.rank_context import detect
 
 log = logging.getLogger("mezo_elastic")
-_had_group = False  # set once this process joined a process group (see cli())
 
 
 def _setup_logging(rank: int) -> None:
@@ -34,8 +33,6 @@ def _setup_logging(rank: int) -> None:
 
 def _init(ctx, cfg) -> distributed.DataParallel:
     """Bring up devices and groups for the backend: the world group (hf), or DP x TP (sglang)."""
-    global _had_group
-    _had_group = ctx.world_size > 1
     if cfg.model.backend == "sglang":
         # SGLang needs the default group to be its own TP world: MeZO's DP traffic gets a separate group.
         from mezo_elastic.runners.sglang_dist import init_mezo_distributed
@@ -102,20 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     """Run main() and exit with its code (`python -m mezo_elastic.train` and `mezo-train`).
 
-    A process that was part of a group leaves with os._exit once main() has closed its files and
-    destroyed the group. gloo's worker threads outlive destroy_process_group and can still hold the
-    last collective's tensors; if they let go while the interpreter finalizes, they take a GIL that is
-    gone and the process aborts (SIGABRT) after a run that finished, so torchrun reports the job failed
-    (seen once in CI, rank 1 of 2, after its final barrier). Skipping finalization removes that window;
-    everything the run writes is closed and flushed before.
+    A process that was part of a group leaves without interpreter finalization, once main() has
+    closed its files and destroyed the group (distributed.exit_process says why).
     """
-    code = main()
-    if _had_group:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    distributed.exit_process(main())
 
 
 if __name__ == "__main__":

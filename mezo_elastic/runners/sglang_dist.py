@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from mezo_elastic.config import Config
-from mezo_elastic.distributed import agree_on_port, select_device
+from mezo_elastic.distributed import agree_on_port, joined_a_group, select_device
 from mezo_elastic.errors import BackendError, ConfigError
 from mezo_elastic.rank_context import RankContext
 
@@ -130,6 +130,7 @@ def _launcher_store(ctx: RankContext, cfg: Config) -> dist.Store:
 def _dp_group(ctx: RankContext, cfg: Config, tp_rank: int, dp_rank: int, dp_size: int, keep: list) -> object | None:
     if dp_size == 1:
         return None
+    joined_a_group()
     store = _launcher_store(ctx, cfg)
     keep.append(store)
     prefix = dist.PrefixStore(f"mezo_elastic/{ctx.run_id}/{ctx.restart_count}/dp/tp{tp_rank}", store)
@@ -159,6 +160,7 @@ def init_tp_world(ctx: RankContext, cfg: Config, device: torch.device, keep: lis
         return 0
     timeout = datetime.timedelta(seconds=cfg.dist.timeout_s)
     kw = {"device_id": device} if backend == "nccl" else {}
+    joined_a_group()
     if tp == 1:  # a world of one needs no rendezvous and so no port
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout, **kw)
         return 0

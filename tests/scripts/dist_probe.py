@@ -24,4 +24,4 @@ def main() -> int:
     return 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    distributed.exit_process(main())  # like the package's entry points: no interpreter finalization after gloo

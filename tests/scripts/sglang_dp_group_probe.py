@@ -2,6 +2,7 @@
 import os
 
 import torch
+from mezo_elastic import distributed
 from mezo_elastic.config import Config, ModelConfig
 from mezo_elastic.rank_context import detect
 from mezo_elastic.runners.sglang_dist import MezoDist, _dp_group, layout
@@ -14,3 +15,5 @@ md = MezoDist(torch.device("cpu"), tp_rank, tp, dp_rank, dp, 0, g, keep)
 line = f"{ctx.rank} {md.all_reduce_sum([1.0, float(ctx.rank)])} {md.all_gather_floats([float(ctx.rank)])}"
 os.write(1, (line + "\n").encode())  # one write: lines of several ranks never interleave
 md.barrier()
+md.close()
+distributed.exit_process(0)  # like the package's entry points: no interpreter finalization after gloo

@@ -5,6 +5,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from mezo_elastic import distributed
 from mezo_elastic.config import Config, ModelConfig
 from mezo_elastic.rank_context import detect
 from mezo_elastic.runners.sglang_dist import init_tp_world
@@ -17,3 +18,4 @@ t = torch.tensor([float(ctx.rank)])
 dist.all_reduce(t)  # sums over this replica's TP world only
 os.write(1, f"rank {ctx.rank} port {port} world {dist.get_world_size()} sum {t.item()}\n".encode())  # one write: no interleaving
 dist.destroy_process_group()
+distributed.exit_process(0)  # like the package's entry points: no interpreter finalization after gloo
