@@ -50,8 +50,8 @@ def main() -> None:
     model = builtin.ensure_tiny_model(Path(tempfile.mkdtemp()))
     n = sum(v.numel() for v in HFRunner(parse_args([]), torch.device("cpu"), str(model)).hf_state_dict().values())
     print(f"built-in tiny Llama, {n} parameters, eps={a.eps}, lr=0 (weights should not move)\n")
-    print(f"| dtype | mode | steps | max abs drift | relative L2 drift | extra memory |")
-    print(f"|---|---|---|---|---|---|")
+    print("| dtype | mode | steps | max abs drift | relative L2 drift | extra memory |")
+    print("|---|---|---|---|---|---|")
     for dtype in ("float32", "bfloat16", "float16"):
         for master in (False, True):
             for steps in a.steps:

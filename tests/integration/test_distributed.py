@@ -124,7 +124,7 @@ def test_bad_env_fails_fast_on_every_rank(bad, words):
     start = time.monotonic()
     out = _collect(_slurm_tasks(_free_port_pair(), extra_env=bad), timeout=30)
     assert time.monotonic() - start < 20
-    for so, se, rc in out:
+    for so, _se, rc in out:
         assert rc == 2
         for w in words:
             assert w in so

@@ -31,7 +31,7 @@ def finish(p: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=60)
-        raise AssertionError(f"launch did not finish in {timeout}s:\n{excerpt(out)}")
+        raise AssertionError(f"launch did not finish in {timeout}s:\n{excerpt(out)}") from None
     return p.returncode, out
 
 

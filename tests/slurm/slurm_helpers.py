@@ -58,7 +58,7 @@ class Job:
         except subprocess.TimeoutExpired:
             subprocess.run(["scancel", self.job_id], env=self.submit_env, timeout=30)
             self.proc.wait(timeout=60)
-            raise AssertionError(f"job {self.job_id} did not finish in {timeout}s:\n{self.log()}")
+            raise AssertionError(f"job {self.job_id} did not finish in {timeout}s:\n{self.log()}") from None
         return self.proc.returncode
 
 
