@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: install the carried wheels, run the GPU tests and the benchmarks, logs under $OUT.
 #
-#   scripts/gpu_suite.sh                      # all single-GPU stages: tests bench1b bench8b
+#   scripts/gpu_suite.sh                      # all single-GPU stages: tests bench1b bench8b scoring
 #   scripts/gpu_suite.sh tests                # only the GPU tests
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
 #
@@ -11,7 +11,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/mezo_gpu_out}
 mkdir -p "$OUT"
-stages=${*:-tests bench1b bench8b}
+stages=${*:-tests bench1b bench8b scoring}
 export PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
@@ -46,6 +46,11 @@ for s in $stages; do
       python3 bench/bench_step.py --shape 8b --sglang-dummy --reps 5 --out "$OUT/bench_8b.json" \
         > "$OUT/bench_8b.log" 2>&1 || rc=1
       tail -45 "$OUT/bench_8b.log" ;;
+    scoring)
+      log "classification scoring, shared prompt vs separate (hf backend, 1B shape, bf16)"
+      python3 bench/bench_scoring.py --device cuda --dtype bfloat16 --layers 16 --hidden 2048 --vocab 128256 \
+        --batch 32 --workdir /tmp/mezo_bench/scoring_1b --out "$OUT/scoring.json" > "$OUT/scoring.log" 2>&1 || rc=1
+      tail -9 "$OUT/scoring.log" ;;
     dpcheck1)
       log "dp_tp_check on one GPU (the reference the 2-GPU stage compares against)"
       python3 bench/dp_tp_check.py --model /tmp/mezo_bench/1b --tp 1 --out "$OUT/one.json" 2>&1 | \
@@ -54,7 +59,7 @@ for s in $stages; do
       log "dp / tp on 2 GPUs"
       bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
-    *) echo "unknown stage $s (tests bench1b bench8b dpcheck1 multi)"; exit 2 ;;
+    *) echo "unknown stage $s (tests bench1b bench8b scoring dpcheck1 multi)"; exit 2 ;;
   esac
 done
 log "done rc=$rc"
