@@ -32,11 +32,11 @@ def torchrun(*args: str, nproc: int = 2, extra: list[str] | None = None) -> list
 
 
 def train(out: Path, *args: str, nproc: int = 1, timeout: float = 300, check: bool = True,
-          extra: list[str] | None = None) -> subprocess.CompletedProcess:
+          extra: list[str] | None = None, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a training job (single process when nproc == 1, torchrun otherwise) to completion."""
     argv = ([sys.executable, "-m", "mezo_elastic.train"] if nproc == 1 else torchrun(nproc=nproc, extra=extra))
     argv += [f"--train.output_dir={out}", *args]
-    res = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    res = subprocess.run(argv, env=env(**(environ or {})), capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if check and res.returncode != 0:
         raise AssertionError(f"{argv} exited {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{excerpt(res.stderr)}")
     return res

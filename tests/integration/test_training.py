@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
-from helpers import FAST, final_weights, max_abs_diff, train
+from helpers import FAST, REPO, final_weights, max_abs_diff, train
 from mezo_elastic.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
@@ -87,3 +88,29 @@ def test_bfloat16_master_weights_run(tmp_path):
     train(out, "--model.dtype=bfloat16", "--mezo.master_weights=on", "--train.steps=10", *FAST)
     w = final_weights(out)
     assert all(t.dtype == torch.bfloat16 for t in w.values())
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_rank_that_joined_a_group_skips_interpreter_finalization(tiny_inputs, tmp_path, nproc):
+    """gloo objects aborted finished ranks while the interpreter shut down (docs/troubleshooting.md),
+    so a worker that joined a group ends with os._exit after its teardown: its atexit handlers, the
+    last Python stage of a normal exit, never run. A single process exits normally."""
+    site, marks = tmp_path / "site", tmp_path / "marks"
+    site.mkdir()
+    marks.mkdir()
+    (site / "sitecustomize.py").write_text(  # every Python process of the job registers a marker at exit
+        "import atexit, os, sys\n"
+        "def _mark():\n"
+        "    kind = 'worker' if 'mezo_elastic.trainer' in sys.modules else 'other'\n"
+        "    open(os.path.join(os.environ['MARK_DIR'], f'{kind}-{os.getpid()}'), 'w').close()\n"
+        "atexit.register(_mark)\n")
+    out = tmp_path / "run"
+    train(out, *tiny_inputs, *FAST, "--train.steps=2", nproc=nproc,
+          environ={"PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "MARK_DIR": str(marks)})
+    assert (out / "final" / "model.safetensors").is_file()
+    workers = sorted(p.name for p in marks.iterdir() if p.name.startswith("worker"))
+    others = [p.name for p in marks.iterdir() if p.name.startswith("other")]
+    if nproc == 1:
+        assert len(workers) == 1, workers  # a normal exit: the handler ran (so the probe works)
+    else:
+        assert workers == [] and others, (workers, others)  # the agent exited normally; the ranks did not
