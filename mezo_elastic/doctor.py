@@ -22,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-from mezo_elastic.config import Config, parse_args
 from mezo_elastic import distributed
+from mezo_elastic.config import Config, parse_args
 from mezo_elastic.distributed import init_distributed, teardown
 from mezo_elastic.doctor_checks import (Problem, Section, check_backends, check_context, check_devices,
                                         check_output_dir, check_ports)

@@ -110,7 +110,7 @@ class HFRunner:
         ext_ids, ext_mask, _ = self._right_pad([choices[b][j][:-1] for b, j in rows])
         targets, _, _ = self._right_pad([choices[b][j][1:] for b, j in rows])
         src = torch.tensor([b for b, _ in rows])
-        cache = getattr(out, "cache", None) or out.past_key_values  # transformers >= 5.24 names it `cache`
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # 5.24: `cache`
         cache.reorder_cache(src.to(self.device))  # one copy of its prompt's keys/values per row
         full_mask = torch.cat([mask[src], ext_mask], dim=1)
         ext_pos = mask.sum(1)[src].unsqueeze(1) + torch.arange(ext_ids.shape[1]).unsqueeze(0)
