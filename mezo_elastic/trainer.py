@@ -152,12 +152,7 @@ class Trainer:
 
     def state(self) -> dict[str, torch.Tensor]:
         """HF-named weights at theta (exact fp32 master values when kept). Call on clean weights."""
-        state = self.runner.hf_state_dict()
-        for seg, master in self.opt.master_state():
-            t = state[seg.name].to(torch.float32)
-            t.view(-1)[seg.offset : seg.offset + master.numel()] = master.cpu()
-            state[seg.name] = t
-        return state
+        return self.runner.hf_state_dict(self.opt.master_state() if self.opt.master else None)
 
     # -- one step ---------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 # End-to-end training on GPUs through the real entry point (`-m mezo_elastic.train`), sglang and hf.
 #
 #   scripts/gpu_train.sh one     # 1 GPU: sglang vs hf, same weights/seeds/batches, 30 steps each
+#   scripts/gpu_train.sh two     # 2 GPUs: tp=2 stopped at step 10 and resumed = uninterrupted (fp32 master)
 #   scripts/gpu_train.sh four    # 4 GPUs: dp=4, dp=2 x tp=2, a SIGKILLed worker, throughput 4 vs 1
 #
 # Logs and JSON summaries under $OUT. Wheels as in scripts/gpu_suite.sh (PYTHONPATH=/tmp/site,
@@ -66,6 +67,19 @@ for stage in ${*:-one}; do
       run python3 -m mezo_elastic.train --model.backend=sglang --train.steps=30 --train.output_dir=/tmp/e2e/sg1 "${COMMON[@]}"
       run python3 -m mezo_elastic.train --model.backend=hf --model.device=cuda --train.steps=30 --train.output_dir=/tmp/e2e/hf1 "${COMMON[@]}"
       summ /tmp/e2e/sg1 /tmp/e2e/hf1 | tee "$OUT/one.txt" ;;
+    two)
+      T2="torchrun --standalone --nproc_per_node=2 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2"
+      run $T2 --train.steps=20 --train.output_dir=/tmp/e2e/tp2ref "${COMMON[@]}"
+      run $T2 --train.steps=10 --train.output_dir=/tmp/e2e/tp2res "${COMMON[@]}"
+      run $T2 --train.steps=20 --train.output_dir=/tmp/e2e/tp2res "${COMMON[@]}"
+      python3 - <<'PY' | tee "$OUT/two.txt"
+# bf16 weights with the fp32 master (auto): the step-20 checkpoints must hold every TP rank's exact theta
+from mezo_elastic.checkpoint import newest_valid_checkpoint
+(sa, a), (sb, b) = newest_valid_checkpoint("/tmp/e2e/tp2ref"), newest_valid_checkpoint("/tmp/e2e/tp2res")
+print("steps", sa, sb, "fp32 tensors", sum(t.dtype.is_floating_point and t.element_size() == 4 for t in a.values()), "of", len(a))
+print("tp=2 resumed vs uninterrupted: max abs diff", max((a[k].double() - b[k].double()).abs().max().item() for k in a))
+PY
+      ;;
     four)
       TR="torchrun --standalone --nproc_per_node=4"
       T="$TR -m mezo_elastic.train"

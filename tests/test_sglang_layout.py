@@ -93,6 +93,54 @@ def test_sharded_sweep_equals_unsharded_sweep(tp):
         assert torch.allclose(out[n], ref[n], atol=1e-6), n
 
 
+def _gather_like_tp(tp: int, theta: dict[str, torch.Tensor], master: bool) -> dict[str, torch.Tensor]:
+    """What SGLangRunner.hf_state_dict assembles from tp ranks holding bf16 shards of theta (gate_up,
+    down and a qkv with 2 KV heads, replicated when tp > 2), each with its own fp32 master slices."""
+    hidden, inter = 16, 24
+    entries = [  # (pieces by rank, local shape)
+        ([lay.merged_pieces("l.gate_up_proj.weight", [inter, inter], (hidden,), r, tp) for r in range(tp)],
+         (2 * inter // tp, hidden)),
+        ([lay.row_parallel_pieces("l.down_proj.weight", hidden, inter // tp, r, tp) for r in range(tp)],
+         (hidden, inter // tp)),
+        (_qkv(tp, heads=8, kv=2, hs=4, hidden=hidden), None),
+    ]
+    bf16 = {n: t.to(torch.bfloat16) for n, t in theta.items()}
+    out = {n: torch.empty(t.shape, dtype=torch.float32 if master else torch.bfloat16) for n, t in theta.items()}
+    for by_rank, shape in entries:
+        parts = []
+        for ps in by_rank:
+            local = _shard(bf16, ps, shape or (sum(p.length for p in ps), hidden))
+            segs = [sg for p in ps for sg in lay.piece_segments(local, p, True)]
+            pairs = [(sg, theta[sg.name].view(-1)[sg.offset : sg.offset + sg.tensor.numel()].clone()) for sg in segs]
+            parts.append(lay.with_master(local, pairs) if master else local)
+        lay.assemble(parts, by_rank, out)
+    return out
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_tp_checkpoint_holds_every_ranks_exact_master(tp):
+    """Each TP rank gathers an fp32 copy of its bf16 shard with its own master slices written in:
+    assembled, that is theta exactly (every rank's), where gathering the shards gives bf16 theta."""
+    torch.manual_seed(0)
+    theta = {"l.gate_proj.weight": torch.randn(24, 16), "l.up_proj.weight": torch.randn(24, 16),
+             "l.down_proj.weight": torch.randn(16, 24), "m.l.q_proj.weight": torch.randn(32, 16),
+             "m.l.k_proj.weight": torch.randn(8, 16), "m.l.v_proj.weight": torch.randn(8, 16)}
+    exact = _gather_like_tp(tp, theta, master=True)
+    rounded = _gather_like_tp(tp, theta, master=False)
+    for n in theta:
+        assert exact[n].dtype == torch.float32 and torch.equal(exact[n], theta[n]), n
+        assert torch.equal(rounded[n], theta[n].to(torch.bfloat16)), n
+        assert not torch.equal(rounded[n].float(), theta[n]), n  # so the first check means something
+
+
+def test_with_master_refuses_a_segment_of_another_tensor():
+    a, b = torch.zeros(4, 3), torch.zeros(4, 3)
+    (p,) = lay.row_parallel_pieces("w", 4, 3, 0, 2)
+    seg = lay.piece_segments(b, p, True)[0]
+    with pytest.raises(ValueError, match="not a contiguous view"):
+        lay.with_master(a, [(seg, torch.ones(3))])
+
+
 def test_piece_segments_offsets_are_hf_element_indices():
     t = torch.zeros(4, 3)  # rank 1 of 2 of a [4, 6] row-parallel weight
     (p,) = lay.row_parallel_pieces("w", 4, 3, 1, 2)

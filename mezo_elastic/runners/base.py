@@ -43,8 +43,10 @@ class ForwardRunner(Protocol):
         """(sum of completion-token log-probs [n] float64, completion token counts [n] int64)."""
         ...
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every weight under its HF name and shape (CPU tensors, model dtype)."""
+    def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Every weight under its HF name and shape (CPU tensors, model dtype). With `master` (this
+        rank's (segment, fp32 theta) pairs) the tensors holding trainable weights come back in fp32
+        with the exact master values, of every TP rank where the engine shards them."""
         ...
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:

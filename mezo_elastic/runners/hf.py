@@ -135,9 +135,14 @@ class HFRunner:
             mask[i, : len(s)] = 1
         return ids, mask, None
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """All parameters under HF names (tied weights once), on CPU."""
-        return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()}
+    def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """All parameters under HF names (tied weights once), on CPU; with `master` ((segment, fp32
+        theta) pairs), the tensors those segments belong to come back in fp32 holding those values."""
+        state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()}
+        for seg, m in master or ():
+            t = state[seg.name] = state[seg.name].to(torch.float32)
+            t.view(-1)[seg.offset : seg.offset + m.numel()] = m.cpu()
+        return state
 
     @torch.no_grad()
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -163,15 +163,25 @@ class SGLangRunner:
         self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
         self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
         self._map = param_map(self.engine.model)
-        self._segments = self._build_segments(re.compile(cfg.model.trainable))
+        # Every rank's pieces of every tensor (a TP gather is assembled with them), computed once.
+        self._pieces_by_rank = [[pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)
+                                 for r in range(self.tp_size)] for sg_name, t, pieces in self._map]
+        pattern = re.compile(cfg.model.trainable)
+        # Decided from all ranks' pieces, so every TP rank gathers the same tensors in the same dtype.
+        self._trainable = [any(pattern.search(pc.hf_name) for ps in by_rank for pc in ps)
+                           for by_rank in self._pieces_by_rank]
+        self._home: dict[int, int] = {}  # id(segment) -> index of its tensor in _map
+        self._segments = self._build_segments(pattern)
 
     def _build_segments(self, pattern: re.Pattern) -> list[ParamSegment]:
         segs: list[ParamSegment] = []
-        for _, t, pieces in self._map:
+        for i, (_, t, pieces) in enumerate(self._map):
             for pc in pieces:
                 if pattern.search(pc.hf_name):
                     # As the hf backend: decay only matrices, never biases and norm weights.
-                    segs.extend(lay.piece_segments(t, pc, decay=len(pc.hf_shape) >= 2))
+                    for seg in lay.piece_segments(t, pc, decay=len(pc.hf_shape) >= 2):
+                        self._home[id(seg)] = i
+                        segs.append(seg)
         if not segs:
             raise BackendError(f"model.trainable={self.cfg.model.trainable!r} matches no parameter of {self.model_path}")
         return segs
@@ -223,14 +233,24 @@ class SGLangRunner:
         return parts
 
     @torch.no_grad()
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every weight under its HF name and shape on CPU (tied embeddings once, as the hf backend)."""
-        out = {n: torch.empty(s, dtype=self.engine.model_runner.model_config.dtype) for n, s in self.hf_shapes().items()}
-        for sg_name, t, pieces in self._map:
-            parts = self._gather(t)
-            for r, part in enumerate(parts):
-                for pc in (pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)):
-                    lay.hf_slice(out[pc.hf_name], pc).copy_(lay.read_piece(part, pc).cpu())
+    def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Every weight under its HF name and shape on CPU (tied embeddings once, as the hf backend).
+
+        Every TP rank must call it (the shards are gathered). With `master` (this rank's (segment,
+        fp32 theta) pairs), the trainable tensors come back in fp32 holding every rank's master values:
+        each rank gathers an fp32 copy of its shard with its masters written in.
+        """
+        dtype = self.engine.model_runner.model_config.dtype
+        exact = master is not None
+        fp32 = {pc.hf_name for i, by_rank in enumerate(self._pieces_by_rank) if exact and self._trainable[i]
+                for ps in by_rank for pc in ps}
+        out = {n: torch.empty(s, dtype=torch.float32 if n in fp32 else dtype) for n, s in self.hf_shapes().items()}
+        mine: dict[int, list[tuple[ParamSegment, torch.Tensor]]] = {}
+        for seg, m in master or ():
+            mine.setdefault(self._home[id(seg)], []).append((seg, m))
+        for i, (_, t, _) in enumerate(self._map):
+            src = lay.with_master(t, mine.get(i, [])) if exact and self._trainable[i] else t
+            lay.assemble(self._gather(src), self._pieces_by_rank[i], out)
         return out
 
     @torch.no_grad()

@@ -126,6 +126,33 @@ def hf_slice(full: torch.Tensor, piece: Piece) -> torch.Tensor:
     return full.narrow(piece.dim, piece.hf_start, piece.length)
 
 
+def with_master(local: torch.Tensor, masters: list[tuple[ParamSegment, torch.Tensor]]) -> torch.Tensor:
+    """An fp32 copy of one rank's local tensor holding the exact fp32 master values of its segments.
+
+    A segment is a 1-D view into its local tensor (piece_segments), so its place in the copy is its
+    storage offset. Gathering these copies instead of the bf16 tensors gives every TP rank's theta.
+
+    Raises:
+        ValueError: a segment is not a view of `local` (a mapping mistake, never silently written).
+    """
+    out = local.detach().to(torch.float32, copy=True)
+    flat, base = out.view(-1), local.storage_offset()
+    for seg, m in masters:
+        off = seg.tensor.storage_offset() - base
+        if (seg.tensor.untyped_storage().data_ptr() != local.untyped_storage().data_ptr()
+                or not 0 <= off <= local.numel() - m.numel() or seg.tensor.stride() != (1,)):
+            raise ValueError(f"segment {seg.name}@{seg.offset} is not a contiguous view of its local tensor")
+        flat[off : off + m.numel()].copy_(m)
+    return out
+
+
+def assemble(parts: list[torch.Tensor], pieces_by_rank: list[list[Piece]], out: dict[str, torch.Tensor]) -> None:
+    """Write every TP rank's local tensor (`parts`, rank order) into the HF tensors of `out`, piece by piece."""
+    for part, pieces in zip(parts, pieces_by_rank, strict=True):
+        for pc in pieces:
+            hf_slice(out[pc.hf_name], pc).copy_(read_piece(part, pc).to(out[pc.hf_name].dtype).cpu())
+
+
 def check_cover(pieces_by_rank: list[list[Piece]], shapes: dict[str, tuple[int, ...]]) -> None:
     """Raise ValueError unless the ranks' pieces cover every element of every HF tensor.
 

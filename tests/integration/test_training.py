@@ -90,6 +90,22 @@ def test_bfloat16_master_weights_run(tmp_path):
     assert all(t.dtype == torch.bfloat16 for t in w.values())
 
 
+def test_bfloat16_master_checkpoints_are_fp32_theta_and_resume_exactly(tmp_path):
+    """With an fp32 master, a checkpoint holds theta exactly (fp32, not the bf16 weights), so a run
+    stopped at step 5 and continued to 10 ends where the uninterrupted run does, bit for bit."""
+    from mezo_elastic.checkpoint import newest_valid_checkpoint
+
+    args = ["--model.dtype=bfloat16", "--mezo.master_weights=on", *FAST, "--checkpoint.every=5"]  # later wins
+    train(tmp_path / "a", *args, "--train.steps=10")
+    train(tmp_path / "b", *args, "--train.steps=5")
+    res = train(tmp_path / "b", *args, "--train.steps=10")
+    assert "resumed at step 5" in res.stderr
+    (sa, a), (sb, b) = newest_valid_checkpoint(tmp_path / "a"), newest_valid_checkpoint(tmp_path / "b")
+    assert sa == sb == 10 and a.keys() == b.keys()
+    assert any(t.dtype == torch.float32 for t in a.values())  # the trainable tensors: the master's values
+    assert max_abs_diff(a, b) == 0.0 and max_abs_diff(final_weights(tmp_path / "a"), final_weights(tmp_path / "b")) == 0.0
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_a_rank_that_joined_a_group_skips_interpreter_finalization(tiny_inputs, tmp_path, nproc):
     """gloo objects aborted finished ranks while the interpreter shut down (docs/troubleshooting.md),
