@@ -74,6 +74,29 @@ def test_segments_cover_every_trainable_element(pair):
     assert sorted({s.name for s in hf.segments()}) == sorted({s.name for s in sg.segments()})
 
 
+def _masters(runner):
+    """fp32 'master' values keyed by HF index, off the bf16 weights by amounts bf16 cannot hold."""
+    out = []
+    for s in runner.segments():
+        idx = torch.arange(s.tensor.numel(), device=s.tensor.device) + s.offset
+        out.append((s, s.tensor.float() + 1e-5 * (idx % 7).float()))
+    return out
+
+
+def test_master_values_come_back_exactly(pair):
+    """hf_state_dict(master): tensors with trainable weights come back in fp32 holding the master
+    values (what a checkpoint with master weights stores), identical on both backends."""
+    _, hf, sg = pair
+    a, b = hf.hf_state_dict(_masters(hf)), sg.hf_state_dict(_masters(sg))
+    assert sorted(a) == sorted(b)
+    bad = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+    assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:4]}"
+    trained = {s.name for s in hf.segments()}
+    assert all(a[k].dtype == torch.float32 for k in trained)
+    plain = hf.hf_state_dict()
+    assert all(not torch.equal(a[k], plain[k].float()) for k in trained)  # the masters, not the weights
+
+
 def test_losses_match_before_and_after_perturbation(pair):
     name, hf, sg = pair
     vocab = TINY[name]["vocab_size"]
