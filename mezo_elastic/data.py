@@ -84,8 +84,11 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
 def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int) -> list[Example]:
     """Tokenise prompt and completions separately (no merges across the boundary), cut from the left."""
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         prompt = tuple(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
+        if not prompt:  # the first completion token would have nothing to be predicted from
+            raise DataError(f"example {i}: prompt {row['prompt']!r} has no tokens (this tokenizer adds no BOS); "
+                            f"give every example a non-empty prompt")
         texts = [row["completion"]] if objective == "lm" else row["candidates"]
         # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
         cands = tuple(tuple(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in texts)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mezo_elastic.data import BatchSchedule, rank_slice, read_jsonl
+from mezo_elastic.data import BatchSchedule, rank_slice, read_jsonl, tokenize
 from mezo_elastic.errors import DataError
 
 
@@ -25,6 +25,20 @@ def test_malformed_line_names_file_line_and_field(tmp_path, objective, line, wor
         read_jsonl(_write(tmp_path, [good, line]), objective)
     for w in words:
         assert w in str(e.value)
+
+
+def test_an_empty_prompt_under_a_tokenizer_without_bos_is_an_error():
+    """Nothing would precede the first completion token: one clear error, not a silently wrong loss."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "x": 2, "y": 3}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")  # no BOS added
+    good = {"prompt": "a", "candidates": ["x", "y"], "label": 0}
+    assert tokenize([good], tok, "classification", 16)[0].prompt_ids == (1,)
+    with pytest.raises(DataError, match=r"example 1: prompt '' has no tokens"):
+        tokenize([good, {**good, "prompt": ""}], tok, "classification", 16)
 
 
 def test_missing_file():
