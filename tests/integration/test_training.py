@@ -130,3 +130,18 @@ def test_a_rank_that_joined_a_group_skips_interpreter_finalization(tiny_inputs, 
         assert len(workers) == 1, workers  # a normal exit: the handler ran (so the probe works)
     else:
         assert workers == [] and others, (workers, others)  # the agent exited normally; the ranks did not
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error; the GPU suite runs the backend")
+def test_sglang_backend_without_a_gpu_is_one_clear_error_on_every_rank(tmp_path):
+    """Through the real entry point under torchrun: the package's own error on both ranks, quickly,
+    instead of SGLang's group or device assertions from deep inside its start-up."""
+    import time
+
+    t0 = time.monotonic()
+    res = train(tmp_path / "sg", "--model.backend=sglang", "--model.dtype=bfloat16", nproc=2, timeout=120, check=False)
+    assert res.returncode != 0 and time.monotonic() - t0 < 60
+    for r in (0, 1):
+        assert f"mezo_elastic: error (rank {r}): model.backend=sglang needs a CUDA GPU" in res.stderr, res.stderr[-3000:]
+    for seed_error in ("world group is not initialized", "tensor model parallel group is not initialized"):
+        assert seed_error not in res.stderr
