@@ -21,7 +21,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
+
+from sglang_models import save_random_model  # noqa: E402  (random HF models from a spec, shared with the tests)
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
 from mezo_elastic.data import Example  # noqa: E402
@@ -38,15 +41,12 @@ TASKS = [
 
 
 def build(args) -> HFRunner:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     out = Path(args.workdir)
     if not (out / "config.json").is_file():
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                          num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                          num_key_value_heads=max(1, args.hidden // 256))
-        AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+        spec = dict(model_type="llama", vocab_size=args.vocab, hidden_size=args.hidden,
+                    intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
+                    num_attention_heads=args.hidden // 64, num_key_value_heads=max(1, args.hidden // 256))
+        save_random_model(spec, out, seed=0, dtype=torch.float32)
     cfg = Config(model=ModelConfig(path=str(out), dtype=args.dtype, device=args.device))
     return HFRunner(cfg, torch.device(args.device), str(out))
 

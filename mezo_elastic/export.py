@@ -45,15 +45,11 @@ def export(run_dir: Path, out: Path, step: int | None = None) -> int:
     opt = MezoOptimizer(runner.segments(), cfg.mezo, use_master_weights(cfg.mezo, cfg.model.dtype))
     if ck:
         runner.load_hf_state_dict(ck[1])
-        for seg, master in opt.master_state():
-            master.copy_(ck[1][seg.name].reshape(-1)[seg.offset : seg.offset + master.numel()].float())
+        opt.load_master(ck[1])
     for rec in records:
         if base <= rec.step < step:
             opt.replay(rec)
-    opt.clean()  # the last replayed step may have folded in the next perturbation
-    if opt.master_state():
-        for seg, master in opt.master_state():
-            seg.tensor.copy_(master)
+    opt.clean()  # the last replayed step may have folded in the next perturbation: now theta
     runner.save_pretrained(Path(out))
     return step
 

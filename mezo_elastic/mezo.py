@@ -81,7 +81,11 @@ def seeds_for_step(run_seed: int, step: int, mode: str, world: int) -> list[int]
 
 
 class MezoOptimizer:
-    """Holds the weights' current offset from theta and applies sweeps that move it."""
+    """Holds the weights' current offset from theta and applies sweeps that move it.
+
+    With master weights every sweep writes weights = cast(master + shown offset), so clean weights
+    are already the master cast to the model dtype: saving or exporting needs no extra copy.
+    """
 
     def __init__(self, segments: list[ParamSegment], cfg: MezoConfig, master_weights: bool) -> None:
         self.segments, self.cfg = segments, cfg
@@ -151,6 +155,11 @@ class MezoOptimizer:
         self.perturb(rec.seeds[0], +1.0)  # no sweep when the previous step folded it in
         self.perturb(rec.seeds[0], -1.0)
         self.update(rec, rec.next_seed)
+
+    def load_master(self, state: dict[str, torch.Tensor]) -> None:
+        """Set the fp32 masters from HF-named tensors (a checkpoint); no-op without master weights."""
+        for seg, master in self.master_state():
+            master.copy_(state[seg.name].reshape(-1)[seg.offset : seg.offset + master.numel()].to(torch.float32))
 
     def master_state(self) -> list[tuple[ParamSegment, torch.Tensor]]:
         """(segment, exact fp32 theta) pairs when master weights are kept, else []."""

@@ -146,9 +146,7 @@ class Trainer:
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Weights from HF-named tensors; the fp32 master copy too when one is kept."""
         self.runner.load_hf_state_dict(state)
-        for seg, master in self.opt.master_state():
-            flat = state[seg.name].reshape(-1)
-            master.copy_(flat[seg.offset : seg.offset + seg.tensor.numel()].to(torch.float32))
+        self.opt.load_master(state)
 
     def state(self) -> dict[str, torch.Tensor]:
         """HF-named weights at theta (exact fp32 master values when kept). Call on clean weights."""
@@ -314,8 +312,7 @@ class Trainer:
         tmp, dst = self.out / ".final.tmp", self.out / "final"
         if self.ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        if self.opt.master_state():
-            self.load_state(self.state())  # weights := master (exact theta, cast to the model dtype)
+        # Clean weights are theta (with master weights: the master cast to the model dtype).
         self.runner.save_pretrained(tmp)  # every rank of data slot 0 joins (TP gather); rank 0 writes
         if self.ctx.is_main:
             shutil.rmtree(dst, ignore_errors=True)

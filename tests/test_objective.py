@@ -11,6 +11,7 @@ import random
 import pytest
 import torch
 
+from gpu.sglang_models import save_random_model
 from mezo_elastic.config import Config, ModelConfig
 from mezo_elastic.data import Example
 from mezo_elastic.objective import _candidate_scores, example_losses
@@ -26,12 +27,7 @@ SPECS = {  # tiny random models of two architectures (GQA, tied and untied, qkv 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
 def runner(request, tmp_path_factory) -> HFRunner:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    spec = dict(SPECS[request.param])
-    out = tmp_path_factory.mktemp(request.param)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec)).save_pretrained(out)
+    out = save_random_model(SPECS[request.param], tmp_path_factory.mktemp(request.param), seed=0, dtype=torch.float32)
     cfg = Config(model=ModelConfig(path=str(out), dtype="float32", device="cpu"))
     return HFRunner(cfg, torch.device("cpu"), str(out))
 

@@ -56,28 +56,33 @@ class HFRunner:
         """Trainable parameters, whole, under their HF names (tied weights appear once)."""
         return self._segments
 
-    def _left_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids, mask, position ids), left-padded: every sequence ends in the last column."""
+    def _pad(self, seqs: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask). Left: every sequence ends in the last column (a batch whose last positions
+        matter). Right: the padding follows each sequence, where causal attention never sees it."""
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-        # Explicit positions: with left padding each sequence must still start at position 0.
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        return ids, mask, pos
+            cols = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[i, cols] = torch.tensor(s, dtype=torch.long)
+            mask[i, cols] = 1
+        return ids, mask
+
+    @staticmethod
+    def _positions(mask: torch.Tensor) -> torch.Tensor:
+        """Explicit positions: with left padding each sequence must still start at position 0."""
+        return (mask.cumsum(1) - 1).clamp(min=0)
 
     @torch.no_grad()
     def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded batch; logits only for the last positions, which hold every completion."""
         seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests]
         comp = torch.tensor([len(r.completion_ids) for r in requests])
-        ids, mask, pos = self._left_pad(seqs)
+        ids, mask = self._pad(seqs, left=True)
         width, keep = ids.shape[1], int(comp.max()) + 1
         logits = self.model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=pos.to(self.device), logits_to_keep=keep,
+            position_ids=self._positions(mask).to(self.device), logits_to_keep=keep,
         ).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token j+1
         targets = ids[:, width - keep + 1:].to(self.device)
@@ -96,10 +101,11 @@ class HFRunner:
         candidates of length L costs P + k(L-1) token positions instead of k(P+L): with one-token
         verbalizers (" positive" / " negative") that is one forward of the prompt for all of them.
         """
-        ids, mask, pos = self._left_pad(prompts)
+        ids, mask = self._pad(prompts, left=True)
         multi = any(len(c) > 1 for cs in choices for c in cs)
         out = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=pos.to(self.device),
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            position_ids=self._positions(mask).to(self.device),
             use_cache=multi, logits_to_keep=1,
         )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).double().cpu()  # [prompts, vocab]
@@ -107,8 +113,8 @@ class HFRunner:
         if not multi:
             return scores
         rows = [(b, j) for b, cs in enumerate(choices) for j, c in enumerate(cs) if len(c) > 1]
-        ext_ids, ext_mask, _ = self._right_pad([choices[b][j][:-1] for b, j in rows])
-        targets, _, _ = self._right_pad([choices[b][j][1:] for b, j in rows])
+        ext_ids, ext_mask = self._pad([choices[b][j][:-1] for b, j in rows], left=False)
+        targets, _ = self._pad([choices[b][j][1:] for b, j in rows], left=False)
         src = torch.tensor([b for b, _ in rows])
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # 5.24: `cache`
         cache.reorder_cache(src.to(self.device))  # one copy of its prompt's keys/values per row
@@ -124,16 +130,6 @@ class HFRunner:
         for r, (b, j) in enumerate(rows):
             scores[b][j] += rest[r]
         return scores
-
-    def _right_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, None]:
-        """(ids, mask, None), right-padded: the padding follows each sequence (causal: it is never seen)."""
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return ids, mask, None
 
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """All parameters under HF names (tied weights once), on CPU; with `master` ((segment, fp32
