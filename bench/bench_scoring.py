@@ -1,7 +1,8 @@
-"""Classification scoring: prompt shared between candidates vs one sequence per candidate (hf backend).
+"""Classification scoring: prompt shared between candidates vs one sequence per candidate.
 
-    python bench/bench_scoring.py                       # CPU, a 4-layer Llama of hidden 512, fp32
+    python bench/bench_scoring.py                       # CPU, hf backend, a 4-layer Llama of hidden 512, fp32
     python bench/bench_scoring.py --device cuda --dtype bfloat16 --layers 16 --hidden 2048
+    python bench/bench_scoring.py --backend sglang --device cuda --dtype bfloat16 --layers 16 --hidden 2048
 
 One row per task shape (prompt length, candidates and their lengths): milliseconds per scoring of a
 batch (median of --repeats after a warm-up), token positions fed to the model, the speed-up, and the
@@ -24,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 
-from sglang_models import save_random_model  # noqa: E402  (random HF models from a spec, shared with the tests)
+from sglang_models import save_random_model, sglang_cfg, single_ctx  # noqa: E402  (shared with the tests)
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
 from mezo_elastic.data import Example  # noqa: E402
@@ -40,13 +41,19 @@ TASKS = [
 ]
 
 
-def build(args) -> HFRunner:
+def build(args):
     out = Path(args.workdir)
     if not (out / "config.json").is_file():
         spec = dict(model_type="llama", vocab_size=args.vocab, hidden_size=args.hidden,
                     intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
                     num_attention_heads=args.hidden // 64, num_key_value_heads=max(1, args.hidden // 256))
         save_random_model(spec, out, seed=0, dtype=torch.float32)
+    if args.backend == "sglang":
+        from mezo_elastic.runners.sglang import SGLangRunner
+
+        cfg = sglang_cfg(out, dtype=args.dtype)
+        cfg.data.micro_batch = args.batch * 4
+        return SGLangRunner(single_ctx(), cfg, torch.device("cuda", 0), str(out))
     cfg = Config(model=ModelConfig(path=str(out), dtype=args.dtype, device=args.device))
     return HFRunner(cfg, torch.device(args.device), str(out))
 
@@ -73,6 +80,7 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default="hf", choices=["hf", "sglang"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--layers", type=int, default=4)
@@ -94,11 +102,12 @@ def main() -> None:
         sep_ms, sh_ms = timed(lambda: run(False), args.repeats), timed(lambda: run(True), args.repeats)  # noqa: B023
         diff = (run(True)[0] - run(False)[0]).abs().max().item()
         pos_sep = args.batch * len(lengths) * prompt + args.batch * sum(lengths)
-        pos_sh = args.batch * prompt + args.batch * sum(L - 1 for L in lengths)
+        pos_sh = (args.batch * prompt + args.batch * sum(L - 1 for L in lengths) if args.backend == "hf"
+                  else args.batch * (prompt - 1) + args.batch * sum(L + 1 for L in lengths))
         rows.append(dict(task=name, separate_ms=sep_ms, shared_ms=sh_ms, speedup=sep_ms / sh_ms,
                          positions_separate=pos_sep, positions_shared=pos_sh, max_abs_loss_diff=diff))
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\nclassification scoring, batch {args.batch}, Llama {args.layers}x{args.hidden} vocab {args.vocab} "
+    print(f"\nclassification scoring ({args.backend} backend), batch {args.batch}, Llama {args.layers}x{args.hidden} vocab {args.vocab} "
           f"{args.dtype} on {dev}; torch {torch.__version__}\n")
     print("| task | separate ms | shared ms | speed-up | positions sep/shared | max abs loss diff |")
     print("|---|---:|---:|---:|---:|---:|")

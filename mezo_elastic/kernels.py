@@ -32,6 +32,7 @@ except ImportError:  # CPU machines: perturb.sweep keeps its torch path
 MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
 BLOCK_C = 512  # Philox counters per program = 2048 elements (bench/bench_step.py --tune re-measures)
 NUM_WARPS = 4
+VEC = 0  # lane layout of loads/stores (see _sweep_kernel); bench/bench_sweep.py times both
 MAX_INDEX = 2**33  # HF element indices the kernel handles (counter = index // 4 in 31 bits)
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -90,16 +91,36 @@ if HAVE_TRITON:
         return r * _cos(th), r * _sin(th)
 
     @triton.jit
-    def _z4(c0, c1, k0, k1):
-        """z of lanes 0..3 of each counter (4 tensors shaped like the counters; one Philox call each)."""
+    def _z4(c0, c1, k0, k1, MODE: tl.constexpr):
+        """z of lanes 0..3 of each counter (4 tensors shaped like the counters; one Philox call each).
+
+        MODE is for profiling only (bench/bench_sweep.py), never used for training: 1 = no RNG (z a
+        cheap function of the counter: the memory and update floor), 2 = Philox without Box-Muller
+        (uniforms), 3 = Box-Muller with the approximate lg2 (the cost of the precise log)."""
+        if MODE == 1:
+            f = c0.to(tl.float32) * 1.0e-9
+            return f, f + 1.0, f + 2.0, f + 3.0
         x0, x1, x2, x3 = _philox(c0, c1, k0, k1)
+        if MODE == 2:
+            return _uniform(x0), _uniform(x1), _uniform(x2), _uniform(x3)
+        if MODE == 3:
+            z0, z1 = _box_muller_fast(x0, x1)
+            z2, z3 = _box_muller_fast(x2, x3)
+            return z0, z1, z2, z3
         z0, z1 = _box_muller(x0, x1)
         z2, z3 = _box_muller(x2, x3)
         return z0, z1, z2, z3
 
     @triton.jit
+    def _box_muller_fast(a, b):
+        u1 = tl.maximum(_uniform(a), 1.0e-7)
+        th = _uniform(b) * 6.283185307179586
+        r = tl.sqrt(-1.3862943611198906 * tl.log2(u1))  # -2 ln u = -2 ln2 log2 u
+        return r * _cos(th), r * _sin(th)
+
+    @triton.jit
     def _lane(wp, mp, e, numel, pre, post, show, factor, HAS_MASTER: tl.constexpr, DT: tl.constexpr):
-        """new = (base + pre) * factor + post for the elements of one lane (index e); store it."""
+        """new = (base + pre) * factor + post for the elements at indices e (any shape); store it."""
         mask = (e >= 0) & (e < numel)
         if HAS_MASTER:
             base = tl.load(mp + e, mask=mask, other=0.0)
@@ -117,12 +138,18 @@ if HAVE_TRITON:
             tl.store(wp + e, new.to(tl.float16), mask=mask)
 
     @triton.jit
+    def _interleave(v0, v1, v2, v3, BLOCK: tl.constexpr):
+        """[BLOCK, 4] tensor whose row i is (v0[i], v1[i], v2[i], v3[i]): the 4 lanes of counter i."""
+        return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [BLOCK, 4])
+
+    @triton.jit
     def _sweep_kernel(blk_seg, seg_first, seg_w, seg_m, seg_numel, seg_off, seg_name, seg_decay, keys, coef,
                       keep, NSEEDS: tl.constexpr, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
-                      BLOCK: tl.constexpr):
-        # Lanes are kept as 4 separate vectors shaped like the counters (element 4c + lane): no layout
-        # shuffles between the per-counter Philox and the per-element update; each lane's loads and
-        # stores are stride-4 but the 4 lanes cover the same cache lines back to back.
+                      BLOCK: tl.constexpr, VEC: tl.constexpr, MODE: tl.constexpr):
+        # The RNG works on counters (4 elements each). VEC = 0 keeps the 4 lanes as separate vectors
+        # shaped like the counters: each lane's loads and stores are stride-4 (the 4 lanes cover the
+        # same cache lines back to back). VEC = 1 interleaves them into a [BLOCK, 4] tile so each
+        # thread moves 4 consecutive elements per instruction (a quarter of the memory instructions).
         pid = tl.program_id(0)
         s = tl.load(blk_seg + pid)
         b = pid - tl.load(seg_first + s)
@@ -150,16 +177,21 @@ if HAVE_TRITON:
         for k in tl.static_range(NSEEDS):
             kp = keys + (name * NSEEDS + k) * 2
             z0, z1, z2, z3 = _z4(c0, c1, tl.load(kp).to(tl.uint32, bitcast=True),
-                                 tl.load(kp + 1).to(tl.uint32, bitcast=True))
+                                 tl.load(kp + 1).to(tl.uint32, bitcast=True), MODE)
             a_pre, a_post, a_show = tl.load(coef + 3 * k), tl.load(coef + 3 * k + 1), tl.load(coef + 3 * k + 2)
             p0, p1, p2, p3 = p0 + a_pre * z0, p1 + a_pre * z1, p2 + a_pre * z2, p3 + a_pre * z3
             q0, q1, q2, q3 = q0 + a_post * z0, q1 + a_post * z1, q2 + a_post * z2, q3 + a_post * z3
             if HAS_MASTER:
                 r0, r1, r2, r3 = r0 + a_show * z0, r1 + a_show * z1, r2 + a_show * z2, r3 + a_show * z3
-        _lane(wp, mp, e, numel, p0, q0, r0, factor, HAS_MASTER, DT)
-        _lane(wp, mp, e + 1, numel, p1, q1, r1, factor, HAS_MASTER, DT)
-        _lane(wp, mp, e + 2, numel, p2, q2, r2, factor, HAS_MASTER, DT)
-        _lane(wp, mp, e + 3, numel, p3, q3, r3, factor, HAS_MASTER, DT)
+        if VEC:
+            e4 = e[:, None] + tl.arange(0, 4)[None, :]
+            _lane(wp, mp, e4, numel, _interleave(p0, p1, p2, p3, BLOCK), _interleave(q0, q1, q2, q3, BLOCK),
+                  _interleave(r0, r1, r2, r3, BLOCK), factor, HAS_MASTER, DT)
+        else:
+            _lane(wp, mp, e, numel, p0, q0, r0, factor, HAS_MASTER, DT)
+            _lane(wp, mp, e + 1, numel, p1, q1, r1, factor, HAS_MASTER, DT)
+            _lane(wp, mp, e + 2, numel, p2, q2, r2, factor, HAS_MASTER, DT)
+            _lane(wp, mp, e + 3, numel, p3, q3, r3, factor, HAS_MASTER, DT)
 
 
 @dataclass
@@ -275,11 +307,12 @@ def plan_coefficients(plan: SweepPlan) -> tuple[list[int], list[list[float]]]:
     return seeds, [coef[s] for s in seeds]
 
 
-def fused_sweep(segments: list[ParamSegment], plan: SweepPlan) -> bool:
+def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -> bool:
     """Apply `plan` to every segment with the Triton kernel; False (nothing done) if it cannot.
 
     Returns False when the segments are not all CUDA tensors of supported dtypes or the plan has
-    more than MAX_SEEDS distinct seeds, so the caller falls back to the torch path.
+    more than MAX_SEEDS distinct seeds, so the caller falls back to the torch path. `_mode` is
+    for profiling only (see _z4): anything but 0 writes wrong weights.
     """
     if not segments or not available():
         return False
@@ -296,5 +329,6 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan) -> bool:
     with torch.cuda.device(p.device):
         for g in p.groups:
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
-                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, num_warps=NUM_WARPS)
+                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, VEC=VEC, MODE=_mode,
+                                       num_warps=NUM_WARPS)
     return True

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU suite: install the carried wheels, run the GPU tests and the benchmarks, logs under $OUT.
 #
-#   scripts/gpu_suite.sh                      # all single-GPU stages: tests bench1b bench8b scoring
+#   scripts/gpu_suite.sh                      # all single-GPU stages: tests sweep bench1b bench8b scoring
 #   scripts/gpu_suite.sh tests                # only the GPU tests
+#   scripts/gpu_suite.sh sweep                # the sweep kernel's layouts and profiling modes, + ncu if present
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
 #
 # Wheels: .gpu/whl (the .whl files of .gpu/wheels) (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
@@ -11,7 +12,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/mezo_gpu_out}
 mkdir -p "$OUT"
-stages=${*:-tests bench1b bench8b scoring}
+stages=${*:-tests sweep bench1b bench8b scoring}
 export PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
@@ -37,6 +38,20 @@ for s in $stages; do
       python3 -m pytest tests/gpu -m gpu -q -s -rA -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | \
         grep -E "passed|failed|error|NLL|corr|PASSED|FAILED|ERROR" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+    sweep)
+      log "sweep kernel: layouts and profiling modes (1B shape)"
+      timeout 300 python3 bench/bench_sweep.py --out "$OUT/sweep_1b.json" > "$OUT/sweep_1b.log" 2>&1 || rc=1
+      tail -32 "$OUT/sweep_1b.log"
+      NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      if [ -n "$NCU" ]; then
+        log "ncu on the sweep kernel ($NCU)"
+        timeout 240 "$NCU" --kernel-name regex:_sweep_kernel --launch-count 12 --section SpeedOfLight \
+          --section ComputeWorkloadAnalysis --section InstructionStats --section MemoryWorkloadAnalysis \
+          python3 bench/bench_sweep.py --once > "$OUT/ncu_sweep.txt" 2>&1
+        grep -E "_sweep_kernel|Duration|Throughput|Issue Slots|Executed Ipc|Warp Cycles|ERR|==PROF==" "$OUT/ncu_sweep.txt" | head -80
+      else
+        log "no ncu on this machine"
+      fi ;;
     bench1b)
       log "bench 1b"
       python3 bench/bench_step.py --shape 1b --parity --tune --out "$OUT/bench_1b.json" > "$OUT/bench_1b.log" 2>&1 || rc=1
@@ -50,7 +65,12 @@ for s in $stages; do
       log "classification scoring, shared prompt vs separate (hf backend, 1B shape, bf16)"
       python3 bench/bench_scoring.py --device cuda --dtype bfloat16 --layers 16 --hidden 2048 --vocab 128256 \
         --batch 32 --workdir /tmp/mezo_bench/scoring_1b --out "$OUT/scoring.json" > "$OUT/scoring.log" 2>&1 || rc=1
-      tail -9 "$OUT/scoring.log" ;;
+      tail -9 "$OUT/scoring.log"
+      log "classification scoring, shared prompt vs separate (sglang backend, same model)"
+      python3 bench/bench_scoring.py --backend sglang --device cuda --dtype bfloat16 --layers 16 --hidden 2048 \
+        --vocab 128256 --batch 32 --workdir /tmp/mezo_bench/scoring_1b --out "$OUT/scoring_sglang.json" \
+        > "$OUT/scoring_sglang.log" 2>&1 || rc=1
+      tail -9 "$OUT/scoring_sglang.log" ;;
     dpcheck1)
       log "dp_tp_check on one GPU (the reference the 2-GPU stage compares against)"
       python3 bench/dp_tp_check.py --model /tmp/mezo_bench/1b --tp 1 --out "$OUT/one.json" 2>&1 | \
@@ -59,7 +79,7 @@ for s in $stages; do
       log "dp / tp on 2 GPUs"
       bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
-    *) echo "unknown stage $s (tests bench1b bench8b scoring dpcheck1 multi)"; exit 2 ;;
+    *) echo "unknown stage $s (tests sweep bench1b bench8b scoring dpcheck1 multi)"; exit 2 ;;
   esac
 done
 log "done rc=$rc"

@@ -2,7 +2,8 @@
 
 Scoring is one EXTEND batch per call (split only to fit the KV pool), with return_logprob and
 logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; KV slots are
-freed after every forward and no CUDA graphs are captured. The weights are perturbed in place
+freed after every forward and no CUDA graphs are captured. Classification candidates share their
+prompt's KV (`score_choices`: the prompts first, then every candidate extends its prompt's slots). The weights are perturbed in place
 through segments keyed by HF name and element index (runners/sglang_layout.py), so a seed moves an
 SGLang model exactly as it moves the same HF model, at any TP size.
 
@@ -71,7 +72,8 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
 
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
     CUDA graphs (prefill shapes vary, weights change in place), no custom all-reduce (it needs
-    its own IPC buffers; TP traffic is small next to the sweeps).
+    its own IPC buffers; TP traffic is small next to the sweeps). Request slots: a shared-prompt
+    classification forward holds up to micro_batch candidates plus their prompts.
     """
     m = cfg.model
     fields = dict(
@@ -80,7 +82,7 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
         mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
         sampling_backend="pytorch", disable_cuda_graph=True, disable_radix_cache=True,
         disable_overlap_schedule=True, disable_custom_all_reduce=True,
-        context_length=cfg.data.max_length + 1, max_running_requests=max(cfg.data.micro_batch, 1) + 1,
+        context_length=cfg.data.max_length + 1, max_running_requests=2 * max(cfg.data.micro_batch, 1) + 1,
         random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
     )
     return compat.make_server_args(fields)
@@ -207,21 +209,41 @@ class SGLangRunner:
             total[lo:hi] = self.engine.logprob_sums(seqs, starts)
         return total, torch.tensor([len(r.completion_ids) for r in requests], dtype=torch.int64)
 
-    def _chunks(self, requests: Sequence[ScoreRequest]) -> list[tuple[int, int]]:
-        """Consecutive request ranges whose tokens fit the KV pool and the request pool."""
-        max_tok, max_req, rows = self.engine.max_tokens, self.engine.max_requests, self.cfg.model.sglang_logprob_tokens
-        out, lo, tok, lp = [], 0, 0, 0
-        for i, r in enumerate(requests):
-            n, m = len(r.prompt_ids) + len(r.completion_ids), len(r.completion_ids) + 1
+    @torch.no_grad()
+    def score_choices(self, prompts: Sequence[Sequence[int]],
+                      choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt's KV is
+        computed once and every candidate extends it (sglang_compat.Engine.shared_prompt_sums)."""
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        # Per prompt: KV tokens (prompt - 1 shared, then last prompt token + candidate per candidate),
+        # request slots (1 + candidates) and log-prob rows (candidate + 1 each).
+        need = [(len(p) - 1 + sum(len(c) + 1 for c in cs), 1 + len(cs), sum(len(c) + 1 for c in cs))
+                for p, cs in zip(prompts, choices)]
+        out: list[torch.Tensor] = []
+        for lo, hi in self._chunks(need):
+            out += self.engine.shared_prompt_sums(prompts[lo:hi], choices[lo:hi])
+        return out
+
+    def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:
+        """Consecutive ranges whose (KV tokens, request slots, log-prob rows) fit the KV pool, the request
+        pool and model.sglang_logprob_tokens; a ScoreRequest needs (prompt+completion, 1, completion+1)."""
+        max_tok, max_req, max_rows = self.engine.max_tokens, self.engine.max_requests, self.cfg.model.sglang_logprob_tokens
+        out, lo, tok, req, lp = [], 0, 0, 0, 0
+        for i, r in enumerate(need):
+            if isinstance(r, ScoreRequest):
+                r = (len(r.prompt_ids) + len(r.completion_ids), 1, len(r.completion_ids) + 1)
+            n, q, m = r
             if n > max_tok:
                 raise BackendError(f"request {i} has {n} tokens but the KV pool holds {max_tok}; raise "
                                    f"model.mem_fraction_static or lower data.max_length")
-            if i > lo and (tok + n > max_tok or i - lo >= max_req or lp + m > rows):
+            if i > lo and (tok + n > max_tok or req + q > max_req or lp + m > max_rows):
                 out.append((lo, i))
-                lo, tok, lp = i, 0, 0
-            tok, lp = tok + n, lp + m
-        if lo < len(requests):
-            out.append((lo, len(requests)))
+                lo, tok, req, lp = i, 0, 0, 0
+            tok, req, lp = tok + n, req + q, lp + m
+        if lo < len(need):
+            out.append((lo, len(need)))
         return out
 
     def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:

@@ -102,6 +102,52 @@ class Engine:
         self.model_runner.req_to_token_pool.clear()
         self.model_runner.token_to_kv_pool_allocator.clear()
 
+    def _req(self, rid: int, ids: Sequence[int], start: int | None, prefix: torch.Tensor | None = None) -> Any:
+        """One EXTEND request: `ids` whole, its first len(prefix) tokens' KV already at slots `prefix`,
+        log-probs from position `start` on (None: no log-probs)."""
+        from sglang.srt.managers.schedule_batch import Req
+        from sglang.srt.sampling.sampling_params import SamplingParams
+
+        req = Req(rid=str(rid), origin_input_text="", origin_input_ids=array("q", ids),
+                  sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=start is not None)
+        req.full_untruncated_fill_ids = req.origin_input_ids
+        if start is not None:
+            req.logprob_start_len = start
+        if prefix is not None:
+            req.prefix_indices = prefix  # what a radix-cache hit sets: KV slot of each prefix token
+        req.set_extend_range(len(req.prefix_indices), len(req.origin_input_ids))
+        return req
+
+    def _forward(self, reqs: list) -> tuple[Any, Any]:
+        """Run one EXTEND batch of `reqs`; (ScheduleBatch, LogitsProcessorOutput). Slots stay allocated."""
+        from sglang.srt.managers.schedule_batch import ScheduleBatch
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+        mr = self.model_runner
+        tree = _NoTreeCache(page_size=mr.server_args.page_size, device=mr.device,
+                            token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator)
+        batch = ScheduleBatch.init_new(reqs=reqs, req_to_token_pool=mr.req_to_token_pool,
+                                       token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator, tree_cache=tree,
+                                       model_config=mr.model_config, enable_overlap=False,
+                                       spec_algorithm=SpeculativeAlgorithm.NONE)
+        batch.prepare_for_extend()
+        if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
+            batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
+            batch.prefill_input_ids_cpu = None
+        fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+        return batch, mr.forward(fb).logits_output
+
+    @staticmethod
+    def _row_sums(flat: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Per request, the sum of its `rows` log-prob rows but the last (which predicts past the end)."""
+        lens = torch.tensor(rows, device=flat.device)
+        seq_of = torch.repeat_interleave(torch.arange(len(rows), device=flat.device), lens)
+        keep = torch.ones_like(flat)
+        keep[lens.cumsum(0) - 1] = 0.0
+        sums = torch.zeros(len(rows), dtype=torch.float64, device=flat.device)
+        return sums.index_add_(0, seq_of, flat * keep).cpu()  # one sync per forward, not one per sequence
+
     @torch.no_grad()
     def logprob_sums(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
         """One EXTEND forward; per sequence, sum of log p(token j | tokens < j) for j in (start, len).
@@ -110,42 +156,46 @@ class Engine:
         predict tokens s+1 .. len, the last one a padding token (left out of the sum).
         Returns float64 sums on the CPU.
         """
-        from sglang.srt.managers.schedule_batch import Req, ScheduleBatch
-        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
-        from sglang.srt.sampling.sampling_params import SamplingParams
-        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-
-        mr = self.model_runner
-        reqs = []
-        for i, (ids, start) in enumerate(zip(seqs, starts)):
-            req = Req(rid=str(i), origin_input_text="", origin_input_ids=array("q", ids),
-                      sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=True)
-            req.full_untruncated_fill_ids = req.origin_input_ids
-            req.logprob_start_len = start
-            req.set_extend_range(len(req.prefix_indices), len(req.origin_input_ids))
-            reqs.append(req)
-        tree = _NoTreeCache(page_size=mr.server_args.page_size, device=mr.device,
-                            token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator)
-        batch = ScheduleBatch.init_new(reqs=reqs, req_to_token_pool=mr.req_to_token_pool,
-                                       token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator, tree_cache=tree,
-                                       model_config=mr.model_config, enable_overlap=False,
-                                       spec_algorithm=SpeculativeAlgorithm.NONE)
         try:
-            batch.prepare_for_extend()
-            if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
-                batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
-                batch.prefill_input_ids_cpu = None
-            fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
-            flat = mr.forward(fb).logits_output.input_token_logprobs.double()
-            # Sum on the GPU and copy once (one sync per forward, not one per sequence).
-            lens = torch.tensor([len(ids) - start for ids, start in zip(seqs, starts)], device=flat.device)
-            seq_of = torch.repeat_interleave(torch.arange(len(seqs), device=flat.device), lens)
-            keep = torch.ones_like(flat)
-            keep[lens.cumsum(0) - 1] = 0.0  # each sequence's last row predicts past its end
-            sums = torch.zeros(len(seqs), dtype=torch.float64, device=flat.device)
-            return sums.index_add_(0, seq_of, flat * keep).cpu()
+            _, out = self._forward([self._req(i, ids, start) for i, (ids, start) in enumerate(zip(seqs, starts))])
+            return self._row_sums(out.input_token_logprobs.double(), [len(ids) - s for ids, s in zip(seqs, starts)])
         finally:
             self.clear()  # free KV and request slots even when the forward failed
+
+    @torch.no_grad()
+    def shared_prompt_sums(self, prompts: Sequence[Sequence[int]],
+                           choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """Per prompt, the summed log-prob of each of its candidates; each prompt's KV computed once.
+
+        Two EXTEND forwards. The first runs every prompt but its last token (no log-probs) and
+        keeps the KV slots. The second has one request per candidate, prompt + candidate, whose
+        prefix is its prompt's slots (as a radix-cache hit would set it), so it computes only
+        [last prompt token] + candidate, with log-probs from the last prompt token on. A prompt of P
+        tokens with k candidates of length L costs P - 1 + k(L + 1) positions instead of k(P + L).
+        """
+        mr = self.model_runner
+        try:
+            heads = [(b, p[:-1]) for b, p in enumerate(prompts) if len(p) > 1]
+            slots: dict[int, torch.Tensor] = {}
+            if heads:
+                batch, _ = self._forward([self._req(b, h, None) for b, h in heads])
+                for req, (b, h) in zip(batch.reqs, heads):
+                    slots[b] = mr.req_to_token_pool.req_to_token[req.req_pool_idx, : len(h)].to(torch.int64)
+            reqs, rows = [], []
+            for b, (p, cs) in enumerate(zip(prompts, choices)):
+                for c in cs:
+                    ids = list(p) + list(c)
+                    reqs.append(self._req(len(reqs), ids, len(p) - 1, slots.get(b)))
+                    rows.append(len(c) + 1)
+            _, out = self._forward(reqs)
+            flat = self._row_sums(out.input_token_logprobs.double(), rows)
+            res, i = [], 0
+            for cs in choices:
+                res.append(flat[i : i + len(cs)])
+                i += len(cs)
+            return res
+        finally:
+            self.clear()
 
     def close(self) -> None:
         """Drop the model and SGLang's process groups (the default group included)."""

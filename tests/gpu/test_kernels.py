@@ -78,3 +78,22 @@ def test_too_many_seeds_falls_back_to_torch():
     sweep([ParamSegment(w, "w")], plan)  # torch path still does it
     ref = sum(z_range(s, "w", 0, 10) for s in range(kernels.MAX_SEEDS + 1))
     assert torch.allclose(w.cpu(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("master", [False, True])
+def test_both_lane_layouts_write_identical_weights(dtype, master, monkeypatch):
+    """VEC=1 (lanes interleaved, 4 consecutive elements per thread) is only a layout change: the same
+    bits as VEC=0 on odd sizes and offsets (masked edges, counters straddling segment starts)."""
+    plan = SweepPlan(pre=[(21, 1e-3)], post=[(21, -2e-4), (22, 1e-3)], decay=1e-2,
+                     show=[(23, 1e-3)] if master else [])
+    out = []
+    for vec in (0, 1):
+        monkeypatch.setattr(kernels, "VEC", vec)
+        segs = _segments(dtype, master)
+        assert kernels.fused_sweep(segs, plan)
+        out.append(segs)
+    for sa, sb in zip(*out):
+        assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} {dtype}: layouts differ"
+        if master:
+            assert torch.equal(sa.master, sb.master)
