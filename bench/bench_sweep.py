@@ -8,8 +8,8 @@
 
 Weights are allocated with the model's parameter shapes (random bf16, no model built). Rows: every
 (master weights or not) x (1 seed = perturb, 2 seeds = restore + update + next perturbation) x
-variant. Variants: `lanes` / `vec` are the two load/store layouts (kernels.VEC 0 / 1: the same
-bits); the profiling modes (kernels._z4 MODE, never used for training) replace parts of the RNG:
+variant. Variants: `lanes` / `join` / `pick` are the load/store layouts (kernels.VEC 0 / 1 / 2: the
+same bits), `aligned` the vector-load path for aligned segments (kernels.ALIGN); the profiling modes (kernels._z4 MODE, never used for training) replace parts of the RNG:
 `no-rng` (z a cheap function of the counter: the memory + update floor), `philox only` (no
 Box-Muller), `fast log` (approximate lg2 instead of libdevice's log). Bytes counted per element:
 read + write of the weight (4 B for bf16), with master weights read + write of the fp32 master plus
@@ -36,8 +36,11 @@ from mezo_elastic import kernels  # noqa: E402
 from mezo_elastic.perturb import ParamSegment, SweepPlan  # noqa: E402
 
 SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
-VARIANTS = [("lanes", 0, 0), ("vec", 1, 0), ("lanes no-rng", 0, 1), ("vec no-rng", 1, 1),
-            ("lanes philox only", 0, 2), ("lanes fast log", 0, 3), ("vec fast log", 1, 3)]
+# (label, kernels.VEC, profiling MODE, kernels.ALIGN)
+VARIANTS = [("lanes", 0, 0, False), ("lanes aligned", 0, 0, True), ("join aligned", 1, 0, True),
+            ("pick", 2, 0, False), ("pick aligned", 2, 0, True),
+            ("lanes no-rng", 0, 1, False), ("join aligned no-rng", 1, 1, True), ("pick aligned no-rng", 2, 1, True),
+            ("pick aligned philox only", 2, 2, True), ("pick aligned fast log", 2, 3, True)]
 PLANS = {1: SweepPlan(post=[(1, 1e-3)]), 2: SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])}
 PLANS_MASTER = {1: SweepPlan(post=[(1, 1e-3)]),
                 2: SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6)], show=[(2, 1e-3)])}
@@ -94,8 +97,8 @@ def main() -> None:
         bytes_per = 10 if master else 4
         for seeds in (1, 2):
             plan = (PLANS_MASTER if master else PLANS)[seeds]
-            for label, vec, mode in VARIANTS:
-                kernels.VEC = vec
+            for label, vec, mode, align in VARIANTS:
+                kernels.VEC, kernels.ALIGN = vec, align
                 run = lambda: kernels.fused_sweep(segs, plan, _mode=mode)  # noqa: E731,B023
                 if args.once:
                     run()

@@ -32,7 +32,8 @@ except ImportError:  # CPU machines: perturb.sweep keeps its torch path
 MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
 BLOCK_C = 512  # Philox counters per program = 2048 elements (bench/bench_step.py --tune re-measures)
 NUM_WARPS = 4
-VEC = 0  # lane layout of loads/stores (see _sweep_kernel); bench/bench_sweep.py times both
+VEC = 0  # lane layout of loads/stores (see _sweep_kernel); bench/bench_sweep.py times each
+ALIGN = True  # give aligned segments their own launch with vector-load hints (bench: off to compare)
 MAX_INDEX = 2**33  # HF element indices the kernel handles (counter = index // 4 in 31 bits)
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -119,9 +120,13 @@ if HAVE_TRITON:
         return r * _cos(th), r * _sin(th)
 
     @triton.jit
-    def _lane(wp, mp, e, numel, pre, post, show, factor, HAS_MASTER: tl.constexpr, DT: tl.constexpr):
+    def _lane(wp, mp, e, numel, pre, post, show, factor, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
+              ALIGNED: tl.constexpr):
         """new = (base + pre) * factor + post for the elements at indices e (any shape); store it."""
-        mask = (e >= 0) & (e < numel)
+        if ALIGNED:  # e >= 0 always; the mask is constant over each 4 elements, so loads vectorize
+            mask = e < numel
+        else:
+            mask = (e >= 0) & (e < numel)
         if HAS_MASTER:
             base = tl.load(mp + e, mask=mask, other=0.0)
         else:
@@ -143,13 +148,22 @@ if HAVE_TRITON:
         return tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [BLOCK, 4])
 
     @triton.jit
+    def _pick(v0, v1, v2, v3, col):
+        """The same [BLOCK, 4] tile as _interleave, by broadcasting each lane and selecting by column
+        (no reshape: the 4 columns can stay in one thread's registers)."""
+        return tl.where(col == 0, v0[:, None], tl.where(col == 1, v1[:, None],
+                                                        tl.where(col == 2, v2[:, None], v3[:, None])))
+
+    @triton.jit
     def _sweep_kernel(blk_seg, seg_first, seg_w, seg_m, seg_numel, seg_off, seg_name, seg_decay, keys, coef,
                       keep, NSEEDS: tl.constexpr, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
-                      BLOCK: tl.constexpr, VEC: tl.constexpr, MODE: tl.constexpr):
+                      BLOCK: tl.constexpr, VEC: tl.constexpr, MODE: tl.constexpr, ALIGNED: tl.constexpr):
         # The RNG works on counters (4 elements each). VEC = 0 keeps the 4 lanes as separate vectors
         # shaped like the counters: each lane's loads and stores are stride-4 (the 4 lanes cover the
-        # same cache lines back to back). VEC = 1 interleaves them into a [BLOCK, 4] tile so each
-        # thread moves 4 consecutive elements per instruction (a quarter of the memory instructions).
+        # same cache lines back to back, but each 32-byte sector is written by 4 partial stores: ncu
+        # showed L2 at 99 % with DRAM at 43 %). VEC = 1 (join + reshape) and VEC = 2 (broadcast +
+        # select) put them in a [BLOCK, 4] tile so each thread moves 4 consecutive elements. ALIGNED
+        # groups (offset, numel multiple of 4, 16-byte pointers) tell the compiler so, for vector loads.
         pid = tl.program_id(0)
         s = tl.load(blk_seg + pid)
         b = pid - tl.load(seg_first + s)
@@ -167,7 +181,13 @@ if HAVE_TRITON:
         # 32-bit index math (the host guarantees HF index < 2**33, so counters fit 31 bits and c1 = 0):
         # int64 address arithmetic was a large share of the instructions of this compute-bound loop.
         i = b * BLOCK + tl.arange(0, BLOCK)
-        e = i * 4 - (off % 4).to(tl.int32)  # element index (inside the segment) of each counter's lane 0
+        if ALIGNED:
+            wp = tl.multiple_of(wp, 16)
+            mp = tl.multiple_of(mp, 16)
+            numel = tl.multiple_of(numel, 4)
+            e = i * 4
+        else:
+            e = i * 4 - (off % 4).to(tl.int32)  # element index (inside the segment) of each counter's lane 0
         c0 = ((off // 4).to(tl.int32) + i).to(tl.uint32, bitcast=True)
         c1 = c0 * 0
         zero = tl.zeros([BLOCK], dtype=tl.float32)
@@ -183,15 +203,19 @@ if HAVE_TRITON:
             q0, q1, q2, q3 = q0 + a_post * z0, q1 + a_post * z1, q2 + a_post * z2, q3 + a_post * z3
             if HAS_MASTER:
                 r0, r1, r2, r3 = r0 + a_show * z0, r1 + a_show * z1, r2 + a_show * z2, r3 + a_show * z3
-        if VEC:
+        if VEC == 1:
             e4 = e[:, None] + tl.arange(0, 4)[None, :]
             _lane(wp, mp, e4, numel, _interleave(p0, p1, p2, p3, BLOCK), _interleave(q0, q1, q2, q3, BLOCK),
-                  _interleave(r0, r1, r2, r3, BLOCK), factor, HAS_MASTER, DT)
+                  _interleave(r0, r1, r2, r3, BLOCK), factor, HAS_MASTER, DT, ALIGNED)
+        elif VEC == 2:
+            col = tl.arange(0, 4)[None, :]
+            _lane(wp, mp, e[:, None] + col, numel, _pick(p0, p1, p2, p3, col), _pick(q0, q1, q2, q3, col),
+                  _pick(r0, r1, r2, r3, col), factor, HAS_MASTER, DT, ALIGNED)
         else:
-            _lane(wp, mp, e, numel, p0, q0, r0, factor, HAS_MASTER, DT)
-            _lane(wp, mp, e + 1, numel, p1, q1, r1, factor, HAS_MASTER, DT)
-            _lane(wp, mp, e + 2, numel, p2, q2, r2, factor, HAS_MASTER, DT)
-            _lane(wp, mp, e + 3, numel, p3, q3, r3, factor, HAS_MASTER, DT)
+            _lane(wp, mp, e, numel, p0, q0, r0, factor, HAS_MASTER, DT, ALIGNED)
+            _lane(wp, mp, e + 1, numel, p1, q1, r1, factor, HAS_MASTER, DT, ALIGNED)
+            _lane(wp, mp, e + 2, numel, p2, q2, r2, factor, HAS_MASTER, DT, ALIGNED)
+            _lane(wp, mp, e + 3, numel, p3, q3, r3, factor, HAS_MASTER, DT, ALIGNED)
 
 
 @dataclass
@@ -200,6 +224,7 @@ class _Group:
 
     dt: int
     has_master: bool
+    aligned: bool  # every segment: offset and numel multiples of 4, 16-byte aligned pointers
     block: int  # BLOCK_C the block table was built for
     blocks: int
     blk_seg: torch.Tensor
@@ -215,6 +240,7 @@ class _Packed:
     device: torch.device
     keys: dict[int, torch.Tensor]  # seed -> [n_names, 2] int32 keys, a few recent seeds
     ok: bool = True  # can_fuse(segments); False: the torch path does this list
+    setting: tuple = ()  # (BLOCK_C, ALIGN) the tables were built for
 
 
 def _fingerprint(segments: list[ParamSegment]) -> tuple:
@@ -225,7 +251,8 @@ def _fingerprint(segments: list[ParamSegment]) -> tuple:
     """
     step = max(1, len(segments) // 64)
     picks = segments[::step] + segments[-1:]
-    return (len(segments),) + tuple((s.tensor.data_ptr(), s.tensor.numel(), s.offset, s.name) for s in picks)
+    return (len(segments),) + tuple((s.tensor.data_ptr(), s.tensor.numel(), s.offset, s.name,
+                                      s.master.data_ptr() if s.master is not None else 0) for s in picks)
 
 
 _CACHE: list[_Packed] = []  # packed tables of the last few segment lists (runners return one list object)
@@ -243,7 +270,13 @@ def can_fuse(segments: list[ParamSegment]) -> bool:
                for s in segments)
 
 
-def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has_master: bool,
+def _aligned(s: ParamSegment) -> bool:
+    """Offset and size multiples of 4 and 16-byte pointers: the kernel may move 4 elements at once."""
+    return (s.offset % 4 == 0 and s.tensor.numel() % 4 == 0 and s.tensor.data_ptr() % 16 == 0
+            and (s.master is None or s.master.data_ptr() % 16 == 0))
+
+
+def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has_master: bool, aligned: bool,
                 dev: torch.device) -> _Group:
     per = 4 * BLOCK_C
     nblk = [(s.offset % 4 + s.tensor.numel() + per - 1) // per for s in segs]
@@ -259,7 +292,7 @@ def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has
         torch.tensor([name_idx[s.name] for s in segs], dtype=torch.int32, device=dev),
         torch.tensor([1 if s.decay else 0 for s in segs], dtype=torch.int32, device=dev),
     )
-    return _Group(dt, has_master, BLOCK_C, int(sum(nblk)), blk_seg.to(dev), tables)
+    return _Group(dt, has_master, aligned, BLOCK_C, int(sum(nblk)), blk_seg.to(dev), tables)
 
 
 def _packed(segments: list[ParamSegment]) -> _Packed:
@@ -267,7 +300,7 @@ def _packed(segments: list[ParamSegment]) -> _Packed:
     segments (TP row shards give one segment per row, 10^5 of them)."""
     fp = _fingerprint(segments)
     for p in _CACHE:
-        if p.list_id == id(segments) and p.fingerprint == fp:
+        if p.list_id == id(segments) and p.fingerprint == fp and p.setting == (BLOCK_C, ALIGN):
             return p
     dev = segments[0].tensor.device
     if not can_fuse(segments):
@@ -275,12 +308,14 @@ def _packed(segments: list[ParamSegment]) -> _Packed:
     else:
         names = sorted({s.name for s in segments})
         name_idx = {n: i for i, n in enumerate(names)}
-        by_kind: dict[tuple[int, bool], list[ParamSegment]] = {}
+        by_kind: dict[tuple[int, bool, bool], list[ParamSegment]] = {}
         for s in segments:
             if s.tensor.numel():
-                by_kind.setdefault((DTYPE_CODE[s.tensor.dtype], s.master is not None), []).append(s)
-        groups = [_pack_group(segs, name_idx, dt, hm, dev) for (dt, hm), segs in sorted(by_kind.items())]
+                key = (DTYPE_CODE[s.tensor.dtype], s.master is not None, ALIGN and _aligned(s))
+                by_kind.setdefault(key, []).append(s)
+        groups = [_pack_group(segs, name_idx, dt, hm, al, dev) for (dt, hm, al), segs in sorted(by_kind.items())]
         packed = _Packed(id(segments), fp, names, groups, dev, {})
+    packed.setting = (BLOCK_C, ALIGN)
     _CACHE.insert(0, packed)
     del _CACHE[4:]
     return packed
@@ -329,6 +364,6 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
     with torch.cuda.device(p.device):
         for g in p.groups:
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
-                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, VEC=VEC, MODE=_mode,
+                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, VEC=VEC, MODE=_mode, ALIGNED=g.aligned,
                                        num_warps=NUM_WARPS)
     return True

@@ -45,10 +45,10 @@ for s in $stages; do
       NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       if [ -n "$NCU" ]; then
         log "ncu on the sweep kernel ($NCU)"
-        timeout 150 "$NCU" --kernel-name regex:_sweep_kernel --launch-count 12 --section SpeedOfLight \
+        timeout 150 "$NCU" --kernel-name regex:_sweep_kernel --launch-count 20 --section SpeedOfLight \
           --section ComputeWorkloadAnalysis --section InstructionStats --section MemoryWorkloadAnalysis \
           python3 bench/bench_sweep.py --once > "$OUT/ncu_sweep.txt" 2>&1
-        grep -E "_sweep_kernel|Duration|Throughput|Issue Slots|Executed Ipc|Warp Cycles|ERR|==PROF==" "$OUT/ncu_sweep.txt" | head -80
+        grep -E "Duration|DRAM Throughput|L2 Cache Throughput|Issue Slots Busy|ERR" "$OUT/ncu_sweep.txt" | paste - - - - | head -24
       else
         log "no ncu on this machine"
       fi ;;

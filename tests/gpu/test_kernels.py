@@ -80,20 +80,44 @@ def test_too_many_seeds_falls_back_to_torch():
     assert torch.allclose(w.cpu(), ref, atol=1e-5)
 
 
+def _mixed_segments(dtype, master: bool):
+    """Unaligned segments (odd offsets and sizes) and aligned ones (offset, size multiples of 4)."""
+    segs = _segments(dtype, master)
+    g = torch.Generator().manual_seed(1)
+    for i, (n, off) in enumerate([(4096, 0), (70004, 8), (64, 4096)]):
+        t = (torch.randn(n, generator=g) * 0.02).to(dtype).to(DEV)
+        segs.append(ParamSegment(t, f"a{i}", off, decay=True, master=t.float().clone() if master else None))
+    return segs
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("master", [False, True])
-def test_both_lane_layouts_write_identical_weights(dtype, master, monkeypatch):
-    """VEC=1 (lanes interleaved, 4 consecutive elements per thread) is only a layout change: the same
-    bits as VEC=0 on odd sizes and offsets (masked edges, counters straddling segment starts)."""
+@pytest.mark.parametrize("vec,align", [(0, True), (1, False), (1, True), (2, False), (2, True)])
+def test_every_lane_layout_writes_identical_weights(dtype, master, vec, align, monkeypatch):
+    """The layouts (kernels.VEC) and the aligned fast path (kernels.ALIGN) only change how elements
+    move: the same bits as VEC=0 without it, on odd sizes and offsets (masked edges, counters
+    straddling segment starts) and on aligned segments."""
     plan = SweepPlan(pre=[(21, 1e-3)], post=[(21, -2e-4), (22, 1e-3)], decay=1e-2,
                      show=[(23, 1e-3)] if master else [])
     out = []
-    for vec in (0, 1):
-        monkeypatch.setattr(kernels, "VEC", vec)
-        segs = _segments(dtype, master)
+    for v, a in ((0, False), (vec, align)):
+        monkeypatch.setattr(kernels, "VEC", v)
+        monkeypatch.setattr(kernels, "ALIGN", a)
+        segs = _mixed_segments(dtype, master)
         assert kernels.fused_sweep(segs, plan)
         out.append(segs)
     for sa, sb in zip(*out):
         assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} {dtype}: layouts differ"
         if master:
             assert torch.equal(sa.master, sb.master)
+
+
+def test_cached_tables_follow_master_buffers():
+    """A new list over the same weights but other master buffers must not reuse the old tables
+    (Python reuses a freed list's id; the tables would point at the old masters)."""
+    w = torch.zeros(4096, device=DEV, dtype=torch.bfloat16)
+    m1 = torch.zeros(4096, device=DEV)
+    assert kernels.fused_sweep([ParamSegment(w, "w", master=m1)], SweepPlan(post=[(1, 1.0)]))
+    m2 = torch.zeros(4096, device=DEV)
+    assert kernels.fused_sweep([ParamSegment(w, "w", master=m2)], SweepPlan(post=[(1, 1.0)]))
+    assert torch.equal(m1, m2) and m2.abs().sum() > 0
