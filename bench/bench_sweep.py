@@ -8,7 +8,7 @@
 
 Weights are allocated with the model's parameter shapes (random bf16, no model built). Rows: every
 (master weights or not) x (1 seed = perturb, 2 seeds = restore + update + next perturbation) x
-variant. Variants: `lanes` / `join` / `pick` are the load/store layouts (kernels.VEC 0 / 1 / 2: the
+variant. Variants: `default` is what training runs; `lanes` / `join` / `pick` are the load/store layouts (kernels.VEC 0 / 1 / 2: the
 same bits), `aligned` the vector-load path for aligned segments (kernels.ALIGN); the profiling modes (kernels._z4 MODE, never used for training) replace parts of the RNG:
 `no-rng` (z a cheap function of the counter: the memory + update floor), `philox only` (no
 Box-Muller), `fast log` (approximate lg2 instead of libdevice's log). Bytes counted per element:
@@ -37,7 +37,7 @@ from mezo_elastic.perturb import ParamSegment, SweepPlan  # noqa: E402
 
 SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
 # (label, kernels.VEC, profiling MODE, kernels.ALIGN)
-VARIANTS = [("lanes", 0, 0, False), ("lanes aligned", 0, 0, True), ("join aligned", 1, 0, True),
+VARIANTS = [("default", None, 0, True), ("lanes", 0, 0, False), ("lanes aligned", 0, 0, True), ("join aligned", 1, 0, True),
             ("pick", 2, 0, False), ("pick aligned", 2, 0, True),
             ("lanes no-rng", 0, 1, False), ("join aligned no-rng", 1, 1, True), ("pick aligned no-rng", 2, 1, True),
             ("pick aligned philox only", 2, 2, True), ("pick aligned fast log", 2, 3, True)]

@@ -32,7 +32,9 @@ except ImportError:  # CPU machines: perturb.sweep keeps its torch path
 MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
 BLOCK_C = 512  # Philox counters per program = 2048 elements (bench/bench_step.py --tune re-measures)
 NUM_WARPS = 4
-VEC = 0  # lane layout of loads/stores (see _sweep_kernel); bench/bench_sweep.py times each
+# Lane layout of loads/stores (see _sweep_kernel). None: join (1) for aligned groups, lanes (0) for
+# the rest: measured fastest for each on an H100 (docs/benchmarks.md; bench/bench_sweep.py times all).
+VEC: int | None = None
 ALIGN = True  # give aligned segments their own launch with vector-load hints (bench: off to compare)
 MAX_INDEX = 2**33  # HF element indices the kernel handles (counter = index // 4 in 31 bits)
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -164,6 +166,9 @@ if HAVE_TRITON:
         # showed L2 at 99 % with DRAM at 43 %). VEC = 1 (join + reshape) and VEC = 2 (broadcast +
         # select) put them in a [BLOCK, 4] tile so each thread moves 4 consecutive elements. ALIGNED
         # groups (offset, numel multiple of 4, 16-byte pointers) tell the compiler so, for vector loads.
+        # Measured on an H100 (1B shape, bf16): with fp32 master, 9.8 ms (lanes) -> 4.5 ms (join,
+        # aligned), 92 % of copy bandwidth; without, 3.5 -> 2.3 ms. Unaligned, join and pick are slower
+        # than lanes (the 4-element groups straddle vector boundaries), so they keep lanes.
         pid = tl.program_id(0)
         s = tl.load(blk_seg + pid)
         b = pid - tl.load(seg_first + s)
@@ -364,6 +369,7 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
     with torch.cuda.device(p.device):
         for g in p.groups:
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
-                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, VEC=VEC, MODE=_mode, ALIGNED=g.aligned,
+                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, MODE=_mode, ALIGNED=g.aligned,
+                                       VEC=(1 if g.aligned else 0) if VEC is None else VEC,
                                        num_warps=NUM_WARPS)
     return True

@@ -92,7 +92,7 @@ def _mixed_segments(dtype, master: bool):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("master", [False, True])
-@pytest.mark.parametrize("vec,align", [(0, True), (1, False), (1, True), (2, False), (2, True)])
+@pytest.mark.parametrize("vec,align", [(None, True), (0, True), (1, False), (1, True), (2, False), (2, True)])
 def test_every_lane_layout_writes_identical_weights(dtype, master, vec, align, monkeypatch):
     """The layouts (kernels.VEC) and the aligned fast path (kernels.ALIGN) only change how elements
     move: the same bits as VEC=0 without it, on odd sizes and offsets (masked edges, counters
