@@ -197,7 +197,7 @@ def run_hf(path: Path, reqs, args, out: dict) -> None:
 def run_sglang(path: Path, reqs, args, out: dict) -> None:
     from mezo_elastic.runners.sglang import SGLangRunner
 
-    cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction,
+    cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction, attention_backend=args.attention,
                      sglang_load_format="dummy" if args.sglang_dummy else "auto")
     cfg.data.max_length, cfg.data.micro_batch = args.seq + 1, args.batch
     sg = SGLangRunner(single_ctx(), cfg, torch.device("cuda", 0), str(path))
@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--completion", type=int, default=64)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--mem-fraction", type=float, default=0.6)
+    ap.add_argument("--attention", default="triton", help="SGLang attention backend (triton, fa3, flashinfer)")
     ap.add_argument("--sglang-dummy", action="store_true", help="SGLang loads random weights itself (no parity)")
     ap.add_argument("--parity", action="store_true", help="also report HF vs SGLang clean loss on the same weights")
     ap.add_argument("--tune", action="store_true", help="time the sweep kernel at other block sizes")
@@ -238,7 +239,7 @@ def main() -> None:
         save_random_model(spec, path, seed=0)
     prompt = args.seq - args.completion
     reqs = random_requests(args.batch, 32000, seed=0, prompt=(prompt, prompt), completion=(args.completion, args.completion))
-    out = {"shape": args.shape, "batch": args.batch, "seq": args.seq, "completion": args.completion,
+    out = {"shape": args.shape, "attention": args.attention, "batch": args.batch, "seq": args.seq, "completion": args.completion,
            "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     out["copy_TBps"] = copy_bandwidth()
     if not args.skip_hf:
