@@ -3,6 +3,7 @@
 #
 #   scripts/gpu_train.sh one     # 1 GPU: sglang vs hf, same weights/seeds/batches, 30 steps each
 #   scripts/gpu_train.sh two     # 2 GPUs: tp=2 stopped at step 10 and resumed = uninterrupted (fp32 master)
+#   scripts/gpu_train.sh kill    # NGPU (2) GPUs: a SIGKILLed worker under --max-restarts=1 ends = undisturbed
 #   scripts/gpu_train.sh four    # 4 GPUs: dp=4, dp=2 x tp=2, a SIGKILLed worker, throughput 4 vs 1
 #
 # Logs and JSON summaries under $OUT. Wheels as in scripts/gpu_suite.sh (PYTHONPATH=/tmp/site,
@@ -78,6 +79,27 @@ from mezo_elastic.checkpoint import newest_valid_checkpoint
 (sa, a), (sb, b) = newest_valid_checkpoint("/tmp/e2e/tp2ref"), newest_valid_checkpoint("/tmp/e2e/tp2res")
 print("steps", sa, sb, "fp32 tensors", sum(t.dtype.is_floating_point and t.element_size() == 4 for t in a.values()), "of", len(a))
 print("tp=2 resumed vs uninterrupted: max abs diff", max((a[k].double() - b[k].double()).abs().max().item() for k in a))
+PY
+      ;;
+    kill)  # N=${NGPU:-2} GPUs: a worker SIGKILLed after step 15 under --max-restarts=1 vs undisturbed
+      N=${NGPU:-2}
+      TR="torchrun --standalone --nproc_per_node=$N"
+      run $TR -m mezo_elastic.train --model.backend=sglang --train.steps=30 --train.output_dir=/tmp/e2e/undisturbed$N "${COMMON[@]}"
+      ( $TR --max-restarts=1 -m mezo_elastic.train --model.backend=sglang --train.steps=30 \
+          --train.output_dir=/tmp/e2e/kill$N "${COMMON[@]}" > "$OUT/kill$N.log" 2>&1; echo "kill-run rc=$?" ) &
+      bg=$!
+      for _ in $(seq 600); do  # until 15 steps are logged, while the job lives
+        kill -0 $bg 2>/dev/null || break
+        n=$(cat /tmp/e2e/kill$N/steps.jsonl 2>/dev/null | wc -l); [ "$n" -ge 15 ] && break; sleep 0.5; done
+      pkill -9 -f "train.output_dir=/tmp/e2e/kill$N" -n; wait $bg
+      echo "resumed lines: $(grep -c 'resumed at step' "$OUT/kill$N.log")"
+      N=$N python3 - <<'PY' | tee "$OUT/kill$N.txt"
+import os
+from safetensors.torch import load_file
+n = os.environ["N"]
+a = load_file(f"/tmp/e2e/kill{n}/final/model.safetensors"); b = load_file(f"/tmp/e2e/undisturbed{n}/final/model.safetensors")
+print(f"{n} GPUs, SIGKILLed worker + restart vs undisturbed: max abs diff",
+      max((a[k].float() - b[k].float()).abs().max().item() for k in a))
 PY
       ;;
     four)
