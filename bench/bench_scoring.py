@@ -65,7 +65,8 @@ def examples(n: int, prompt: int, lengths: tuple[int, ...], vocab: int) -> list[
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+    for _ in range(3):  # warm-up: Triton kernels specialise (and compile) per shape on first use
+        fn()
     times = []
     for _ in range(repeats):
         if torch.cuda.is_available():
@@ -88,12 +89,14 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--batch", type=int, default=16, help="examples per scoring")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tasks", default="", help="comma-separated task indices to run, in this order (default all)")
     ap.add_argument("--workdir", default="/tmp/mezo_bench_scoring_model")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     runner = build(args)
     rows = []
-    for name, prompt, lengths in TASKS:
+    order = [int(i) for i in args.tasks.split(",")] if args.tasks else range(len(TASKS))
+    for name, prompt, lengths in [TASKS[i] for i in order]:
         exs = examples(args.batch, prompt, lengths, args.vocab)
         mb = args.batch * len(lengths)  # the whole batch in one forward on both paths
         def run(share: bool, exs=exs, mb=mb):
