@@ -41,6 +41,51 @@ def wall_ms(fn, n: int = 10) -> float:
     return statistics.median(ts)
 
 
+def phases(eng, reqs: list[ScoreRequest], n: int = 10) -> dict[str, float]:
+    """Median ms of each host phase of Engine.logprob_sums (synchronised after each)."""
+    from sglang.srt.managers.schedule_batch import ScheduleBatch
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    from mezo_elastic.runners.sglang_compat import _NoTreeCache
+
+    mr = eng.model_runner
+    seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in reqs]
+    starts = [len(r.prompt_ids) - 1 for r in reqs]
+    out: dict[str, list[float]] = {}
+
+    def tick(name, t):
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        out.setdefault(name, []).append((now - t) * 1e3)
+        return now
+
+    for _ in range(n + 3):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        rq = [eng._req(i, ids, st) for i, (ids, st) in enumerate(zip(seqs, starts))]
+        t = tick("make Req objects", t)
+        tree = _NoTreeCache(page_size=mr.server_args.page_size, device=mr.device,
+                            token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator)
+        batch = ScheduleBatch.init_new(reqs=rq, req_to_token_pool=mr.req_to_token_pool,
+                                       token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator, tree_cache=tree,
+                                       model_config=mr.model_config, enable_overlap=False,
+                                       spec_algorithm=SpeculativeAlgorithm.NONE)
+        batch.prepare_for_extend()
+        if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
+            batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
+        t = tick("ScheduleBatch + prepare_for_extend", t)
+        fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+        t = tick("ForwardBatch.init_new", t)
+        lo = mr.forward(fb).logits_output
+        t = tick("ModelRunner.forward", t)
+        eng._row_sums(lo.input_token_logprobs.double(), [len(x) - st for x, st in zip(seqs, starts)])
+        t = tick("row sums + copy to CPU", t)
+        eng.clear()
+        tick("clear pools", t)
+    return {k: statistics.median(v[3:]) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -58,6 +103,8 @@ def main() -> None:
     }
     for name, reqs in batches.items():
         ms = wall_ms(lambda reqs=reqs: sg.score(reqs))
+        print(f"\n== {name}: host phases (ms, synchronised after each): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in phases(sg.engine, reqs).items()))
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             sg.score(reqs)
             torch.cuda.synchronize()
