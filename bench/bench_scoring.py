@@ -51,7 +51,7 @@ def build(args):
     if args.backend == "sglang":
         from mezo_elastic.runners.sglang import SGLangRunner
 
-        cfg = sglang_cfg(out, dtype=args.dtype)
+        cfg = sglang_cfg(out, dtype=args.dtype, sglang_share_min_tokens=0)  # time the shared path everywhere
         cfg.data.micro_batch = args.batch * 4
         return SGLangRunner(single_ctx(), cfg, torch.device("cuda", 0), str(out))
     cfg = Config(model=ModelConfig(path=str(out), dtype=args.dtype, device=args.device))

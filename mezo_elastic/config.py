@@ -55,6 +55,11 @@ class ModelConfig:
     sglang_logprob_tokens: int = opt(
         8192, "sglang: most completion positions scored in one forward (bounds the fp32 vocab-wide logits buffer)"
     )
+    sglang_share_min_tokens: int = opt(
+        4096, "sglang: share a classification prompt between candidates (data.share_prompt) only where it saves "
+        "at least this many token positions in a forward; a shared forward is two engine forwards, and each "
+        "has a fixed host cost (~8 ms measured, 1B model on an H100, docs/benchmarks.md); 0 = always"
+    )
 
     def __post_init__(self) -> None:
         _choice("model", "backend", self.backend, ("hf", "sglang"))
@@ -63,6 +68,7 @@ class ModelConfig:
         _positive("model", "tp_size", self.tp_size)
         _choice("model", "sglang_load_format", self.sglang_load_format, ("auto", "dummy"))
         _positive("model", "sglang_logprob_tokens", self.sglang_logprob_tokens)
+        _positive("model", "sglang_share_min_tokens", self.sglang_share_min_tokens, zero_ok=True)
         if self.backend == "hf" and self.tp_size != 1:
             raise ConfigError(f"model.tp_size={self.tp_size} needs model.backend=sglang; the hf backend is tp_size=1")
         if not 0 < self.mem_fraction_static < 1:
@@ -85,8 +91,8 @@ class DataConfig:
     eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation")
     micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
     share_prompt: bool = opt(
-        True, "classification: run each prompt once and score all its candidates from it (hf backend; "
-        "sglang scores prompt+candidate sequences); same losses up to float rounding"
+        True, "classification: run each prompt once and score all its candidates from it (sglang: where "
+        "model.sglang_share_min_tokens allows); same losses up to float rounding"
     )
 
     def __post_init__(self) -> None:

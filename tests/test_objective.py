@@ -84,3 +84,15 @@ def test_a_runner_without_score_choices_is_scored_per_sequence(runner: HFRunner)
     a = example_losses(Plain(), exs, "classification", 64, share_prompt=True)[0]
     b = example_losses(runner, exs, "classification", 64, share_prompt=False)[0]
     assert torch.equal(a, b)
+
+
+def test_sglang_saved_positions_counts_what_sharing_skips():
+    """saved_positions (the sglang runner's rule for when to share) = positions of one sequence per
+    candidate minus those of the two shared forwards (prompt - 1, then last prompt token + candidate)."""
+    from mezo_elastic.runners.sglang import saved_positions
+
+    prompts = [[1] * 64, [2] * 7, [3], [4] * 20]
+    choices = [[[5], [6]], [[5, 6, 7], [8], [9, 9]], [[5], [6]], [[5, 6]]]
+    apart = sum(len(p) + len(c) for p, cs in zip(prompts, choices) for c in cs)
+    shared = sum(len(p) - 1 + sum(len(c) + 1 for c in cs) for p, cs in zip(prompts, choices))
+    assert saved_positions(prompts, choices) == apart - shared == 63 + 12 + 0 + 0

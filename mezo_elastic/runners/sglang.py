@@ -145,6 +145,13 @@ def rank_pieces(model: torch.nn.Module, sg_name: str, t: torch.Tensor, rank: int
     return _module_pieces(model.get_submodule(mname), pname, sg_name, t, rank)
 
 
+def saved_positions(prompts: Sequence[Sequence[int]], choices: Sequence[Sequence[Sequence[int]]]) -> int:
+    """Token positions SGLangRunner.score_choices saves over one sequence per candidate: a prompt of P
+    tokens with k candidates of lengths L_j costs sum_j (P + L_j) apart, P - 1 + sum_j (L_j + 1) shared:
+    (k - 1)(P - 1) fewer."""
+    return sum((len(cs) - 1) * (len(p) - 1) for p, cs in zip(prompts, choices) if cs)
+
+
 class SGLangRunner:
     """ForwardRunner on SGLang's ModelRunner (see the module docstring)."""
 
@@ -217,6 +224,14 @@ class SGLangRunner:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        if saved_positions(prompts, choices) < self.cfg.model.sglang_share_min_tokens:
+            # Too little to save to pay for a second engine forward: one sequence per candidate.
+            flat, _ = self.score([ScoreRequest(tuple(p), tuple(c)) for p, cs in zip(prompts, choices) for c in cs])
+            out, i = [], 0
+            for cs in choices:
+                out.append(flat[i : i + len(cs)])
+                i += len(cs)
+            return out
         # Per prompt: KV tokens (prompt - 1 shared, then last prompt token + candidate per candidate),
         # request slots (1 + candidates) and log-prob rows (candidate + 1 each).
         need = [(len(p) - 1 + sum(len(c) + 1 for c in cs), 1 + len(cs), sum(len(c) + 1 for c in cs))

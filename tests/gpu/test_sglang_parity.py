@@ -165,6 +165,7 @@ def test_shared_prompt_scoring_matches_separate_sequences(pair, lengths):
     from mezo_elastic.objective import example_losses
 
     name, hf, sg = pair
+    sg.cfg.model.sglang_share_min_tokens = 0  # always share (these batches save few positions)
     exs = _choice_examples(TINY[name]["vocab_size"], seed=5, lengths=lengths)
     shared = sg.score_choices([e.prompt_ids for e in exs], [e.candidates for e in exs])
     sep = [sg.score([ScoreRequest(e.prompt_ids, c)])[0] for e in exs for c in e.candidates]
@@ -179,3 +180,25 @@ def test_shared_prompt_scoring_matches_separate_sequences(pair, lengths):
     l_sh, _ = example_losses(sg, exs, "classification", micro_batch=64, share_prompt=True)
     l_sep, _ = example_losses(sg, exs, "classification", micro_batch=64, share_prompt=False)
     assert (l_sh - l_sep).abs().max().item() < MEAN_TOL * 5
+
+
+def test_rescoring_the_same_batch_reuses_it_exactly(pair):
+    """The engine keeps the last batch prepared (MeZO scores it twice a step): scoring it again, before
+    and after an in-place perturbation, gives the bits a freshly built batch gives."""
+    name, _, sg = pair
+    reqs = random_requests(12, TINY[name]["vocab_size"], seed=9)
+    a = sg.score(reqs)[0]
+    assert sg.engine._kept is not None
+    b = sg.score(reqs)[0]
+    sg.engine.clear()
+    c = sg.score(reqs)[0]
+    assert torch.equal(a, b) and torch.equal(a, c)
+    seed = step_seed(3, 1)
+    sweep(sg.segments(), SweepPlan(post=[(seed, 1e-2)]))
+    d = sg.score(reqs)[0]  # the kept batch, new weights
+    sg.engine.clear()
+    e = sg.score(reqs)[0]
+    sweep(sg.segments(), SweepPlan(post=[(seed, -1e-2)]))
+    assert torch.equal(d, e) and not torch.equal(a, d)
+    other = random_requests(5, TINY[name]["vocab_size"], seed=10)
+    assert torch.equal(sg.score(other)[0], sg.score(other)[0])  # a different batch replaces the kept one
