@@ -6,6 +6,8 @@ Three batches: 1 request of 8 tokens (the fixed cost of a forward), 96 requests 
 bench batch (16 x 256 tokens, 64 completion). For each: median wall ms over 10 calls, then one call
 under torch.profiler with the summed CUDA kernel time (GPU busy) and the top 12 entries by self
 CPU time. The difference between wall and GPU busy is time the GPU waits for the host.
+Then --steps MeZO steps (2 forwards + 2 sweeps each, as bench_step's "ours on SGLang") under the
+profiler: wall, GPU busy, and the largest gaps between GPU kernels with the host calls during them.
 """
 
 from __future__ import annotations
@@ -79,17 +81,69 @@ def phases(eng, reqs: list[ScoreRequest], n: int = 10) -> dict[str, float]:
         t = tick("ForwardBatch.init_new", t)
         lo = mr.forward(fb).logits_output
         t = tick("ModelRunner.forward", t)
-        eng._row_sums(lo.input_token_logprobs.double(), [len(x) - st for x, st in zip(seqs, starts)])
+        eng._row_sums(lo.input_token_logprobs, [len(x) - st for x, st in zip(seqs, starts)])
         t = tick("row sums + copy to CPU", t)
         eng.clear()
         tick("clear pools", t)
     return {k: statistics.median(v[3:]) for k, v in out.items()}
 
 
+def step_gaps(sg, reqs: list[ScoreRequest], steps: int) -> None:
+    """Profile `steps` MeZO steps; print GPU busy vs wall and the 12 largest idle gaps of the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mezo_elastic.config import MezoConfig
+    from mezo_elastic.mezo import MezoOptimizer, StepRecord
+    from mezo_elastic.perturb import step_seed
+
+    mcfg = MezoConfig(lr=1e-7, eps=1e-3)
+    opt = MezoOptimizer(sg.segments(), mcfg, master_weights=False)
+
+    def step(t: int) -> None:
+        s, nxt = step_seed(0, t), step_seed(0, t + 1)
+        opt.perturb(s, 1.0)
+        lp = -float(sg.score(reqs)[0].sum())
+        opt.perturb(s, -1.0)
+        lm = -float(sg.score(reqs)[0].sum())
+        g = (lp - lm) / (2 * mcfg.eps)
+        opt.update(StepRecord(step=t, seeds=[s], grads=[g], lr=mcfg.lr, weight_decay=0.0), nxt)
+
+    for t in range(3):
+        step(t)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for t in range(3, 3 + steps):
+            step(t)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) * 1e3
+    gpu = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                 key=lambda e: e.time_range.start)
+    cpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    busy, gaps, end, prev = 0.0, [], None, None
+    for e in gpu:
+        a, b = e.time_range.start, e.time_range.end
+        if end is not None and a > end:
+            gaps.append((a - end, end, a, prev, e.name))
+        if end is None or a > end:
+            busy += b - a
+        elif b > end:
+            busy += b - end
+        end = b if end is None else max(end, b)
+        prev = e.name
+    print(f"\n== {steps} MeZO steps (16 x 256 tokens, kept batch): wall {wall:.1f} ms, GPU busy {busy / 1e3:.1f} ms, "
+          f"idle {sum(g[0] for g in gaps) / 1e3:.1f} ms in {len(gaps)} gaps")
+    for gap, a, b, before, after in sorted(gaps, reverse=True)[:12]:
+        during = sorted({c.name for c in cpu if c.time_range.start < b and c.time_range.end > a
+                         and c.time_range.end - c.time_range.start < 5 * gap + 1000})
+        print(f"  {gap / 1e3:6.3f} ms after {before[:50]!r} before {after[:50]!r}; host: {', '.join(during)[:400]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--attention", default="triton")
+    ap.add_argument("--steps", type=int, default=3, help="MeZO steps to profile for GPU idle gaps (0 = none)")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -113,6 +167,8 @@ def main() -> None:
         n_kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
         print(f"\n== {name}: wall {ms:.2f} ms (median of 10), GPU busy {gpu_us / 1e3:.2f} ms in {n_kernels} kernels")
         print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+    if args.steps:
+        step_gaps(sg, batches["16 x 256 tokens"], args.steps)
     sg.close()
 
 

@@ -203,3 +203,12 @@ def test_wrong_size_default_group_is_a_clear_error():
             init_tp_world(_ctx(world=2, local=2), cfg, torch.device("cpu"), [], backend="gloo")
     finally:
         dist.destroy_process_group()
+
+
+def test_row_sums_drop_each_requests_last_row():
+    """SGLang returns completion + 1 log-prob rows per request; the last predicts past the end."""
+    from mezo_elastic.runners.sglang_compat import Engine
+
+    flat = torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -0.5])
+    sums = Engine._row_sums(flat, [2, 1, 3, 1])
+    assert sums.dtype == torch.float64 and sums.tolist() == [-1.0, 0.0, -9.0, 0.0]
