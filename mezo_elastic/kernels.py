@@ -326,11 +326,18 @@ def _packed(segments: list[ParamSegment]) -> _Packed:
     return packed
 
 
+def _upload(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """Copy a small host tensor to the GPU without blocking the host: from pageable memory the copy
+    waits for the stream, which after a forward left the GPU idle while the host went on (profiled).
+    torch's pinned-memory cache keeps the buffer until the copy has run."""
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
 def _keys(p: _Packed, seed: int) -> torch.Tensor:
     if seed not in p.keys:
         ks = [philox_key(seed, n) for n in p.names]
         flat = [k - (1 << 32) if k >= (1 << 31) else k for pair in ks for k in pair]  # uint32 as int32 bits
-        p.keys[seed] = torch.tensor(flat, dtype=torch.int32).view(-1, 2).to(p.device)
+        p.keys[seed] = _upload(torch.tensor(flat, dtype=torch.int32).view(-1, 2), p.device)
         if len(p.keys) > 8:
             p.keys.pop(next(iter(p.keys)))
     return p.keys[seed]
@@ -364,7 +371,7 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
         return False
     keys = (torch.stack([_keys(p, s) for s in seeds], dim=1).reshape(-1) if seeds
             else torch.zeros(2, dtype=torch.int32, device=p.device))
-    coef = torch.tensor(coefs or [[0.0, 0.0, 0.0]], dtype=torch.float32).reshape(-1).to(p.device)
+    coef = _upload(torch.tensor(coefs or [[0.0, 0.0, 0.0]], dtype=torch.float32).reshape(-1), p.device)
     keep = 1.0 - plan.decay  # in float64 here, as the torch path's python scalar
     with torch.cuda.device(p.device):
         for g in p.groups:
