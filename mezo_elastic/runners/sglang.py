@@ -1,11 +1,13 @@
 """The `sglang` backend: SGLang's ModelRunner in-process as the forward engine (GPU only).
 
 Scoring is one EXTEND batch per call (split only to fit the KV pool), with return_logprob and
-logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; KV slots are
-freed after every forward and no CUDA graphs are captured. Classification candidates share their
-prompt's KV (`score_choices`: the prompts first, then every candidate extends its prompt's slots). The weights are perturbed in place
-through segments keyed by HF name and element index (runners/sglang_layout.py), so a seed moves an
-SGLang model exactly as it moves the same HF model, at any TP size.
+logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; no KV is reused
+between forwards (the last batch stays prepared for MeZO's second forward of the same tokens, which
+recomputes its KV) and no CUDA graphs are captured. Classification candidates share their prompt's KV
+within a forward (`score_choices`: the prompts first, then every candidate extends its prompt's
+slots). The weights are perturbed in place through segments keyed by HF name and element index
+(runners/sglang_layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
+any TP size.
 
     torchrun --nproc_per_node=4 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2 \
         --model.dtype=bfloat16 --model.path=/models/Llama-3.2-1B
