@@ -96,3 +96,26 @@ def test_sglang_saved_positions_counts_what_sharing_skips():
     apart = sum(len(p) + len(c) for p, cs in zip(prompts, choices) for c in cs)
     shared = sum(len(p) - 1 + sum(len(c) + 1 for c in cs) for p, cs in zip(prompts, choices))
     assert saved_positions(prompts, choices) == apart - shared == 63 + 12 + 0 + 0
+
+
+def test_sglang_chunks_respect_kv_request_and_logprob_limits():
+    """SGLangRunner._chunks (pure bookkeeping, no engine needed): consecutive ranges whose KV tokens,
+    request slots and log-prob rows fit; a single item too large for the KV pool is a clear error."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from mezo_elastic.errors import BackendError
+    from mezo_elastic.runners.base import ScoreRequest
+    from mezo_elastic.runners.sglang import SGLangRunner
+
+    fake = SimpleNamespace(engine=SimpleNamespace(max_tokens=100, max_requests=5),
+                           cfg=SimpleNamespace(model=SimpleNamespace(sglang_logprob_tokens=20)))
+    chunks = lambda need: SGLangRunner._chunks(fake, need)  # noqa: E731
+    assert chunks([(40, 1, 2)] * 5) == [(0, 2), (2, 4), (4, 5)]  # KV tokens: 2 x 40 fit, 3 do not
+    assert chunks([(1, 2, 1)] * 5) == [(0, 2), (2, 4), (4, 5)]  # request slots: 2 x 2 of 5
+    assert chunks([(1, 1, 8)] * 4) == [(0, 2), (2, 4)]  # log-prob rows: 2 x 8 of 20
+    reqs = [ScoreRequest((1,) * 30, (2,) * 9)] * 3  # 39 tokens, 10 rows each
+    assert chunks(reqs) == [(0, 2), (2, 3)]
+    with pytest.raises(BackendError, match="request 1 has 101 tokens but the KV pool holds 100"):
+        chunks([(1, 1, 1), (101, 1, 1)])
