@@ -13,6 +13,7 @@ Models are built from a config with random weights (no downloads). Rows:
                on SGLang (MezoOptimizer: weights stay perturbed between steps, 2 sweeps a step)
   ideal        2 SGLang forwards + 2 sweeps at copy bandwidth
 Peak memory: torch.cuda.max_memory_allocated around forward-only and around steps, per backend.
+Prints the measurements as JSON, then as a Markdown table (--out writes the JSON).
 """
 
 from __future__ import annotations
@@ -213,6 +214,50 @@ def run_sglang(path: Path, reqs, args, out: dict) -> None:
     sg.close()
 
 
+def table(out: dict) -> str:
+    """The benchmark's rows as a Markdown table (rows whose measurements are missing are left out)."""
+    g = out.get
+    ref = g("step_reference_ms")
+
+    def ms(key: str, tb: str | None = None, vs_ref: bool = False) -> str | None:
+        if g(key) is None:
+            return None
+        cell = f"{g(key):.2f} ms"
+        if tb and g(tb) is not None:
+            cell += f" ({g(tb):.2f} TB/s, {100 * g(tb) / g('copy_TBps'):.0f} % of copy)"
+        if vs_ref and ref:
+            cell += f" ({ref / g(key):.2f}x faster than the reference)"
+        return cell
+
+    rows = [
+        ("copy bandwidth (2 GiB D2D)", f"{g('copy_TBps'):.2f} TB/s"),
+        ("sweep, reference (torch.normal per tensor)", ms("sweep_reference_ms", "sweep_reference_TBps")),
+        ("sweep, ours, 1 seed (perturb)", ms("sweep_ours_1seed_ms", "sweep_ours_1seed_TBps")),
+        ("sweep, ours, 2 seeds (restore + update + next)", ms("sweep_ours_2seed_ms", "sweep_ours_2seed_TBps")),
+        ("forward, HF eager", ms("forward_hf_ms")),
+        ("forward, SGLang", ms("forward_sglang_ms")),
+        ("step, REFERENCE MeZO (HF)", ms("step_reference_ms")),
+        ("step, ours on HF", ms("step_ours_hf_ms", vs_ref=True)),
+        ("step, ours on SGLang", ms("step_ours_sglang_ms", vs_ref=True)),
+        ("ideal step (2 SGLang forwards + 2 sweeps at copy bandwidth)", ms("step_ideal_ms", vs_ref=True)),
+        ("ours on SGLang / ideal", f"{g('step_ours_sglang_ms') / g('step_ideal_ms'):.2f}"
+         if g("step_ideal_ms") and g("step_ours_sglang_ms") else None),
+        ("peak GiB: HF forward / ours HF step / reference step",
+         " / ".join(f"{g(k):.2f}" for k in ("peak_forward_hf_GiB", "peak_step_ours_hf_GiB", "peak_step_reference_GiB"))
+         if g("peak_step_reference_GiB") is not None else None),
+        ("peak GiB: SGLang forward / ours SGLang step",
+         f"{g('peak_forward_sglang_GiB'):.2f} / {g('peak_step_ours_sglang_GiB'):.2f}"
+         if g("peak_step_ours_sglang_GiB") is not None else None),
+        ("clean loss on the same weights: HF / SGLang",
+         f"{g('loss_hf_clean'):.5f} / {g('loss_sglang_clean'):.5f}" if g("loss_sglang_clean") is not None
+         and g("loss_hf_clean") is not None else None),
+    ]
+    head = (f"{g('shape')} shape ({g('params_B', float('nan')):.2f} B params), batch {g('batch')} x {g('seq')} tokens, "
+            f"bf16, on {g('gpu')}; torch {g('torch')}")
+    lines = [head, "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
@@ -250,6 +295,7 @@ def main() -> None:
         sweep_ideal_ms = 2 * out["params_B"] * 1e9 * 2 / (out["copy_TBps"] * 1e12) * 1e3
         out["step_ideal_ms"] = 2 * out["forward_sglang_ms"] + 2 * sweep_ideal_ms
     print(json.dumps(out, indent=1))
+    print("\n" + table(out))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
