@@ -4,6 +4,7 @@
 #   scripts/gpu_suite.sh                      # all single-GPU stages: tests sweep bench1b bench8b scoring
 #   scripts/gpu_suite.sh tests                # only the GPU tests
 #   scripts/gpu_suite.sh sweep                # the sweep kernel's layouts and profiling modes, + ncu if present
+#   scripts/gpu_suite.sh profile              # one SGLang forward: wall vs GPU busy, host phases, idle gaps
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
 #
 # Wheels: .gpu/whl (the .whl files of .gpu/wheels) (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
@@ -71,6 +72,14 @@ for s in $stages; do
         --vocab 128256 --batch 32 --workdir /tmp/mezo_bench/scoring_1b --out "$OUT/scoring_sglang.json" \
         > "$OUT/scoring_sglang.log" 2>&1 || rc=1
       tail -9 "$OUT/scoring_sglang.log" ;;
+    profile)
+      log "SGLang forward profile (1B-shaped model of the scoring stage)"
+      [ -f /tmp/mezo_bench/scoring_1b/config.json ] || python3 bench/bench_scoring.py --device cuda --dtype bfloat16 \
+        --layers 16 --hidden 2048 --vocab 128256 --batch 2 --repeats 1 --tasks 0 --workdir /tmp/mezo_bench/scoring_1b \
+        > /dev/null 2>&1
+      python3 bench/profile_forward.py --model /tmp/mezo_bench/scoring_1b 2>&1 | grep -v "Ignore import" \
+        > "$OUT/profile_forward.txt" || rc=1
+      grep "==" "$OUT/profile_forward.txt" ;;
     dpcheck1)
       log "dp_tp_check on one GPU (the reference the 2-GPU stage compares against)"
       python3 bench/dp_tp_check.py --model /tmp/mezo_bench/1b --tp 1 --out "$OUT/one.json" 2>&1 | \
@@ -79,7 +88,7 @@ for s in $stages; do
       log "dp / tp on 2 GPUs"
       bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
-    *) echo "unknown stage $s (tests sweep bench1b bench8b scoring dpcheck1 multi)"; exit 2 ;;
+    *) echo "unknown stage $s (tests sweep bench1b bench8b scoring profile dpcheck1 multi)"; exit 2 ;;
   esac
 done
 log "done rc=$rc"
