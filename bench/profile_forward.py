@@ -21,36 +21,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu"), str(REPO / "bench")]
 
+from bench_step import timed  # noqa: E402  (median wall ms, synchronised)
 from sglang_models import random_requests, sglang_cfg, single_ctx  # noqa: E402
 
 from mezo_elastic.runners.base import ScoreRequest  # noqa: E402
 from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
 
 
-def wall_ms(fn, n: int = 10) -> float:
-    """Median wall ms of fn() (synchronised), after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
-
-
 def phases(eng, reqs: list[ScoreRequest], n: int = 10) -> dict[str, float]:
     """Median ms of each host phase of Engine.logprob_sums (synchronised after each)."""
-    from sglang.srt.managers.schedule_batch import ScheduleBatch
-    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
-
-    from mezo_elastic.runners.sglang_compat import _NoTreeCache
-
     mr = eng.model_runner
     seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in reqs]
     starts = [len(r.prompt_ids) - 1 for r in reqs]
@@ -67,17 +48,9 @@ def phases(eng, reqs: list[ScoreRequest], n: int = 10) -> dict[str, float]:
         t = time.perf_counter()
         rq = [eng._req(i, ids, st) for i, (ids, st) in enumerate(zip(seqs, starts))]
         t = tick("make Req objects", t)
-        tree = _NoTreeCache(page_size=mr.server_args.page_size, device=mr.device,
-                            token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator)
-        batch = ScheduleBatch.init_new(reqs=rq, req_to_token_pool=mr.req_to_token_pool,
-                                       token_to_kv_pool_allocator=mr.token_to_kv_pool_allocator, tree_cache=tree,
-                                       model_config=mr.model_config, enable_overlap=False,
-                                       spec_algorithm=SpeculativeAlgorithm.NONE)
-        batch.prepare_for_extend()
-        if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
-            batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
+        batch = eng._schedule(rq)
         t = tick("ScheduleBatch + prepare_for_extend", t)
-        fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+        fb = eng._forward_batch(batch)
         t = tick("ForwardBatch.init_new", t)
         lo = mr.forward(fb).logits_output
         t = tick("ModelRunner.forward", t)
@@ -156,7 +129,7 @@ def main() -> None:
         "16 x 256 tokens": random_requests(16, 32000, seed=0, prompt=(192, 192), completion=(64, 64)),
     }
     for name, reqs in batches.items():
-        ms = wall_ms(lambda reqs=reqs: sg.score(reqs))
+        ms = timed(lambda reqs=reqs: sg.score(reqs), 10, warmup=3)
         print(f"\n== {name}: host phases (ms, synchronised after each): "
               + ", ".join(f"{k} {v:.2f}" for k, v in phases(sg.engine, reqs).items()))
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

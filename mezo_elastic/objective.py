@@ -24,11 +24,7 @@ def _candidate_scores(runner: ForwardRunner, examples: Sequence[Example], micro_
     score_choices = getattr(runner, "score_choices", None) if share_prompt else None
     if score_choices is None:  # one sequence per (prompt, candidate)
         reqs = [ScoreRequest(ex.prompt_ids, c) for ex in examples for c in ex.candidates]
-        flat, out, i = _score_all(runner, reqs, micro_batch), [], 0
-        for ex in examples:
-            out.append(flat[i : i + len(ex.candidates)])
-            i += len(ex.candidates)
-        return out
+        return list(_score_all(runner, reqs, micro_batch).split([len(ex.candidates) for ex in examples]))
     out, lo = [], 0
     while lo < len(examples):  # a forward holds at most micro_batch candidate rows (and >= 1 example)
         hi, rows = lo, 0

@@ -229,11 +229,7 @@ class SGLangRunner:
         if saved_positions(prompts, choices) < self.cfg.model.sglang_share_min_tokens:
             # Too little to save to pay for a second engine forward: one sequence per candidate.
             flat, _ = self.score([ScoreRequest(tuple(p), tuple(c)) for p, cs in zip(prompts, choices) for c in cs])
-            out, i = [], 0
-            for cs in choices:
-                out.append(flat[i : i + len(cs)])
-                i += len(cs)
-            return out
+            return list(flat.split([len(cs) for cs in choices]))
         # Per prompt: KV tokens (prompt - 1 shared, then last prompt token + candidate per candidate),
         # request slots (1 + candidates) and log-prob rows (candidate + 1 each).
         need = [(len(p) - 1 + sum(len(c) + 1 for c in cs), 1 + len(cs), sum(len(c) + 1 for c in cs))

@@ -130,8 +130,12 @@ class Engine:
 
     def _prepare(self, reqs: list) -> tuple[Any, Any]:
         """(ScheduleBatch, ForwardBatch) of one EXTEND batch of `reqs`, its KV and request slots allocated."""
+        batch = self._schedule(reqs)
+        return batch, self._forward_batch(batch)
+
+    def _schedule(self, reqs: list) -> Any:
+        """The EXTEND ScheduleBatch of `reqs`, prepared (KV and request slots allocated, inputs on the GPU)."""
         from sglang.srt.managers.schedule_batch import ScheduleBatch
-        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
         mr = self.model_runner
@@ -145,7 +149,13 @@ class Engine:
         if batch.input_ids is None and getattr(batch, "prefill_input_ids_cpu", None) is not None:
             batch.input_ids = batch.prefill_input_ids_cpu.to(batch.device, non_blocking=True)
             batch.prefill_input_ids_cpu = None
-        return batch, ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+        return batch
+
+    def _forward_batch(self, batch: Any) -> Any:
+        """The ForwardBatch ModelRunner.forward takes, of a prepared ScheduleBatch."""
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+        return ForwardBatch.init_new(batch, self.model_runner, return_hidden_states_before_norm=False)
 
     @staticmethod
     def _row_sums(flat: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -210,12 +220,7 @@ class Engine:
                     reqs.append(self._req(len(reqs), ids, len(p) - 1, slots.get(b)))
                     rows.append(len(c) + 1)
             _, out = self._forward(reqs)
-            flat = self._row_sums(out.input_token_logprobs, rows)
-            res, i = [], 0
-            for cs in choices:
-                res.append(flat[i : i + len(cs)])
-                i += len(cs)
-            return res
+            return list(self._row_sums(out.input_token_logprobs, rows).split([len(cs) for cs in choices]))
         finally:
             self.clear()
 
