@@ -59,7 +59,7 @@ install_packages() {
     # policy-rc.d denies starting the services at install time: harmless, this script starts them.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         slurmctld slurmd slurm-client munge >"$DIR/log/apt.log" 2>&1 \
-        || { tail -20 "$DIR/log/apt.log" >&2; echo "slurm-up.sh: apt-get install failed" >&2; exit 1; }
+        || { tail -n 20 "$DIR/log/apt.log" >&2; echo "slurm-up.sh: apt-get install failed" >&2; exit 1; }
 }
 
 write_conf() {
@@ -111,12 +111,12 @@ start_munge() {
     echo "munged $(cat /run/munge/munged.pid)" >>"$DIR/started"
 }
 
-start_daemon() {  # name; the daemon forks, writes its pid file, and we record that pid
-    local name=$1
+start_daemon() {  # name [flags]; the daemon forks, writes its pid file, and we record that pid
+    local name=$1; shift
     if alive "$DIR/$name.pid"; then return 0; fi
-    "/usr/sbin/$name" -f "$CONF"
+    "/usr/sbin/$name" -f "$CONF" "$@"
     for _ in $(seq 50); do alive "$DIR/$name.pid" && break; sleep 0.1; done
-    alive "$DIR/$name.pid" || { tail -20 "$DIR/log/$name.log" >&2; echo "slurm-up.sh: $name did not start" >&2; exit 1; }
+    alive "$DIR/$name.pid" || { tail -n 20 "$DIR/log/$name.log" >&2; echo "slurm-up.sh: $name did not start" >&2; exit 1; }
     echo "$name $(cat "$DIR/$name.pid")" >>"$DIR/started"
 }
 
@@ -127,7 +127,12 @@ if [[ ! -e /etc/slurm/slurm.conf ]]; then
     mkdir -p /etc/slurm && ln -s "$CONF" /etc/slurm/slurm.conf
 fi
 start_munge
-start_daemon slurmctld
+# A test cluster starts empty. Without -c slurmctld recovers the jobs in its state directory: a
+# job that finished just before an earlier run's daemons were stopped comes back still holding
+# the node, which then stays 'allocated' for good (the slurmd that ran it is gone). slurmd's
+# spool may likewise hold a dead run's job files.
+if ! alive "$DIR/slurmctld.pid"; then rm -rf "${DIR:?}/spool/"*; fi
+start_daemon slurmctld -c
 start_daemon slurmd
 
 # `idle*` (with a star) means "not responding": wait for exactly idle.
@@ -135,7 +140,7 @@ deadline=$((SECONDS + WAIT))
 until [[ "$(node_state)" == idle ]]; do
     if ((SECONDS >= deadline)); then
         echo "slurm-up.sh: node $HOST not idle after ${WAIT}s (state: '$(node_state)')" >&2
-        tail -5 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+        tail -n 5 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
         exit 1
     fi
     sleep 0.5
