@@ -69,7 +69,6 @@ def copy_bandwidth() -> float:
     src = torch.empty(2**30, dtype=torch.int16, device="cuda")
     dst = torch.empty_like(src)
     ms = timed(lambda: dst.copy_(src), 10)
-    del src, dst
     return 2 * 2**31 / (ms * 1e-3) / 1e12
 
 
@@ -152,7 +151,7 @@ def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -
         for blk, warps in ((256, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)):
             kernels.BLOCK_C, kernels.NUM_WARPS = blk, warps
             segs = list(segs)  # a new list: the kernel rebuilds its block table for the new BLOCK_C
-            ms = timed(lambda: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])), reps)
+            ms = timed(lambda segs=segs: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])), reps)
             out[f"sweep_2seed_ms_block{blk}_warps{warps}"] = ms
             best = min(best, (ms, blk, warps))
         kernels.BLOCK_C, kernels.NUM_WARPS = best[1], best[2]
@@ -190,9 +189,6 @@ def run_hf(path: Path, reqs, args, out: dict) -> None:
     out["step_ours_hf_ms"] = timed(lambda: our_step(hf, opt, reqs, next(counter), mcfg), args.reps)
     out["peak_step_ours_hf_GiB"] = peak(lambda: our_step(hf, opt, reqs, next(counter), mcfg))
     hf.close()
-    del hf, ref, opt
-    gc.collect()
-    torch.cuda.empty_cache()
 
 
 def run_sglang(path: Path, reqs, args, out: dict) -> None:
@@ -289,6 +285,8 @@ def main() -> None:
     out["copy_TBps"] = copy_bandwidth()
     if not args.skip_hf:
         run_hf(path, reqs, args, out)
+        gc.collect()  # the HF model and the reference's state go before SGLang takes its memory share
+        torch.cuda.empty_cache()
     if not args.skip_sglang:
         run_sglang(path, reqs, args, out)
     if "params_B" in out and "forward_sglang_ms" in out:
