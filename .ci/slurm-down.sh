@@ -25,12 +25,14 @@ if [[ -f $CONF ]]; then
         sleep 0.25
     done
 fi
+# A zombie (killed, never reaped by its parent) counts as gone: kill -0 alone succeeds on it.
+running() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }
 # Reverse start order: slurmd, slurmctld, munged.
 tac "$DIR/started" | while read -r name pid; do
-    if kill -0 "$pid" 2>/dev/null; then
+    if running "$pid"; then
         kill -TERM "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
+        for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
+        if running "$pid"; then
             echo "slurm-down.sh: $name (pid $pid) ignored SIGTERM for 5 s; sending SIGKILL"
             kill -KILL "$pid"
         fi

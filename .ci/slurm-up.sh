@@ -13,6 +13,7 @@
 #   MEZO_SLURM_DIR   state, spool, logs, pid files, slurm.conf   (default /tmp/slurm)
 #   MEZO_SLURM_CPUS  CPUs the node advertises                    (default `nproc`)
 #   MEZO_SLURM_WAIT  seconds to wait for the node to be idle     (default 30)
+#   MEZO_SLURM_PORT  slurmctld's port; slurmd takes the next one  (default 6817)
 #
 # Clients find the config through SLURM_CONF=$MEZO_SLURM_DIR/slurm.conf (printed on the last
 # line, for `eval`); where /etc/slurm/slurm.conf does not exist a symlink to it is made too,
@@ -26,13 +27,21 @@ set -euo pipefail
 DIR=${MEZO_SLURM_DIR:-/tmp/slurm}
 CPUS=${MEZO_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 WAIT=${MEZO_SLURM_WAIT:-30}
+PORT=${MEZO_SLURM_PORT:-6817}
 CONF=$DIR/slurm.conf
 HOST=$(hostname -s)
 export SLURM_CONF=$CONF
 
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A killed daemon whose parent never reaps it (PID 1 of some containers) stays a zombie, and kill -0
+# succeeds on a zombie: look at its state too.
+running() { kill -0 "$1" 2>/dev/null && [[ "$(ps -o stat= -p "$1" 2>/dev/null)" != Z* ]]; }
+alive() { [[ -s $1 ]] && running "$(cat "$1")"; }
 node_state() { timeout 10 sinfo -h -N -o %T 2>/dev/null | head -n1; }
-is_up() { alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && [[ "$(node_state)" == idle || "$(node_state)" == mixed || "$(node_state)" == allocated ]]; }
+is_up() {
+    alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" || return 1
+    local st; st=$(node_state)
+    [[ $st == idle || $st == mixed || $st == allocated ]]
+}
 
 if [[ ${1:-} == --status ]]; then
     if [[ -f $CONF ]] && is_up; then echo "slurm up: node $HOST $(node_state)"; exit 0; fi
@@ -68,8 +77,8 @@ write_conf() {
 ClusterName=ci
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
 AuthType=auth/munge
 CredType=cred/munge
 StateSaveLocation=$DIR/state
