@@ -136,10 +136,10 @@ if [[ ! -e /etc/slurm/slurm.conf ]]; then
     mkdir -p /etc/slurm && ln -s "$CONF" /etc/slurm/slurm.conf
 fi
 start_munge
-# A test cluster starts empty. Without -c slurmctld recovers the jobs in its state directory: a
-# job that finished just before an earlier run's daemons were stopped comes back still holding
-# the node, which then stays 'allocated' for good (the slurmd that ran it is gone). slurmd's
-# spool may likewise hold a dead run's job files.
+# A test cluster starts empty. Without -c slurmctld recovers the jobs in its state directory: where
+# an earlier run's daemons vanished mid-job (the machine stopped or copied, /tmp kept), the job comes
+# back as running, nothing is left to report its end, and the node stays 'allocated' for good.
+# slurmd's spool may likewise hold a dead run's job files.
 if ! alive "$DIR/slurmctld.pid"; then rm -rf "${DIR:?}/spool/"*; fi
 start_daemon slurmctld -c
 start_daemon slurmd
