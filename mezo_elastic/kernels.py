@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mezo_elastic.perturb import ParamSegment, SweepPlan, philox_key
+from mezo_elastic.zgen.types import ParamSegment, SweepPlan, philox_key
 
 try:
     import triton
