@@ -123,11 +123,16 @@ class MezoConfig:
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
     )
+    distribution: Literal["gaussian", "rademacher"] = opt(
+        "gaussian", "z's distribution: gaussian (Philox + Box-Muller, MeZO's) or rademacher (+-1 from one Philox "
+        "bit an element, SPSA's original; cheaper sweeps). Part of the trajectory: resume refuses a change"
+    )
 
     def __post_init__(self) -> None:
         _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
         _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
+        _choice("mezo", "distribution", self.distribution, ("gaussian", "rademacher"))
         _positive("mezo", "lr", self.lr, zero_ok=True)
         _positive("mezo", "eps", self.eps)
         _positive("mezo", "weight_decay", self.weight_decay, zero_ok=True)

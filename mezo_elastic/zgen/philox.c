@@ -43,45 +43,67 @@ static inline void philox(uint64_t ctr, uint32_t k0, uint32_t k1, uint32_t x[4])
 /* Triton's uint_to_uniform_float: the word as int32, negatives folded (x < 0 -> -x - 1), times 2**-31. */
 static inline float uniform(uint32_t w) {
     int32_t s = (int32_t)w;
-    return (float)(s < 0 ? -s - 1 : s) * UINT_TO_FLOAT;
+    return (float)(s ^ (s >> 31)) * UINT_TO_FLOAT; /* s < 0: ~s = -s - 1 (branch-free: vectorizes) */
 }
 
-/* Raw words: 4 uint32 a counter (tests and the torch fallback's cross-check). */
+#define BLK 256 /* counters per block: the words of a block stay in L1 between the two loops */
+
+/* Words of counters ctr .. ctr + n - 1 (n <= BLK) in structure-of-arrays form: the loop over i is
+ * what the compiler vectorizes (32 x 32 -> 64-bit products are vpmuludq). */
+static inline void philox_block(uint64_t ctr, int64_t n, uint32_t k0, uint32_t k1, uint32_t x0[BLK],
+                                uint32_t x1[BLK], uint32_t x2[BLK], uint32_t x3[BLK]) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t w[4];
+        philox(ctr + (uint64_t)i, k0, k1, w);
+        x0[i] = w[0]; x1[i] = w[1]; x2[i] = w[2]; x3[i] = w[3];
+    }
+}
+
+#define FOR_BLOCKS(r, ...)                                                         \
+    for (int64_t b = 0; b < count[r]; b += BLK) {                                 \
+        int64_t n = count[r] - b < BLK ? count[r] - b : BLK;                       \
+        uint32_t x0[BLK], x1[BLK], x2[BLK], x3[BLK];                              \
+        philox_block(first[r] + (uint64_t)b, n, k0[r], k1[r], x0, x1, x2, x3);     \
+        int64_t s = out[r] + b; /* output slot of the block's first counter */     \
+        __VA_ARGS__                                                               \
+    }
+
+/* Raw words: 4 uint32 a counter (tests cross-check the torch path with them). */
 CLONES void philox_words(int64_t nr, const uint64_t *first, const int64_t *count, const uint32_t *k0,
-                         const uint32_t *k1, const int64_t *out, uint32_t *dst) {
+                         const uint32_t *k1, const int64_t *out, uint32_t *restrict dst) {
     for (int64_t r = 0; r < nr; r++) {
-        uint32_t *d = dst + 4 * out[r];
-        for (int64_t i = 0; i < count[r]; i++) philox(first[r] + (uint64_t)i, k0[r], k1[r], d + 4 * i);
+        FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
+            uint32_t *d = dst + 4 * (s + i);
+            d[0] = x0[i]; d[1] = x1[i]; d[2] = x2[i]; d[3] = x3[i];
+        })
     }
 }
 
 /* Box-Muller inputs: per counter the pairs (x0, x1) and (x2, x3) as u1 = max(u(a), 1e-7) and
  * th = u(b) * 2 pi; pair p of slot s goes to index 2 s + p. */
 CLONES void gauss_inputs(int64_t nr, const uint64_t *first, const int64_t *count, const uint32_t *k0,
-                         const uint32_t *k1, const int64_t *out, float *u1, float *th) {
+                         const uint32_t *k1, const int64_t *out, float *restrict u1, float *restrict th) {
     for (int64_t r = 0; r < nr; r++) {
-        float *pu = u1 + 2 * out[r], *pt = th + 2 * out[r];
-        for (int64_t i = 0; i < count[r]; i++) {
-            uint32_t x[4];
-            philox(first[r] + (uint64_t)i, k0[r], k1[r], x);
-            float a = uniform(x[0]), c = uniform(x[2]);
-            pu[2 * i] = a > U1_MIN ? a : U1_MIN;
-            pu[2 * i + 1] = c > U1_MIN ? c : U1_MIN;
-            pt[2 * i] = uniform(x[1]) * TWO_PI_F;
-            pt[2 * i + 1] = uniform(x[3]) * TWO_PI_F;
-        }
+        FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
+            float a = uniform(x0[i]), c = uniform(x2[i]);
+            u1[2 * (s + i)] = a > U1_MIN ? a : U1_MIN;
+            u1[2 * (s + i) + 1] = c > U1_MIN ? c : U1_MIN;
+            th[2 * (s + i)] = uniform(x1[i]) * TWO_PI_F;
+            th[2 * (s + i) + 1] = uniform(x3[i]) * TWO_PI_F;
+        })
     }
 }
 
 /* Rademacher z: element lane l of a counter is -1 where bit 31 of word x_l is set, else +1. */
 CLONES void rademacher(int64_t nr, const uint64_t *first, const int64_t *count, const uint32_t *k0,
-                       const uint32_t *k1, const int64_t *out, float *z) {
+                       const uint32_t *k1, const int64_t *out, float *restrict z) {
     for (int64_t r = 0; r < nr; r++) {
-        float *d = z + 4 * out[r];
-        for (int64_t i = 0; i < count[r]; i++) {
-            uint32_t x[4];
-            philox(first[r] + (uint64_t)i, k0[r], k1[r], x);
-            for (int l = 0; l < 4; l++) d[4 * i + l] = (x[l] >> 31) ? -1.0f : 1.0f;
-        }
+        FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
+            float *d = z + 4 * (s + i);
+            d[0] = (x0[i] >> 31) ? -1.0f : 1.0f;
+            d[1] = (x1[i] >> 31) ? -1.0f : 1.0f;
+            d[2] = (x2[i] >> 31) ? -1.0f : 1.0f;
+            d[3] = (x3[i] >> 31) ? -1.0f : 1.0f;
+        })
     }
 }
