@@ -31,7 +31,7 @@ def test_gaussian_z_is_bit_identical_to_the_definition(use_native, seed, name, s
 def test_compiled_words_equal_torch_words_and_known_answer():
     ctr = torch.tensor([0, 1, 2**32 - 1, 2**32, 2**40 + 17, 2**62 + 3])
     for k0, k1 in [(0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (0x12345678, 0x9ABCDEF0)]:
-        ranges = torch.tensor([[int(c), 1, k0, k1, i] for i, c in enumerate(ctr)], dtype=torch.int64)
+        ranges = torch.tensor([[int(c), 1, k0, k1, i] for i, c in enumerate(ctr)], dtype=torch.int64).T.contiguous()
         out = torch.zeros(4 * len(ctr), dtype=torch.int32)
         native.fill("philox_words", ranges, [out])
         mine = (out.to(torch.int64) & 0xFFFFFFFF).view(-1, 4)
@@ -58,12 +58,12 @@ def test_rademacher_is_the_top_bit_of_each_lane(use_native):
     assert abs(z.mean().item()) < 0.1 and set(z.unique().tolist()) == {-1.0, 1.0}
 
 
-def _segments(dtype, master: bool, ref: bool):
+def _segments(dtype, master: bool, ref: bool, sizes=(1, 3, 4, 5, 1000, 4097, 70001, 3, 150_000)):
     """Many sizes and odd offsets (pieces that share batches, straddle counters and batch edges)."""
     cls = zref.ParamSegment if ref else ParamSegment
     g = torch.Generator().manual_seed(0)
     segs = []
-    for i, n in enumerate((1, 3, 4, 5, 1000, 4097, 70001, 3, 150_000)):
+    for i, n in enumerate(sizes):
         t = (torch.randn(n, generator=g) * 0.02).to(dtype)
         segs.append(cls(t, f"p{i % 4}", offset=(i * 7919) % 50 + (n if i % 3 == 0 else 0), decay=i % 2 == 0,
                         master=t.float().clone() if master else None))
@@ -81,7 +81,8 @@ def test_sweep_is_bit_identical_to_the_definition(use_native, dtype, master, chu
     monkeypatch.setattr(cpu_sweep.native, "library", (lambda: native._STATE.get("lib")) if use_native else lambda: None)
     terms = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3), (11, 0.0)], decay=1e-2,
                  show=[(13, 1e-3), (11, 5e-4)] if master else [])
-    a, b = _segments(dtype, master, False), _segments(dtype, master, True)
+    sizes = (1, 3, 4, 5, 1000, 4097, 70001, 3, 150_000) if chunk > 37 else (1, 3, 4, 5, 1000, 3, 411)
+    a, b = _segments(dtype, master, False, sizes), _segments(dtype, master, True, sizes)
     sweep(a, SweepPlan(**terms), chunk_elems=chunk)
     zref.sweep(b, zref.SweepPlan(**terms), chunk_elems=chunk)
     for sa, sb in zip(a, b):
@@ -105,3 +106,18 @@ def test_forced_torch_path_env_gives_the_same_sweep_in_a_fresh_process(tmp_path)
     assert torch.equal(outs[0][0], outs[1][0])
     if HAVE_CC:
         assert outs[1][1] == "None" and list((tmp_path / "cache").glob("philox-*.so"))
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no compiled path")
+def test_fill_split_over_threads_gives_the_same_z():
+    """Above native.MIN_PARALLEL counters the fill is cut over threads (ranges cut mid-way)."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        segs = [ParamSegment(torch.zeros(n), f"t{i}", offset=i) for i, n in enumerate((50_001, 200_003, 7))]
+        sweep(segs, SweepPlan(post=[(4, 1.0)]), chunk_elems=1 << 20)
+        torch.set_num_threads(1)
+        for s in segs:
+            assert torch.equal(s.tensor, zref.z_range(4, s.name, s.offset, s.tensor.numel()))
+    finally:
+        torch.set_num_threads(old)

@@ -11,7 +11,7 @@ with today's float op order, so the weights are bit-identical to the per-tensor 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,7 +28,7 @@ class _Batch:
     pieces: list[tuple[ParamSegment, int, int]]
     pos: list[int]  # element position of each piece in the batch's padded buffers
     slots: int  # Philox counters of the batch (buffers hold 4 * slots elements)
-    ranges: torch.Tensor  # int64 [pieces, 5]: first counter, count, k0, k1 (per sweep), out slot
+    ranges: torch.Tensor  # int64 [5, pieces]: first counter, count, k0, k1 (set per seed), out slot
     name_idx: torch.Tensor  # int64 [pieces]: index of the piece's name in the layout's names
     decay: bool
     master: bool
@@ -42,7 +42,8 @@ class _Layout:
     batch: int
     names: list[str]
     batches: list[_Batch]
-    keys: dict[int, torch.Tensor]  # seed -> int64 [names, 2]
+    keys: dict[int, torch.Tensor]  # seed -> int64 [2, names]
+    scratch: dict = field(default_factory=dict)  # device -> _Scratch, reused by every sweep of the list
 
 
 def _fingerprint(segments: list[ParamSegment]) -> tuple:
@@ -89,7 +90,7 @@ def _make_batch(pieces: list[tuple[ParamSegment, int, int]], name_idx: dict[str,
         slot += count
     seg0 = pieces[0][0]
     base = seg0.master if seg0.master is not None else seg0.tensor  # fp32 math, fp64 weights keep fp64
-    return _Batch(pieces, pos, slot, torch.tensor(rows, dtype=torch.int64),
+    return _Batch(pieces, pos, slot, torch.tensor(rows, dtype=torch.int64).T.contiguous(),
                   torch.tensor([name_idx[s.name] for s, _, _ in pieces], dtype=torch.int64),
                   seg0.decay, seg0.master is not None, torch.promote_types(base.dtype, torch.float32))
 
@@ -118,7 +119,7 @@ def layout(segments: list[ParamSegment], batch: int) -> _Layout:
 
 def _keys(lay: _Layout, seed: int) -> torch.Tensor:
     if seed not in lay.keys:
-        lay.keys[seed] = torch.tensor([philox_key(seed, n) for n in lay.names], dtype=torch.int64).view(-1, 2)
+        lay.keys[seed] = torch.tensor([philox_key(seed, n) for n in lay.names], dtype=torch.int64).T.contiguous()
         if len(lay.keys) > 8:
             lay.keys.pop(next(iter(lay.keys)))
     return lay.keys[seed]
@@ -138,7 +139,7 @@ class _Scratch:
 
 
 def fill_z(ranges: torch.Tensor, dist: str, out: torch.Tensor, scratch: _Scratch, use_native: bool) -> None:
-    """z of the counter ranges (int64 [n, 5]: first counter, count, k0, k1, out slot; slots packed
+    """z of the counter ranges (int64 [5, n]: first counter, count, k0, k1, out slot; slots packed
     from 0) into `out` (4 floats a slot)."""
     slots = out.numel() // 4
     if use_native:
@@ -148,10 +149,10 @@ def fill_z(ranges: torch.Tensor, dist: str, out: torch.Tensor, scratch: _Scratch
         u1, th = scratch.get("u1", 2 * slots), scratch.get("th", 2 * slots)
         native.fill("gauss_inputs", ranges, [u1, th])
     else:
-        count = ranges[:, 1]
-        starts = torch.repeat_interleave(ranges[:, 0] - torch.cumsum(count, 0) + count, count)
+        count = ranges[1]
+        starts = torch.repeat_interleave(ranges[0] - torch.cumsum(count, 0) + count, count)
         counters = (starts + torch.arange(slots)).to(out.device)
-        k0, k1 = (torch.repeat_interleave(ranges[:, i], count).to(out.device) for i in (2, 3))
+        k0, k1 = (torch.repeat_interleave(ranges[i], count).to(out.device) for i in (2, 3))
         words = philox_torch.philox4x32(counters, k0, k1)
         if dist == "rademacher":
             out.copy_(philox_torch.rademacher(words))
@@ -221,13 +222,13 @@ def sweep(segments: list[ParamSegment], plan: SweepPlan, chunk_elems: int, use_n
     lay = layout(segments, batch)
     seeds = plan.seeds()
     keys = {s: _keys(lay, s) for s in seeds}
-    scratch = _Scratch(device)
+    scratch = lay.scratch.setdefault(str(device), _Scratch(device))
     with torch.no_grad():
         for b in lay.batches:
             zs = {}
             ranges = b.ranges.clone()
             for i, s in enumerate(seeds):
-                ranges[:, 2:4] = keys[s][b.name_idx]
+                ranges[2:4] = keys[s][:, b.name_idx]
                 zs[s] = scratch.get(f"z{i}", 4 * b.slots)
                 fill_z(ranges, plan.dist, zs[s], scratch, use_native)
             _apply(b, plan, zs, scratch)
@@ -240,7 +241,7 @@ def z_values(seed: int, name: str, start: int, count: int, dist: str, device: to
     if use_native is None:
         use_native = device.type == "cpu" and native.library() is not None
     slots = (start % 4 + count + 3) // 4
-    ranges = torch.tensor([[start // 4, slots, *philox_key(seed, name), 0]], dtype=torch.int64)
+    ranges = torch.tensor([[start // 4], [slots], *([k] for k in philox_key(seed, name)), [0]], dtype=torch.int64)
     out = torch.empty(4 * slots, dtype=torch.float32, device=device)
     if slots:
         fill_z(ranges, dist, out, _Scratch(device), use_native)

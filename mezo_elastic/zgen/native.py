@@ -26,8 +26,6 @@ import torch
 SOURCE = Path(__file__).with_name("philox.c")
 CFLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
 ENV_SWITCH = "MEZO_ELASTIC_NATIVE"  # "0": never compile or load; the torch ops generate z
-_I64, _U64, _U32, _F32 = (ctypes.POINTER(t) for t in (ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32,
-                                                        ctypes.c_float))
 _STATE: dict[str, object] = {}  # "lib": the loaded library or None, "why": why not
 MIN_PARALLEL = 1 << 15  # counters below which one thread does the whole fill (thread hand-off costs more)
 
@@ -70,10 +68,10 @@ def _load() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         _STATE["why"] = f"compiling {SOURCE.name} failed: {e}"
         return None
-    for fn, out_t in (("philox_words", _U32), ("gauss_inputs", _F32), ("rademacher", _F32)):
+    for fn in ("philox_words", "gauss_inputs", "rademacher"):
         f = getattr(lib, fn)
-        f.restype = None
-        f.argtypes = [ctypes.c_int64, _U64, _I64, _U32, _U32, _I64, out_t] + ([_F32] if fn == "gauss_inputs" else [])
+        f.restype = None  # (n, first, count, k0, k1, out slot, output[, output]): plain addresses
+        f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * (7 if fn == "gauss_inputs" else 6)
     return lib
 
 
@@ -93,10 +91,6 @@ def why_not() -> str | None:
     return None if library() is not None else str(_STATE.get("why"))
 
 
-def _ptr(t: torch.Tensor, typ):
-    return ctypes.cast(t.data_ptr(), typ)
-
-
 _POOL: list[ThreadPoolExecutor] = []
 
 
@@ -108,7 +102,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def _split(ranges: torch.Tensor, parts: int) -> list[torch.Tensor]:
     """`ranges` cut into `parts` lists of about equal counters (a range may be cut in two)."""
-    count = ranges[:, 1]
+    count = ranges[1]
     end = torch.cumsum(count, 0)
     start = end - count
     total = int(end[-1])
@@ -117,33 +111,34 @@ def _split(ranges: torch.Tensor, parts: int) -> list[torch.Tensor]:
         lo, hi = total * k // parts, total * (k + 1) // parts
         a, b = torch.clamp(start, min=lo), torch.clamp(end, max=hi)
         keep = b > a
-        sub = ranges[keep].clone()
+        sub = ranges[:, keep].contiguous()
         skip = (a - start)[keep]
-        sub[:, 0] += skip  # first counter
-        sub[:, 1] = (b - a)[keep]
-        sub[:, 4] += skip  # output slot
+        sub[0] += skip  # first counter
+        sub[1] = (b - a)[keep]
+        sub[4] += skip  # output slot
         out.append(sub)
     return out
 
 
 def _call(f, ranges: torch.Tensor, outs: list[torch.Tensor]) -> None:
-    cols = [ranges[:, i].contiguous() for i in range(5)]
-    k0, k1 = (c.to(torch.int32) for c in cols[2:4])  # low 32 bits = the uint32 key words
-    f(len(ranges), _ptr(cols[0], _U64), _ptr(cols[1], _I64), _ptr(k0, _U32), _ptr(k1, _U32), _ptr(cols[4], _I64),
-      *[_ptr(o, _F32 if o.dtype == torch.float32 else _U32) for o in outs])
+    n = ranges.shape[1]
+    base = ranges.data_ptr()
+    f(n, *(base + 8 * n * i for i in range(5)), *(o.data_ptr() for o in outs))
 
 
 def fill(fn: str, ranges: torch.Tensor, outs: list[torch.Tensor]) -> None:
-    """Run C function `fn` over `ranges` (int64 [n, 5]: first counter, count, k0, k1, out slot) into `outs`.
+    """Run C function `fn` over `ranges` into `outs` (contiguous CPU tensors).
 
-    Splits the counters over torch.get_num_threads() threads when there is enough work, so the fill
-    uses the same cores as the torch ops around it (ctypes releases the GIL during the call).
+    ranges: contiguous int64 [5, n]: rows first counter, count, k0, k1, output slot. Splits the
+    counters over torch.get_num_threads() threads when there is enough work, so the fill uses the
+    same cores as the torch ops around it (ctypes releases the GIL during the call).
     """
     lib = library()
     assert lib is not None, "fill() without the compiled library"
+    assert ranges.dtype == torch.int64 and ranges.is_contiguous() and all(o.is_contiguous() for o in outs)
     f = getattr(lib, fn)
     threads = torch.get_num_threads()
-    if threads <= 1 or int(ranges[:, 1].sum()) < MIN_PARALLEL:
+    if threads <= 1 or int(ranges[1].sum()) < MIN_PARALLEL:
         _call(f, ranges, outs)
         return
     jobs = [_pool(threads).submit(_call, f, sub, outs) for sub in _split(ranges, threads)]

@@ -5,7 +5,7 @@
  * Layout (see mezo_elastic/perturb.py): element h of a parameter is lane h % 4 of counter h // 4.
  *
  * Each function fills `nr` ranges; range r covers counters [first[r], first[r] + count[r]) under
- * key (k0[r], k1[r]) and writes them at counter slot out[r] of the output (4 floats a slot for z,
+ * key (k0[r], k1[r]) (uint32 values in int64) and writes them at counter slot out[r] of the output (4 floats a slot for z,
  * 2 pairs a slot for the Box-Muller inputs). Ranges are independent, so callers split them over
  * threads (ctypes releases the GIL).
  */
@@ -63,14 +63,14 @@ static inline void philox_block(uint64_t ctr, int64_t n, uint32_t k0, uint32_t k
     for (int64_t b = 0; b < count[r]; b += BLK) {                                 \
         int64_t n = count[r] - b < BLK ? count[r] - b : BLK;                       \
         uint32_t x0[BLK], x1[BLK], x2[BLK], x3[BLK];                              \
-        philox_block(first[r] + (uint64_t)b, n, k0[r], k1[r], x0, x1, x2, x3);     \
+        philox_block(first[r] + (uint64_t)b, n, (uint32_t)k0[r], (uint32_t)k1[r], x0, x1, x2, x3);     \
         int64_t s = out[r] + b; /* output slot of the block's first counter */     \
         __VA_ARGS__                                                               \
     }
 
 /* Raw words: 4 uint32 a counter (tests cross-check the torch path with them). */
-CLONES void philox_words(int64_t nr, const uint64_t *first, const int64_t *count, const uint32_t *k0,
-                         const uint32_t *k1, const int64_t *out, uint32_t *restrict dst) {
+CLONES void philox_words(int64_t nr, const uint64_t *first, const int64_t *count, const int64_t *k0,
+                         const int64_t *k1, const int64_t *out, uint32_t *restrict dst) {
     for (int64_t r = 0; r < nr; r++) {
         FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
             uint32_t *d = dst + 4 * (s + i);
@@ -81,8 +81,8 @@ CLONES void philox_words(int64_t nr, const uint64_t *first, const int64_t *count
 
 /* Box-Muller inputs: per counter the pairs (x0, x1) and (x2, x3) as u1 = max(u(a), 1e-7) and
  * th = u(b) * 2 pi; pair p of slot s goes to index 2 s + p. */
-CLONES void gauss_inputs(int64_t nr, const uint64_t *first, const int64_t *count, const uint32_t *k0,
-                         const uint32_t *k1, const int64_t *out, float *restrict u1, float *restrict th) {
+CLONES void gauss_inputs(int64_t nr, const uint64_t *first, const int64_t *count, const int64_t *k0,
+                         const int64_t *k1, const int64_t *out, float *restrict u1, float *restrict th) {
     for (int64_t r = 0; r < nr; r++) {
         FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
             float a = uniform(x0[i]), c = uniform(x2[i]);
@@ -95,8 +95,8 @@ CLONES void gauss_inputs(int64_t nr, const uint64_t *first, const int64_t *count
 }
 
 /* Rademacher z: element lane l of a counter is -1 where bit 31 of word x_l is set, else +1. */
-CLONES void rademacher(int64_t nr, const uint64_t *first, const int64_t *count, const uint32_t *k0,
-                       const uint32_t *k1, const int64_t *out, float *restrict z) {
+CLONES void rademacher(int64_t nr, const uint64_t *first, const int64_t *count, const int64_t *k0,
+                       const int64_t *k1, const int64_t *out, float *restrict z) {
     for (int64_t r = 0; r < nr; r++) {
         FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
             float *d = z + 4 * (s + i);
