@@ -10,7 +10,8 @@ zo_step + zo_update as bench/bench_step.py reimplements it (torch.manual_seed pe
 per tensor, 4 sweeps, 2 forwards with the loss over full logits). Ours: the trainer's dp step (2
 sweeps: -2 eps z, then restore + update + next perturbation; the batch scored by HFRunner.score),
 gaussian and rademacher z. Sweep rows: one reference sweep (torch.normal per tensor) against one of
-ours with 1 seed (perturb) and 2 seeds (restore + update + next). Medians of --reps, ms.
+ours with 1 seed (perturb) and 2 seeds (restore + update + next). Medians of --reps, ms, the rows timed in turn
+(one of each per round) so a shared machine's load falls on all of them alike.
 Prints a Markdown table per shape; --out writes JSON.
 """
 
@@ -45,16 +46,17 @@ LLAMA_110M = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_
 DISTS = ("gaussian", "rademacher")
 
 
-def timed(fn, reps: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in ms."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
+def interleaved(jobs: dict[str, object], reps: int) -> dict[str, float]:
+    """Median wall ms of each job, the jobs run in turn each repetition (one warm-up round), so a
+    load that comes and goes on a shared machine hits ours and the reference alike."""
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(reps + 1):
+        for key, fn in jobs.items():
+            t0 = time.perf_counter()
+            fn()
+            if r:
+                times[key].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def make_shape(name: str, root: Path) -> tuple[Path, list]:
@@ -70,29 +72,30 @@ def bench_shape(path: Path, reqs: list, reps: int) -> dict:
     """Every row of one shape at the current torch thread count."""
     cfg = Config(model=ModelConfig(backend="hf", path=str(path), dtype="float32", device="cpu"))
     runner = HFRunner(cfg, torch.device("cpu"), str(path))
-    out = {"params": sum(p.numel() for p in runner.model.parameters())}
     ref_model = HFRunner(cfg, torch.device("cpu"), str(path)).model  # the reference rebinds its param.data
     ref = ReferenceMeZO(ref_model, eps=1e-3, lr=1e-6)
     inputs = reference_inputs(reqs, "cpu")
-    out["sweep_reference_ms"] = timed(lambda: ref.zo_perturb_parameters(1, 1.0), reps)
-    out["forward_reference_ms"] = timed(lambda: ref.zo_forward(inputs), reps)
-    out["forward_ours_ms"] = timed(lambda: runner.score(reqs), reps)
 
     def ref_step():
         ref.zo_step(inputs)
         ref.zo_update()
 
-    out["step_reference_ms"] = timed(ref_step, reps)
+    jobs = {"sweep_reference_ms": lambda: ref.zo_perturb_parameters(1, 1.0),
+            "forward_reference_ms": lambda: ref.zo_forward(inputs), "forward_ours_ms": lambda: runner.score(reqs),
+            "step_reference_ms": ref_step}
+    segs = fresh_segments(runner.model)
+    counter = iter(range(10**6))
     for dist in DISTS:
-        segs = fresh_segments(runner.model)
-        out[f"sweep_ours_1seed_{dist}_ms"] = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)], dist=dist)), reps)
+        one = SweepPlan(post=[(1, 1e-3)], dist=dist)
         two = SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)], dist=dist)
-        out[f"sweep_ours_2seed_{dist}_ms"] = timed(lambda: sweep(segs, two), reps)  # noqa: B023
+        jobs[f"sweep_ours_1seed_{dist}_ms"] = lambda one=one: sweep(segs, one)
+        jobs[f"sweep_ours_2seed_{dist}_ms"] = lambda two=two: sweep(segs, two)
+        # Two optimizers share the weights: each step moves them by a few eps, harmless for timing.
         mcfg = MezoConfig(lr=1e-6, eps=1e-3, distribution=dist)
         opt = MezoOptimizer(runner.segments(), mcfg, master_weights=False)
-        counter = iter(range(10**6))
-        out[f"step_ours_{dist}_ms"] = timed(lambda: our_step(runner, opt, reqs, next(counter), mcfg), reps)  # noqa: B023
-        opt.clean()
+        jobs[f"step_ours_{dist}_ms"] = lambda opt=opt, mcfg=mcfg: our_step(runner, opt, reqs, next(counter), mcfg)
+    out = interleaved(jobs, reps)
+    out["params"] = sum(p.numel() for p in runner.model.parameters())
     return out
 
 
