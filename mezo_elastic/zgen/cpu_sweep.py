@@ -152,7 +152,10 @@ def fill_z(ranges: torch.Tensor, dist: str, out: torch.Tensor, scratch: _Scratch
         count = ranges[1]
         starts = torch.repeat_interleave(ranges[0] - torch.cumsum(count, 0) + count, count)
         counters = (starts + torch.arange(slots)).to(out.device)
-        k0, k1 = (torch.repeat_interleave(ranges[i], count).to(out.device) for i in (2, 3))
+        if ranges.shape[1] == 1:  # one piece (a chunk of a large tensor): int keys, 4 fewer ops a round
+            k0, k1 = int(ranges[2, 0]), int(ranges[3, 0])
+        else:
+            k0, k1 = (torch.repeat_interleave(ranges[i], count).to(out.device) for i in (2, 3))
         words = philox_torch.philox4x32(counters, k0, k1)
         if dist == "rademacher":
             out.copy_(philox_torch.rademacher(words))
