@@ -241,19 +241,29 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _exception(e: BaseException) -> str:
+    """"Type: message" on one line (just "Type" when the message is empty or cannot be printed)."""
+    try:
+        msg = _one_line(e)
+    except Exception:
+        msg = ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def _import_user(spec: str) -> RewardFn:
     module_name, attr = spec.split(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or the module itself raising at import time
         raise ConfigError(f"data.reward={spec!r}: module {module_name!r} cannot be imported "
-                          f"({type(e).__name__}: {_one_line(e)}); is it on PYTHONPATH?") from None
+                          f"({_exception(e)}); is it on PYTHONPATH?") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"data.reward={spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"data.reward={spec!r} is a {type(obj).__name__}, not callable; it must be {_ALLOWED}")
+        raise ConfigError(f"data.reward={spec!r} is not callable (got {type(obj).__name__} "
+                          f"{_one_line(repr(obj), 40)}); it must be a function (completion, example) -> float")
     try:
         inspect.signature(obj).bind("", {})
     except TypeError as e:
@@ -284,16 +294,23 @@ def load_reward(spec: str) -> Reward:
     return Reward(spec, _import_user(spec), copy_example=True)
 
 
+def _repr(value: Any, limit: int = 80) -> str:
+    try:
+        return _one_line(repr(value), limit)
+    except Exception:  # a user type's broken __repr__, an int past Python's 4300-digit str limit
+        return f"<unprintable {type(value).__name__}>"
+
+
 def _checked(reward: Reward, value: Any, where: str) -> float:
     if not isinstance(value, numbers.Real):  # int, float, bool (True = 1.0), numpy scalars, Fraction
-        raise RewardError(f"{where}: data.reward={reward.name} returned {_one_line(repr(value), 80)} "
+        raise RewardError(f"{where}: data.reward={reward.name} returned {_repr(value)} "
                           f"({type(value).__name__}); a reward must be a finite int, float or bool")
     try:
         out = float(value)
     except OverflowError:
         out = math.inf
     if not math.isfinite(out):
-        raise RewardError(f"{where}: data.reward={reward.name} returned {_one_line(repr(value), 80)}; "
+        raise RewardError(f"{where}: data.reward={reward.name} returned {_repr(value)}; "
                           f"a reward must be a finite number")
     return out
 
@@ -315,7 +332,6 @@ def compute_rewards(reward: Reward, completions: list[str], examples: list[dict]
         try:
             value = reward(completion, example)
         except Exception as e:  # the user's code: any failure becomes one line naming it and the row
-            detail = f"{type(e).__name__}: {_one_line(e)}" if str(e) else type(e).__name__
-            raise RewardError(f"{loc}: data.reward={reward.name} raised {detail}") from e
+            raise RewardError(f"{loc}: data.reward={reward.name} raised {_exception(e)}") from e
         out.append(_checked(reward, value, loc))
     return out
