@@ -338,6 +338,18 @@ def test_number_types_are_accepted_as_floats(user_module):
     assert got == [3.0, 0.0, float(Fraction(1, 4)), -0.5] and all(type(x) is float for x in got)
 
 
+def test_numpy_scalars_are_numbers_and_a_tensor_is_not(user_module):
+    pytest.importorskip("numpy")
+    m = user_module("my_rewards_numpy", "import numpy as np\nimport torch\n"
+                    "def f(c, e):\n    return {'f32': np.float32(0.5), 'i64': np.int64(2), 'b': np.bool_(True),"
+                    " 't': torch.tensor(1.0)}[c]\n")
+    reward = load_reward(f"{m}:f")
+    assert compute_rewards(reward, ["f32", "i64", "b"], [ans("a")] * 3, ["d:1"] * 3) == [0.5, 2.0, 1.0]
+    with pytest.raises(RewardError) as e:
+        compute_rewards(reward, ["t"], [ans("a")], ["d:4"])
+    assert str(e.value) == f"d:4: data.reward={m}:f returned tensor(1.) (Tensor); " + NOT_A_NUMBER
+
+
 @pytest.mark.parametrize("spec, row, message", [
     ("numeric", ans("seven"), "d.jsonl:3: data.reward=numeric raised ValueError: answers[0]='seven' is not a number "
                               "(numeric needs e.g. '42', '-3.5', '1,000')"),
@@ -361,3 +373,39 @@ def test_a_bad_row_for_a_builtin_is_one_line(spec, row, message):
 def test_mismatched_lengths_are_a_caller_bug():
     with pytest.raises(ValueError, match="2 completions, 1 examples, 1 locations"):
         compute_rewards(load_reward("exact_match"), ["a", "b"], [ans("a")], ["d:1"])
+
+
+# ---- docs/rewards.md quotes the messages word for word ----
+
+def test_docs_quote_every_message(user_module, monkeypatch):
+    from helpers import REPO
+
+    doc = (REPO / "docs" / "rewards.md").read_text()
+    produced = []
+    for spec in ("f1", "path/to.py:score", "my_reward:score"):
+        with pytest.raises(ConfigError) as e:
+            load_reward(spec)
+        produced.append(str(e.value))
+    user_module("my_rewards", """
+        import torch
+        SCORE = 3
+        def one_arg(completion): return 1.0
+        def score(completion, example): return float(example["answer"] == completion)
+        def maybe(completion, example): return None
+        def as_tensor(completion, example): return torch.tensor(1.0)
+        def ratio(completion, example): return float("nan")
+    """)
+    for spec in ("my_rewards:scor", "my_rewards:SCORE", "my_rewards:one_arg"):
+        with pytest.raises(ConfigError) as e:
+            load_reward(spec)
+        produced.append(str(e.value))
+    cases = [(f"my_rewards:{f}", ans("a")) for f in ("score", "maybe", "as_tensor", "ratio")]
+    cases += [("numeric", ans("seven")), ("token_f1", {"prompt": "q"}), ("countdown", ans("98", target=98)),
+              ("countdown", ans("98", numbers=[1, 2], target="ninety"))]
+    for spec, row in cases:
+        where = "train.jsonl:3" if ":" not in spec else "train.jsonl:7"
+        with pytest.raises(RewardError) as e:
+            compute_rewards(load_reward(spec), ["x"], [row], [where])
+        produced.append(str(e.value))
+    missing = [m for m in produced if f"    {m}\n" not in doc]
+    assert not missing, "docs/rewards.md does not quote:\n" + "\n".join(missing)

@@ -302,7 +302,8 @@ def _repr(value: Any, limit: int = 80) -> str:
 
 
 def _checked(reward: Reward, value: Any, where: str) -> float:
-    if not isinstance(value, numbers.Real):  # int, float, bool (True = 1.0), numpy scalars, Fraction
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")  # not a Real
+    if not (isinstance(value, numbers.Real) or numpy_bool):  # int, float, bool (True = 1.0), numpy, Fraction
         raise RewardError(f"{where}: data.reward={reward.name} returned {_repr(value)} "
                           f"({type(value).__name__}); a reward must be a finite int, float or bool")
     try:
