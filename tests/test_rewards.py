@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import sys
 import textwrap
+import warnings
 from fractions import Fraction
 
 import pytest
@@ -184,6 +185,14 @@ def test_safe_arithmetic_refuses(expr, message):
     assert str(e.value) == message
 
 
+def test_safe_arithmetic_is_quiet_on_odd_input():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="IfExp is not allowed"):
+            safe_arithmetic("1if 1 else 2")  # Python's parser warns "invalid decimal literal" on this one
+    assert caught == []
+
+
 def test_safe_arithmetic_division_by_zero_is_pythons():
     with pytest.raises(ZeroDivisionError):
         safe_arithmetic("1/(2-2)")
@@ -248,6 +257,8 @@ def test_user_function_gets_a_copy_of_the_row(user_module):
     ("f1", f"data.reward='f1' is not allowed; choose {ALLOWED}"),
     ("", f"data.reward='' is not allowed; choose {ALLOWED}"),
     ("Token_F1", f"data.reward='Token_F1' is not allowed; choose {ALLOWED}"),
+    (None, f"data.reward=None is not allowed; choose {ALLOWED}"),
+    (["token_f1"], f"data.reward=['token_f1'] is not allowed; choose {ALLOWED}"),
     ("a:b:c", "data.reward='a:b:c' is not MODULE:FUNCTION (dotted names, one colon, e.g. my_rewards:score); "
               f"choose {ALLOWED}"),
     (":score", "data.reward=':score' is not MODULE:FUNCTION (dotted names, one colon, e.g. my_rewards:score); "
