@@ -12,9 +12,9 @@ from fractions import Fraction
 import pytest
 
 from mezo_elastic.errors import ConfigError, RewardError
-from mezo_elastic.objectives.rewards import (BUILTINS, Reward, compute_rewards, countdown, exact_match,
-                                             last_number, load_reward, normalize_answer, numeric,
-                                             safe_arithmetic, token_f1)
+from mezo_elastic.objectives.rewards import (BUILTINS, Reward, blocks, compute_rewards, countdown,
+                                             countdown_format, exact_match, last_number, load_reward,
+                                             normalize_answer, numeric, safe_arithmetic, token_f1)
 
 ALLOWED = ("a built-in ['countdown', 'exact_match', 'numeric', 'token_f1'] or MODULE:FUNCTION, "
            "a function (completion, example) -> float")
@@ -137,6 +137,32 @@ def test_countdown(completion, reward):
 ])
 def test_countdown_answer(row, equation, answer_reward):
     assert countdown(f"x</think>\n<answer>{equation}</answer>", row) == pytest.approx(0.1 + answer_reward)
+
+
+def test_countdown_matching_is_the_references_regexes():
+    """The linear-time tag matching finds what the reference's regexes find, on random tag soup."""
+    import random
+    import re
+
+    full = re.compile(r"^<think>.*?<\/think>\n<answer>.*?<\/answer>$", re.DOTALL)
+    think, answer = re.compile(r"<think>.*?<\/think>", re.DOTALL), re.compile(r"<answer>(.*?)<\/answer>", re.DOTALL)
+    pieces = ["<think>", "</think>", "<answer>", "</answer>", "\n", "x", " ", "</think>\n<answer>", "<ans", "wer>"]
+    rng = random.Random(0)
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        ref = 1.0 if full.match(text) else (0.1 if think.search(text) else 0.0) + (0.5 if answer.search(text) else 0.0)
+        assert countdown_format(text) == ref, text
+        assert blocks(text, "<answer>", "</answer>") == answer.findall(text), text
+
+
+@pytest.mark.parametrize("soup", ["<answer>", "<think>", "<think><answer>", "</think>\n<answer>x</answer>y"])
+def test_countdown_is_linear_on_degenerate_text(soup):
+    import time
+
+    text = soup * (300_000 // len(soup))  # the regexes take minutes on this (0.5 s at 24k characters)
+    t0 = time.perf_counter()
+    countdown(text, ROW)
+    assert time.perf_counter() - t0 < 5.0
 
 
 def test_countdown_never_calls_eval(monkeypatch):

@@ -180,25 +180,53 @@ def safe_arithmetic(expr: str) -> int | float:
 
 # ---- countdown (Qiu et al. 2025, VsonicV/es-fine-tuning-paper, countdown_grader.py) ----
 
-_FULL_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# The reference's regexes (re.DOTALL) are r"^<think>.*?</think>\n<answer>.*?</answer>$" for the full
+# format, r"<think>.*?</think>" and r"<answer>(.*?)</answer>" for the blocks. Backtracking makes them
+# quadratic on degenerate text ("<answer>" x 3000 takes 0.5 s), which a collapsing policy does write,
+# so the same matches are found here with str.find in linear time (a test checks they agree).
+_SEPARATOR = "</think>\n<answer>"
 _EQUATION_CHARS = re.compile(r"^[0-9+\-*/() ]+$")
+
+
+def blocks(text: str, open_tag: str, close_tag: str) -> list[str]:
+    """What re.findall(open_tag + "(.*?)" + close_tag, text, re.DOTALL) returns, in linear time."""
+    found, pos = [], 0
+    while (start := text.find(open_tag, pos)) != -1:
+        end = text.find(close_tag, start + len(open_tag))
+        if end == -1:  # no close after this open, so none after any later open either
+            break
+        found.append(text[start + len(open_tag) : end])
+        pos = end + len(close_tag)
+    return found
+
+
+def _has_block(text: str, open_tag: str, close_tag: str) -> bool:
+    start = text.find(open_tag)
+    return start != -1 and text.find(close_tag, start + len(open_tag)) != -1
+
+
+def _full_format(text: str) -> bool:
+    body = text[:-1] if text.endswith("\n") else text  # "$" also matches before one final newline
+    if not (body.startswith("<think>") and body.endswith("</answer>")):
+        return False
+    sep = body.find(_SEPARATOR, len("<think>"))
+    return sep != -1 and sep + len(_SEPARATOR) <= len(body) - len("</answer>")
 
 
 def countdown_format(text: str) -> float:
     """1.0 for exactly <think>...</think>\\n<answer>...</answer>; else 0.1 if a think block is there
     plus 0.5 if an answer block is there."""
-    if _FULL_FORMAT.match(text):
+    if _full_format(text):
         return 1.0
-    return (0.1 if _THINK.search(text) else 0.0) + (0.5 if _ANSWER.search(text) else 0.0)
+    return (0.1 if _has_block(text, "<think>", "</think>") else 0.0) + \
+        (0.5 if _has_block(text, "<answer>", "</answer>") else 0.0)
 
 
 def countdown_answer(completion: str, nums: list[int], target: float) -> float:
     """1.0 if the last <answer> block uses each of `nums` exactly once (a multiset: no other number,
     none missing) with + - * / and parentheses, and its value is within 1e-5 of `target`."""
-    blocks = _ANSWER.findall(completion)
-    content = blocks[-1].strip() if blocks else ""
+    answers = blocks(completion, "<answer>", "</answer>")
+    content = answers[-1].strip() if answers else ""
     if not content or not _EQUATION_CHARS.match(content):
         return 0.0
     try:
