@@ -219,6 +219,33 @@ def test_safe_arithmetic_is_quiet_on_odd_input():
     assert caught == []
 
 
+def test_safe_arithmetic_computes_what_python_computes():
+    """On random well-formed expressions (built here from digits, + - * /, unary minus, parentheses),
+    the value, int or float, is Python's own, and so is a division by zero."""
+    import random
+
+    rng = random.Random(1)
+
+    def expr(depth: int) -> str:
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(["0", "1", "7", "12", "250", "3.5"])
+        if rng.random() < 0.15:
+            return "-" + expr(depth - 1)
+        e = f"{expr(depth - 1)} {rng.choice('+-*/')} {expr(depth - 1)}"
+        return f"({e})" if rng.random() < 0.5 else e
+
+    for _ in range(3000):
+        e = expr(4)
+        try:
+            want = eval(e, {"__builtins__": {}}, {})  # noqa: S307 - our own generated arithmetic
+        except ZeroDivisionError:
+            with pytest.raises(ZeroDivisionError):
+                safe_arithmetic(e)
+            continue
+        got = safe_arithmetic(e)
+        assert got == want and type(got) is type(want), e
+
+
 def test_safe_arithmetic_division_by_zero_is_pythons():
     with pytest.raises(ZeroDivisionError):
         safe_arithmetic("1/(2-2)")
