@@ -473,3 +473,27 @@ def test_docs_quote_every_message(user_module, monkeypatch):
         produced.append(str(e.value))
     missing = [m for m in produced if f"    {m}\n" not in doc]
     assert not missing, "docs/rewards.md does not quote:\n" + "\n".join(missing)
+
+
+# ---- what the user sees: `python -m mezo_elastic.train` with a bad reward ----
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spec, line", [
+    ("my_raising_reward:score", r"mezo_elastic: error \(rank 0\): \S+/task-reward/(train|eval)\.jsonl:\d+: "
+                                r"data\.reward=my_raising_reward:score raised KeyError: 'answer'"),
+    ("my_raising_reward:scor", r"mezo_elastic: error \(rank 0\): data\.reward='my_raising_reward:scor': "
+                               r"module 'my_raising_reward' has no attribute 'scor'"),
+])
+def test_train_stops_with_one_line_naming_the_reward(tmp_path, spec, line):
+    import os
+    import re
+
+    from helpers import FAST, REPO, train
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "my_raising_reward.py").write_text("def score(completion, example):\n    return example['answer']\n")
+    res = train(tmp_path / "run", "--data.objective=reward", f"--data.reward={spec}", "--train.steps=2", *FAST,
+                check=False, environ={"PYTHONPATH": f"{REPO}{os.pathsep}{mods}"})
+    errors = [ln for ln in res.stderr.splitlines() if "INFO" not in ln]
+    assert res.returncode == 1 and len(errors) == 1 and re.fullmatch(line, errors[0]), res.stderr[-3000:]
