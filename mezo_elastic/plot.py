@@ -131,7 +131,7 @@ def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, metadata={"Title": title})  # also in the PNG's text chunk, for scripts
     plt.close(fig)
     return out
 
