@@ -163,15 +163,15 @@ def test_run_directory_exports_anywhere_and_metrics_span_launches(tmp_path):
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(run, copy)
     shutil.rmtree(launch)  # nothing of the launch directory is needed any more
-    for step in (2, 8):  # before the first checkpoint (base model + log), and the end
-        exp = _export(copy, step, tmp_path / f"e{step}", cwd=Path("/"))
-        assert exp.returncode == 0, exp.stderr[-2000:]
+    exports = [_start([sys.executable, "-m", "mezo_elastic.export", "--run", str(copy), "--step", str(step), "--out",
+                       str(tmp_path / f"e{step}")], cwd=Path("/")) for step in (2, 8)]  # before the first checkpoint
+    plot = _start([sys.executable, "-m", "mezo_elastic.plot", str(copy)])
+    for p in [*exports, plot]:
+        rc, err = _done(p)
+        assert rc == 0, err[-2000:]
     from safetensors.torch import load_file
 
     assert max_abs_diff(load_file(str(tmp_path / "e8" / "model.safetensors")), final_weights(copy)) <= 1e-6
-    plot = subprocess.run([sys.executable, "-m", "mezo_elastic.plot", str(copy)], env=env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert plot.returncode == 0, plot.stderr
     from PIL import Image
 
     title = Image.open(copy / "metrics.png").text["Title"]
@@ -247,10 +247,12 @@ def test_step_log_corrupt_in_the_middle_resumes_from_the_newer_checkpoint(tmp_pa
     assert [r.step for r in log.read()] == [*range(12), *range(20, 30)] and log.gaps == [(12, 20)]
     assert _done(ref_job)[0] == 0
     assert max_abs_diff(final_weights(out), final_weights(ref)) == 0.0  # the lost records changed nothing
-    refused, ok = _export(out, 15, tmp_path / "e15"), _export(out, 12, tmp_path / "e12")
-    assert refused.returncode == 1 and not (tmp_path / "e15").exists()
-    _quote(PREFIX.sub("", refused.stderr.strip()), tmp_path)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    jobs = [_start([sys.executable, "-m", "mezo_elastic.export", "--run", str(out), "--step", str(step), "--out",
+                    str(tmp_path / f"e{step}")]) for step in (15, 12)]
+    (rc15, err15), (rc12, err12) = _done(jobs[0]), _done(jobs[1])
+    assert rc15 == 1 and not (tmp_path / "e15").exists()
+    _quote(PREFIX.sub("", err15.strip()), tmp_path)
+    assert rc12 == 0, err12[-2000:]
 
 
 # -- item 8: an explicit MASTER_PORT held by an unrelated process -------------------------------------
