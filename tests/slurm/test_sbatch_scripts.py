@@ -69,6 +69,27 @@ def test_srun_sbatch_two_tasks_agree_on_rendezvous(slurm_cluster: Cluster, tiny_
     assert f"on port {derived_port(job.job_id)}" in log, log[-3000:]
 
 
+def test_srun_sbatch_with_a_held_master_port_moves_every_task(slurm_cluster: Cluster, tiny_inputs, tmp_path: Path):
+    # MASTER_PORT exported before sbatch, held by an unrelated process: the job moves on together.
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import socket, time\ns = socket.socket()\n"
+                               "s.bind(('', 0)); s.listen()\nprint(s.getsockname()[1], flush=True)\n"
+                               "time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(holder.stdout.readline())
+        job = submit(slurm_cluster, "srun.sbatch", tmp_path, cpu_overrides(tasks_per_node=2, share=False),
+                     [*tiny_inputs, *FAST, f"--train.steps={STEPS}", "--dist.port_timeout_s=2"],
+                     MASTER_PORT=str(port), **CPU)
+        assert_trained(job, job.wait())
+        log = job.log()
+        assert f"port agreement: {port} held by pid {holder.pid} (python" in log, log[-3000:]
+        assert f"moved to port {port + 1}" in log
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.parametrize("script", ["torchrun.sbatch", "srun.sbatch"])
 def test_two_jobs_at_once_do_not_collide(slurm_cluster: Cluster, tiny_inputs, tmp_path: Path, script: str):
     # Both share the node's CPUs (--oversubscribe) so they really run at the same time.
