@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
-                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable",
+                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
                    "generate.temperature", "generate.stop", "generate.eos")
+# Keys added later: what a run.json without them ran (the values every run had before the key existed).
+TRAJECTORY_DEFAULTS = {"mezo.distribution": "gaussian", "mezo.perturbations": 1, "mezo.reward_shaping": "none",
+                       "data.reward": "exact_match", "generate.max_new_tokens": 32, "generate.temperature": 0.0,
+                       "generate.stop": [], "generate.eos": True}
 
 
 class StopRequested(MezoError):
@@ -146,7 +150,8 @@ class Trainer:
         now = {k: _get(self.cfg, k) for k in TRAJECTORY_KEYS}
         if path.exists():
             before = json.loads(path.read_text()).get("trajectory", {})
-            diff = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before.get(k) != now[k]]
+            before = {k: before.get(k, TRAJECTORY_DEFAULTS.get(k)) for k in TRAJECTORY_KEYS}
+            diff = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before[k] != now[k]]
             if diff and self.cfg.checkpoint.resume:
                 raise ConfigError(
                     f"{self.out} holds a run with other trajectory settings ({'; '.join(diff)}); "
