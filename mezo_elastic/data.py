@@ -3,6 +3,13 @@
 Schemas (one JSON object a line; blank lines are skipped):
   lm              {"prompt": str, "completion": str}
   classification  {"prompt": str, "candidates": [str, str, ...], "label": int}
+                  optional "correct": [int, ...], every right candidate (eval accuracy; ReCoRD)
+
+How a candidate (or completion) joins its prompt: by default a space goes between them (the files'
+convention: {"prompt": "2+2 =", "completion": "4"} is the text "2+2 = 4"). With data.verbatim (and
+always for data.task rows) prompt + candidate is the text as it stands, as MeZO's templates need
+(CB's "...Yes, No, or Maybe?\n" + "Yes"); its tokens are then those of prompt + candidate after the
+prompt's own, the option tokens of MeZO's encode_prompt.
 
 The global batch of step t is a pure function of (data seed, t): example k of the run
 (k = t * batch_size + j) is position k % N of the permutation of epoch k // N. Ranks take
@@ -29,6 +36,7 @@ class Example:
     prompt_ids: tuple[int, ...]
     candidates: tuple[tuple[int, ...], ...]  # lm: one entry (the completion)
     label: int = 0  # classification: index of the right candidate
+    correct: tuple[int, ...] = ()  # every right candidate when there are several (ReCoRD); () = (label,)
 
     @property
     def n_tokens(self) -> int:
@@ -51,6 +59,11 @@ def _check(path: str, lineno: int, obj: Any, objective: str) -> None:
     label = obj.get("label")
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(cands):
         raise DataError(f"{where}: field 'label' must be an integer in [0, {len(cands)}) (got {label!r})")
+    correct = obj.get("correct", [label])
+    if not isinstance(correct, list) or not correct or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(cands) for i in correct):
+        raise DataError(f"{where}: field 'correct' must be a non-empty list of integers in [0, {len(cands)}) "
+                        f"(got {correct!r})")
 
 
 def read_jsonl(path: str, objective: str) -> list[dict]:
@@ -81,8 +94,17 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
-def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int) -> list[Example]:
-    """Tokenise prompt and completions separately (no merges across the boundary), cut from the left."""
+def _candidate_ids(tokenizer, prompt: str, n_prompt: int, text: str, verbatim: bool) -> tuple[int, ...]:
+    if not verbatim:
+        # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
+        return tuple(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+    # MeZO's option tokens: those of the whole text past the prompt's count (encode_prompt's option_len).
+    return tuple(tokenizer(prompt + text, add_special_tokens=True)["input_ids"][n_prompt:])
+
+
+def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int, verbatim: bool = False) -> list[Example]:
+    """Tokenise prompt and completions (no merges across the boundary; see the module docstring for
+    verbatim), cut from the left."""
     out = []
     for i, row in enumerate(rows):
         prompt = tuple(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
@@ -90,13 +112,14 @@ def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int) -> li
             raise DataError(f"example {i}: prompt {row['prompt']!r} has no tokens (this tokenizer adds no BOS); "
                             f"give every example a non-empty prompt")
         texts = [row["completion"]] if objective == "lm" else row["candidates"]
-        # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
-        cands = tuple(tuple(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in texts)
+        cands = tuple(_candidate_ids(tokenizer, row["prompt"], len(prompt), t, verbatim) for t in texts)
+        if not all(cands):
+            raise DataError(f"example {i}: a candidate of {texts!r} has no tokens after the prompt {row['prompt']!r}")
         longest = max(len(c) for c in cands)
         if longest >= max_length:
             raise DataError(f"a completion has {longest} tokens, not below data.max_length={max_length}")
         prompt = prompt[-(max_length - longest):]
-        out.append(Example(prompt, cands, int(row.get("label", 0))))
+        out.append(Example(prompt, cands, int(row.get("label", 0)), tuple(row.get("correct", ()))))
     return out
 
 

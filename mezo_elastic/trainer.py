@@ -65,6 +65,18 @@ def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
     return model_path, str(train), cfg.data.eval_path or str(evalp)
 
 
+def read_rows(cfg: Config, train_path: str, eval_path: str) -> tuple[list[dict], list[dict]]:
+    """(train rows, eval rows): MeZO's task loader and protocol with data.task, else the JSONL files
+    (eval cut to data.eval_examples)."""
+    if cfg.data.task:
+        from mezo_elastic.tasks.protocol import Protocol, task_rows
+
+        d = cfg.data
+        return task_rows(d.task, train_path, eval_path, Protocol(d.num_train, d.num_dev, d.num_eval, d.sample_seed))
+    train = read_jsonl(train_path, cfg.data.objective)
+    return train, read_jsonl(eval_path, cfg.data.objective)[: cfg.data.eval_examples] if eval_path else []
+
+
 class Trainer:
     """One MeZO run on one rank. Build with a RankContext, Config and the data-parallel comm, then run().
 
@@ -80,13 +92,16 @@ class Trainer:
         model_path, train_path, eval_path = resolve_inputs(cfg)
         self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
         tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
+        train_rows, eval_rows = read_rows(cfg, train_path, eval_path)
+        verbatim = cfg.data.verbatim or bool(cfg.data.task)
         self.data = RunData(
-            tokenize(read_jsonl(train_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length),
-            tokenize(read_jsonl(eval_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length)[
-                : cfg.data.eval_examples] if eval_path else [],
+            tokenize(train_rows, tok, cfg.data.objective, cfg.data.max_length, verbatim),
+            tokenize(eval_rows, tok, cfg.data.objective, cfg.data.max_length, verbatim),
             model_path,
         )
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
+        score = cfg.data.candidate_score
+        self.length_norm = score == "mean" or (score == "auto" and bool(cfg.data.task))
         master = use_master_weights(cfg.mezo, cfg.model.dtype)
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
@@ -166,7 +181,7 @@ class Trainer:
         """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
         cfg, examples = self.cfg, self._local(t)
         losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch,
-                                        cfg.data.share_prompt)[0]  # noqa: E731
+                                        cfg.data.share_prompt, self.length_norm)[0]  # noqa: E731
         self.opt.perturb(self._my_seed(t), +1.0)
         lp = losses()
         self.opt.perturb(self._my_seed(t), -1.0)
@@ -195,13 +210,15 @@ class Trainer:
         mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
             losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch,
-                                             self.cfg.data.share_prompt)
+                                             self.cfg.data.share_prompt, self.length_norm)
         n_corr = float(correct.sum()) if correct is not None else 0.0
         s, n, c = self.comm.all_reduce_sum([float(losses.sum()), len(mine), n_corr])
         out = {"eval_loss": s / max(n, 1)}
         if self.cfg.data.objective == "classification":
-            out["eval_accuracy"] = c / max(n, 1)
+            out["eval_accuracy"] = c / max(n, 1)  # the metric MeZO reports for every classification task
         self.metrics.write("eval", step, **out)
+        log.info("eval step %d%s: %s", step, f" ({self.cfg.data.task})" if self.cfg.data.task else "",
+                 " ".join(f"{k}={v:.4f}" for k, v in out.items()))
         return out
 
     def save(self, steps_done: int) -> None:
