@@ -135,9 +135,17 @@ class DataConfig:
         "(MeZO's length-normalised score, in its loss and its eval); auto = mean with data.task, else sum"
     )
 
+    class_loss: Literal["auto", "ce", "nll"] = opt(
+        "auto", "classification training loss: ce = cross-entropy over the candidates' scores (MeZO's "
+        "--train_as_classification); nll = mean NLL of the right candidate's tokens only (MeZO's teacher forcing, "
+        "which mezo.sh uses for Copa and ReCoRD); auto = nll for data.task Copa/ReCoRD, else ce. Eval accuracy "
+        "is by the candidates' scores either way"
+    )
+
     def __post_init__(self) -> None:
         _choice("data", "objective", self.objective, ("lm", "classification"))
         _choice("data", "candidate_score", self.candidate_score, ("auto", "sum", "mean"))
+        _choice("data", "class_loss", self.class_loss, ("auto", "ce", "nll"))
         _positive("data", "num_train", self.num_train, zero_ok=True)
         _positive("data", "num_eval", self.num_eval, zero_ok=True)
         if self.num_dev < -1:

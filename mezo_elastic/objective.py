@@ -60,3 +60,9 @@ def example_losses(runner: ForwardRunner, examples: Sequence[Example], objective
         losses.append(torch.logsumexp(scores, 0) - scores[ex.label])
         correct.append(is_correct(int(torch.argmax(scores)), ex.label, ex.correct))
     return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64), torch.tensor(correct)
+
+
+def right_candidate_only(examples: Sequence[Example]) -> list[Example]:
+    """Each example as an lm example of its right candidate: the `nll` classification loss
+    (data.class_loss) is the lm objective's loss on these, and scores no other candidate."""
+    return [Example(ex.prompt_ids, (ex.candidates[ex.label],)) for ex in examples]

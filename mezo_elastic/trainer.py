@@ -22,9 +22,10 @@ from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.metrics import MetricsWriter, Progress
 from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step, use_master_weights
-from mezo_elastic.objective import example_losses
+from mezo_elastic.objective import example_losses, right_candidate_only
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import ForwardRunner, make_runner
+from mezo_elastic.tasks import TASKS
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -100,8 +101,10 @@ class Trainer:
             model_path,
         )
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
-        score = cfg.data.candidate_score
+        score, loss = cfg.data.candidate_score, cfg.data.class_loss
         self.length_norm = score == "mean" or (score == "auto" and bool(cfg.data.task))
+        self.nll_train = cfg.data.objective == "classification" and (loss == "nll" or (
+            loss == "auto" and bool(cfg.data.task) and TASKS[cfg.data.task].teacher_forced))
         master = use_master_weights(cfg.mezo, cfg.model.dtype)
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
@@ -179,8 +182,10 @@ class Trainer:
 
     def step(self, t: int) -> tuple[StepRecord, bool]:
         """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
-        cfg, examples = self.cfg, self._local(t)
-        losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch,
+        cfg, examples, objective = self.cfg, self._local(t), self.cfg.data.objective
+        if self.nll_train:
+            examples, objective = right_candidate_only(examples), "lm"
+        losses = lambda: example_losses(self.runner, examples, objective, cfg.data.micro_batch,
                                         cfg.data.share_prompt, self.length_norm)[0]  # noqa: E731
         self.opt.perturb(self._my_seed(t), +1.0)
         lp = losses()

@@ -34,6 +34,9 @@ class TaskSpec:
     verbalize: Callable[[Example, Any], str] | None = None  # None: a generation task
     candidates: Callable[[Example], list] | None = None  # MeZO's Sample.candidates
     correct: Callable[[Example], Any] | None = None  # MeZO's Sample.correct_candidate
+    # mezo.sh trains Copa and ReCoRD with --train_as_classification False: the NLL of the right
+    # candidate's tokens (teacher forcing), not cross-entropy over the candidates.
+    teacher_forced: bool = False
 
     @property
     def generation(self) -> bool:
@@ -161,9 +164,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              _multirc_encode, _words(_multirc_encode, _YES_NO), lambda ex: [0, 1], _label),
     TaskSpec("Copa", "super_glue/copa", ("premise", "choice1", "choice2", "question", "label"), "accuracy",
              _copa_prompt, lambda ex, c: _copa_prompt(ex) + _copa_capitalize(c),
-             lambda ex: [ex["choice1"], ex["choice2"]], lambda ex: ex[f"choice{ex['label'] + 1}"]),
+             lambda ex: [ex["choice1"], ex["choice2"]], lambda ex: ex[f"choice{ex['label'] + 1}"], True),
     TaskSpec("ReCoRD", "super_glue/record", ("passage", "query", "entities", "answers"), "accuracy", _record_encode,
-             _record_verbalize, lambda ex: list(ex["entities"]), lambda ex: list(ex["answers"])),
+             _record_verbalize, lambda ex: list(ex["entities"]), lambda ex: list(ex["answers"]), True),
     TaskSpec("SQuAD", "squad", ("title", "context", "question", "answers"), "f1", _squad_encode),
     TaskSpec("DROP", "drop", ("passage", "question", "answers_spans"), "f1", _drop_encode),
 )}
