@@ -12,6 +12,7 @@ published, so a file must hold the whole split in its published order.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from mezo_elastic.errors import DataError
 from mezo_elastic.tasks.loading import check_columns, load_split
 from mezo_elastic.tasks.templates import TASKS, canonical_name, render
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "eval", "all")
 SMALL_DEV = {"CB": 100, "Copa": 100}  # mezo.sh: fewer than 1000 training examples, 100 for dev
 
@@ -79,6 +81,8 @@ def render_rows(task: str, path: str, split: str, p: Protocol) -> list[dict]:
     else:
         train, dev = train_dev_indices(len(ds), name, p)
         idx = train if split == "train" else dev
+    # The file's length says whether it holds the whole published split: the sample depends on it.
+    log.info("data.task=%s %s: %d of the %d rows of %s", name, split, len(idx), len(ds), path)
     rows = []
     for i, ex in zip(idx, ds.select(idx)):
         try:
@@ -96,4 +100,5 @@ def task_rows(task: str, train_path: str, eval_path: str, p: Protocol) -> tuple[
     train = render_rows(task, train_path, "train", p)
     if not eval_path and Path(train_path).is_dir() and (Path(train_path) / "dataset_dict.json").is_file():
         eval_path = train_path
-    return train, render_rows(task, eval_path, "eval", p) if eval_path else []
+    evals = render_rows(task, eval_path, "eval", p) if eval_path else []
+    return train, evals
