@@ -198,3 +198,34 @@ def test_render_cli_prints_one_json_object_a_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mezo_elastic.tasks", "render", "CB", "--path", str(tmp_path / "no")],
                          env=env(), capture_output=True, text=True, timeout=120, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+
+
+def test_tokens_are_mezos_for_every_classification_task(tmp_path):
+    """With a byte-level BPE tokenizer (GPT-2/OPT's kind, trained here on the fixtures' text), the tokens
+    of prompt + candidate are MeZO's encoding of its verbalize string, and the candidate's tokens are its
+    option tokens (utils.encode_prompt: option_len = len(encode(verbalized)) - len(encode(encoded)))."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mezo_elastic.data import tokenize
+
+    rows = {t: render_rows(t, _jsonl(tmp_path / f"{t}.jsonl", [ex]), "all", Protocol())[0]
+            for t, (ex, _) in FIXTURES.items() if not TASKS[t].generation}
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    texts = [r["prompt"] + c for r in rows.values() for c in r["candidates"]]
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    core.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 0)])  # OPT's BOS
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="</s>")
+    for task, row in rows.items():
+        ex = tokenize([row], tok, "classification", 4096, verbatim=True)[0]
+        encoded = tok.encode(row["prompt"])
+        for cand, ids in zip(row["candidates"], ex.candidates):
+            verbalized = tok.encode(row["prompt"] + cand)
+            option_len = len(verbalized) - len(encoded)
+            assert ids == tuple(verbalized[-option_len:]), task
+            assert ex.prompt_ids + ids == tuple(verbalized), task
+        assert tok.decode(ex.prompt_ids + ex.candidates[ex.label], skip_special_tokens=True) == \
+            row["prompt"] + row["candidates"][row["label"]]
