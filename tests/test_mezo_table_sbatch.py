@@ -44,6 +44,8 @@ def test_each_element_is_one_task_and_lr_with_the_papers_hyperparameters(setup):
         lr = ["1e-6", "1e-7"][i % 2]
         assert argv[0] == f"OUTPUT_DIR=runs/mezo_table/opt-13b/{task}-lr{lr}"
         objective = "reward" if task in ("SQuAD", "DROP") else "classification"
+        if objective == "reward":
+            assert "--data.reward=token_f1" in argv and '--generate.stop=["\\n"]' in argv, argv
         for a in (f"--data.task={task}", f"--mezo.lr={lr}", f"--data.objective={objective}",
                   f"--data.path={data / task.lower()}", "--model.path=/models/opt-13b", "--train.steps=20000",
                   "--train.batch_size=16", "--mezo.eps=1e-3", "--data.num_train=1000", "--data.num_eval=1000",

@@ -166,6 +166,8 @@ def test_task_names_any_case_and_config_checks():
     assert (cfg.data.task, cfg.data.num_train, cfg.data.num_eval, cfg.data.sample_seed) == ("MultiRC", 1000, 1000, 0)
     for argv, words in ((["--data.task=wsc", "--data.path=x"], ["data.task=WSC", "data.objective=classification"]),
                         (["--data.task=DROP", "--data.path=x"], ["data.task=DROP", "data.objective=reward"]),
+                        (["--data.task=squad", "--data.objective=reward", "--data.path=x"],
+                         ["data.task=SQuAD", "data.reward=token_f1", "'exact_match'"]),
                         (["--data.task=sst-2"], ["'sst-2'", "SST2"])):
         with pytest.raises(ConfigError) as e:
             parse_args(argv)

@@ -26,6 +26,11 @@ def _quiet_datasets():
     return datasets
 
 
+def is_dataset_dict(path: str) -> bool:
+    """Whether `path` is a directory written by `DatasetDict.save_to_disk` (several splits)."""
+    return (Path(path) / "dataset_dict.json").is_file()
+
+
 def load_split(path: str, split: str):
     """The `datasets.Dataset` at `path` (a file or a save_to_disk directory; see the module docstring).
 

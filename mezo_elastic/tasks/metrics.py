@@ -19,6 +19,14 @@ def metric_name(task: str) -> str:
     return TASKS[canonical_name(task)].metric
 
 
+def task_metrics(data, out: dict[str, float]) -> dict[str, float]:
+    """Eval values to add under the name of the task's metric (`data`: the DataConfig): `eval_f1`, the
+    mean token F1 reward, for SQuAD and DROP; classification tasks report `eval_accuracy` already."""
+    if data.task and metric_name(data.task) == "f1" and "eval_reward" in out:
+        return {"eval_f1": out["eval_reward"]}
+    return {}
+
+
 def is_correct(predicted: int, label: int, correct: Sequence[int] = ()) -> bool:
     """MeZO's accuracy for one example: the argmax candidate is the label, or any of `correct` when given
     (ReCoRD: `pred.predicted_candidate in pred.correct_candidate`)."""

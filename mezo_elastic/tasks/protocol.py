@@ -63,9 +63,10 @@ def eval_indices(n: int, p: Protocol) -> list[int]:
     return sample_subset(n, p.num_eval, p.seed) if p.num_eval else list(range(n))
 
 
-def render_rows(task: str, path: str, split: str, p: Protocol) -> list[dict]:
+def render_rows(task: str, path: str, split: str, p: Protocol, where: list[str] | None = None) -> list[dict]:
     """The rows of one protocol split of the file at `path` (which holds the task's train split for
     train/dev, its validation split for eval; `all` = every row in file order, no sampling).
+    `where`, when given, receives "path row N" of every row returned (N: its position in the file).
 
     Raises:
         DataError: an unreadable file, a field missing from the task's schema, a bad example (named by row).
@@ -89,16 +90,6 @@ def render_rows(task: str, path: str, split: str, p: Protocol) -> list[dict]:
             rows.append(render(spec, ex))
         except DataError as e:
             raise DataError(f"{path} row {i}: {e}") from None
+        if where is not None:
+            where.append(f"{path} row {i}")
     return rows
-
-
-def task_rows(task: str, train_path: str, eval_path: str, p: Protocol) -> tuple[list[dict], list[dict]]:
-    """(train rows, eval rows) of MeZO's protocol. eval_path '' = the 'validation' split of a
-    DatasetDict directory at train_path, or no eval when train_path is a single split."""
-    from pathlib import Path
-
-    train = render_rows(task, train_path, "train", p)
-    if not eval_path and Path(train_path).is_dir() and (Path(train_path) / "dataset_dict.json").is_file():
-        eval_path = train_path
-    evals = render_rows(task, eval_path, "eval", p) if eval_path else []
-    return train, evals

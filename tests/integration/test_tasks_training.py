@@ -67,8 +67,21 @@ def test_sst2_from_save_to_disk_and_copa_from_jsonl_report_accuracy(tmp_path, ti
     assert "SST-2" in printed and "COPA" in printed and acc(out) in printed
 
 
-def test_generation_tasks_need_the_reward_objective(tmp_path, tiny_inputs):
-    res = train(tmp_path / "run", tiny_inputs[0], "--data.task=squad", f"--data.path={tmp_path}/x.jsonl",
-                check=False)
-    assert res.returncode == 2
-    assert "data.task=SQuAD needs data.objective=reward" in res.stderr and "Traceback" not in res.stderr
+def test_squad_from_parquet_trains_with_the_token_f1_reward(tmp_path, tiny_inputs):
+    """Generation on the perturbed weights, scored by MeZO's token F1; eval reports it as eval_f1."""
+    import datasets
+
+    rows = [{"id": str(i), "title": "film", "context": "the film was good", "question": "how was the film?",
+             "answers": {"text": ["good"], "answer_start": [13]}} for i in range(8)]
+    path = tmp_path / "squad.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    out = tmp_path / "run"
+    res = train(out, tiny_inputs[0], "--data.task=squad", "--data.objective=reward", "--data.reward=token_f1",
+                f"--data.path={path}", f"--data.eval_path={path}", "--data.num_dev=2", "--data.num_eval=4",
+                "--generate.max_new_tokens=3", *STEPS)
+    evals = [m for m in _metrics(out) if m["type"] == "eval"]
+    assert len(evals) == 3 and all(e["eval_f1"] == e["eval_reward"] and 0 <= e["eval_f1"] <= 1 for e in evals)
+    assert "eval step 4 (SQuAD):" in res.stderr and "eval_f1=" in res.stderr
+    bad = train(tmp_path / "bad", tiny_inputs[0], "--data.task=squad", f"--data.path={path}", check=False)
+    assert bad.returncode == 2 and "data.task=SQuAD needs data.objective=reward" in bad.stderr
+    assert "Traceback" not in bad.stderr
