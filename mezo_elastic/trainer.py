@@ -34,7 +34,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
                    "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable",
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
-                   "generate.temperature", "generate.stop", "generate.eos")
+                   "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
+                   "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss")
 
 
 class StopRequested(MezoError):
@@ -80,7 +81,7 @@ def _read(path: str, tok, cfg: Config, split: str = "train") -> list[Example]:
     if d.task:
         from mezo_elastic.tasks.protocol import Protocol, render_rows
 
-        rows = render_rows(d.task, path, split, Protocol(d.num_train, d.num_dev, d.num_eval, d.sample_seed), where)
+        rows = render_rows(d.task, path, split, Protocol.of(d), where)
     else:
         rows = read_jsonl(path, d.objective, where)
     max_len = d.max_length

@@ -11,7 +11,10 @@ import pytest
 from helpers import REPO, env
 from mezo_elastic.errors import ConfigError, DataError
 from mezo_elastic.tasks import TASKS, canonical_name
+from mezo_elastic.config import DataConfig
 from mezo_elastic.tasks.protocol import Protocol, eval_indices, render_rows, sample_subset, train_dev_indices
+
+MEZO = Protocol.of(DataConfig())  # the config's defaults: MeZO's 1000 / 500 (100 for CB, Copa) / 1000, seed 0
 
 # One example per task in the dataset's own published HF schema, and the row MeZO's template makes of
 # it. The expected strings are MeZO's encode (prompt) and verbalize minus encode (candidates), derived
@@ -81,7 +84,7 @@ def test_fixtures_cover_every_task():
 @pytest.mark.parametrize("task", sorted(FIXTURES))
 def test_render_equals_mezo_template_strings(tmp_path, task):
     example, expected = FIXTURES[task]
-    rows = render_rows(task, _jsonl(tmp_path / "t.jsonl", [example]), "all", Protocol())
+    rows = render_rows(task, _jsonl(tmp_path / "t.jsonl", [example]), "all", MEZO)
     assert rows == [expected]
     if task in VERBALIZED:
         row = rows[0]
@@ -91,10 +94,10 @@ def test_render_equals_mezo_template_strings(tmp_path, task):
 def test_copa_effect_and_superglue_boolq_schema(tmp_path):
     copa = {"premise": "It was cold", "choice1": "We lit a fire.", "choice2": "I went swimming.",
             "question": "effect", "idx": 1, "label": 0}
-    assert render_rows("copa", _jsonl(tmp_path / "c.jsonl", [copa]), "all", Protocol())[0] == {
+    assert render_rows("copa", _jsonl(tmp_path / "c.jsonl", [copa]), "all", MEZO)[0] == {
         "prompt": "It was cold so", "candidates": [" we lit a fire.", " I went swimming."], "label": 0}
     sg = {"question": "is water wet?", "passage": "Water is wet.", "idx": 0, "label": 1}  # super_glue/boolq
-    assert render_rows("BOOLQ", _jsonl(tmp_path / "b.jsonl", [sg]), "all", Protocol())[0] == {
+    assert render_rows("BOOLQ", _jsonl(tmp_path / "b.jsonl", [sg]), "all", MEZO)[0] == {
         "prompt": "Water is wet. Is water wet?\n", "candidates": ["Yes", "No"], "label": 0}
 
 
@@ -107,8 +110,8 @@ def test_parquet_and_save_to_disk_inputs_give_the_same_rows(tmp_path):
     datasets.DatasetDict({"train": ds, "validation": ds.select([0])}).save_to_disk(str(tmp_path / "dd"))
     ds.save_to_disk(str(tmp_path / "one"))
     for path in (tmp_path / "train.parquet", tmp_path / "dd", tmp_path / "one"):
-        assert render_rows("squad", str(path), "all", Protocol()) == [expected, expected]
-    assert render_rows("squad", str(tmp_path / "dd"), "eval", Protocol()) == [expected]  # its 'validation'
+        assert render_rows("squad", str(path), "all", MEZO) == [expected, expected]
+    assert render_rows("squad", str(tmp_path / "dd"), "eval", MEZO) == [expected]  # its 'validation'
 
 
 def test_sampling_is_mezos():
@@ -126,13 +129,13 @@ def test_sampling_is_mezos():
         assert sample_subset(n, num, seed) == mezo_sample_subset(n, seed, num)
     # run.py: train+dev sampled together, dev = the last num_dev; eval from the validation split.
     perm = mezo_sample_subset(5000, 0, 1500)
-    assert train_dev_indices(5000, "SST2", Protocol()) == (perm[:1000], perm[1000:])
-    cb_train, cb_dev = train_dev_indices(250, "CB", Protocol())  # mezo.sh: DEV=100 for CB and Copa
+    assert train_dev_indices(5000, "SST2", MEZO) == (perm[:1000], perm[1000:])
+    cb_train, cb_dev = train_dev_indices(250, "CB", MEZO)  # mezo.sh: DEV=100 for CB and Copa
     assert (len(cb_train), len(cb_dev)) == (150, 100) and cb_train + cb_dev == mezo_sample_subset(250, 0, 250)
-    assert eval_indices(872, Protocol()) == mezo_sample_subset(872, 0, 1000)
-    assert eval_indices(5, Protocol(num_eval=0)) == [0, 1, 2, 3, 4]
+    assert eval_indices(872, MEZO) == mezo_sample_subset(872, 0, 1000)
+    assert eval_indices(5, Protocol(1000, -1, 0, 0)) == [0, 1, 2, 3, 4]
     with pytest.raises(DataError, match="data.num_dev=500"):
-        train_dev_indices(400, "RTE", Protocol())
+        train_dev_indices(400, "RTE", MEZO)
 
 
 def test_protocol_splits_of_a_file(tmp_path):
@@ -153,7 +156,7 @@ def test_protocol_splits_of_a_file(tmp_path):
 ])
 def test_bad_examples_name_file_row_and_field(tmp_path, task, example, words):
     with pytest.raises(DataError) as e:
-        render_rows(task, _jsonl(tmp_path / "bad.jsonl", [example]), "all", Protocol())
+        render_rows(task, _jsonl(tmp_path / "bad.jsonl", [example]), "all", MEZO)
     for w in words:
         assert w in str(e.value)
 
@@ -163,7 +166,8 @@ def test_task_names_any_case_and_config_checks():
 
     assert canonical_name("sst2") == "SST2" and canonical_name("RECORD") == "ReCoRD" and canonical_name("") == ""
     cfg = parse_args(["--data.task=multirc", "--data.objective=classification", "--data.path=x"])
-    assert (cfg.data.task, cfg.data.num_train, cfg.data.num_eval, cfg.data.sample_seed) == ("MultiRC", 1000, 1000, 0)
+    assert (cfg.data.task, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval, cfg.data.sample_seed) == (
+        "MultiRC", 1000, -1, 1000, 0)
     for argv, words in ((["--data.task=wsc", "--data.path=x"], ["data.task=WSC", "data.objective=classification"]),
                         (["--data.task=DROP", "--data.path=x"], ["data.task=DROP", "data.objective=reward"]),
                         (["--data.task=squad", "--data.objective=reward", "--data.path=x"],
@@ -211,7 +215,7 @@ def test_tokens_are_mezos_for_every_classification_task(tmp_path):
 
     from mezo_elastic.data import tokenize
 
-    rows = {t: render_rows(t, _jsonl(tmp_path / f"{t}.jsonl", [ex]), "all", Protocol())[0]
+    rows = {t: render_rows(t, _jsonl(tmp_path / f"{t}.jsonl", [ex]), "all", MEZO)[0]
             for t, (ex, _) in FIXTURES.items() if not TASKS[t].generation}
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -19,9 +19,10 @@ from mezo_elastic.errors import MezoError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mezo_elastic.config import DataConfig
     from mezo_elastic.tasks.protocol import SPLITS, Protocol
 
-    d = Protocol()
+    d = Protocol.of(DataConfig())  # the config tree's defaults
     ap = argparse.ArgumentParser(prog="python -m mezo_elastic.tasks", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="print a task's rows as the model sees them")
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--path", required=True, help="the split: .jsonl, .parquet or a save_to_disk directory")
     r.add_argument("--n", type=int, default=0, help="print the first N rows (0 = all)")
     r.add_argument("--split", choices=SPLITS, default="all",
-                   help="all: every row in file order; train/dev: MeZO's sample of a train split; eval: of a "
+                   help="all: every row in file order (of a DatasetDict dir: its train split); train/dev: MeZO's sample of a "
+                        "train split; eval: of a "
                         "validation split")
     r.add_argument("--num-train", type=int, default=d.num_train, help="as data.num_train")
     r.add_argument("--num-dev", type=int, default=d.num_dev, help="as data.num_dev (-1: MeZO's per task)")
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         from mezo_elastic.tasks.protocol import Protocol, render_rows
 
         rows = render_rows(args.task, args.path, args.split,
-                           Protocol(args.num_train, args.num_dev, args.num_eval, args.seed))
-        for row in rows[: args.n or None]:
+                           Protocol(args.num_train, args.num_dev, args.num_eval, args.seed), limit=args.n)
+        for row in rows:
             print(json.dumps(row, ensure_ascii=False))
         return 0
     except MezoError as e:

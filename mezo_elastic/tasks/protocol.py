@@ -28,12 +28,18 @@ SMALL_DEV = {"CB": 100, "Copa": 100}  # mezo.sh: fewer than 1000 training exampl
 
 @dataclass(frozen=True)
 class Protocol:
-    """How many examples of each split, sampled with which seed (data.num_* and data.sample_seed)."""
+    """How many examples of each split, sampled with which seed (data.num_* and data.sample_seed, whose
+    defaults are MeZO's)."""
 
-    num_train: int = 1000
-    num_dev: int = -1  # -1: MeZO's, 500 (100 for CB and Copa)
-    num_eval: int = 1000
-    seed: int = 0
+    num_train: int
+    num_dev: int  # -1: MeZO's, 500 (100 for CB and Copa)
+    num_eval: int
+    seed: int
+
+    @classmethod
+    def of(cls, data) -> "Protocol":
+        """The protocol of a DataConfig."""
+        return cls(data.num_train, data.num_dev, data.num_eval, data.sample_seed)
 
     def dev_size(self, task: str) -> int:
         return SMALL_DEV.get(task, 500) if self.num_dev < 0 else self.num_dev
@@ -63,10 +69,12 @@ def eval_indices(n: int, p: Protocol) -> list[int]:
     return sample_subset(n, p.num_eval, p.seed) if p.num_eval else list(range(n))
 
 
-def render_rows(task: str, path: str, split: str, p: Protocol, where: list[str] | None = None) -> list[dict]:
+def render_rows(task: str, path: str, split: str, p: Protocol, where: list[str] | None = None,
+                limit: int = 0) -> list[dict]:
     """The rows of one protocol split of the file at `path` (which holds the task's train split for
     train/dev, its validation split for eval; `all` = every row in file order, no sampling).
-    `where`, when given, receives "path row N" of every row returned (N: its position in the file).
+    `where`, when given, receives "path row N" of every row returned (N: its position in the file);
+    `limit` > 0 renders only the first `limit` rows of the split.
 
     Raises:
         DataError: an unreadable file, a field missing from the task's schema, a bad example (named by row).
@@ -82,6 +90,7 @@ def render_rows(task: str, path: str, split: str, p: Protocol, where: list[str] 
     else:
         train, dev = train_dev_indices(len(ds), name, p)
         idx = train if split == "train" else dev
+    idx = idx[:limit] if limit > 0 else idx
     # The file's length says whether it holds the whole published split: the sample depends on it.
     log.info("data.task=%s %s: %d of the %d rows of %s", name, split, len(idx), len(ds), path)
     rows = []
