@@ -101,6 +101,12 @@ def test_copa_effect_and_superglue_boolq_schema(tmp_path):
         "prompt": "Water is wet. Is water wet?\n", "candidates": ["Yes", "No"], "label": 0}
 
 
+def test_record_with_one_entity_still_renders(tmp_path):
+    ex = {"passage": "Paris is big.", "query": "@placeholder is big.", "entities": ["Paris"], "answers": ["Paris"]}
+    assert render_rows("record", _jsonl(tmp_path / "r.jsonl", [ex]), "all", MEZO) == [
+        {"prompt": "Paris is big.\n-", "candidates": [" Paris is big."], "label": 0, "correct": [0]}]
+
+
 def test_parquet_and_save_to_disk_inputs_give_the_same_rows(tmp_path):
     import datasets
 

@@ -221,8 +221,8 @@ def render(spec: TaskSpec, ex: Example) -> dict:
         if not full.startswith(prompt) or len(full) == len(prompt):
             raise DataError(f"{spec.name}: candidate {c!r} gives {full!r}, which does not extend the prompt {prompt!r}")
         texts.append(full[len(prompt):])
-    if len(cands) < 2:
-        raise DataError(f"{spec.name}: the example has {len(cands)} candidate(s); scoring needs at least 2")
+    if not cands:  # one is allowed: a ReCoRD query with a single entity (MeZO scores it too)
+        raise DataError(f"{spec.name}: the example has no candidates")
     correct = spec.correct(ex)
     if not isinstance(correct, list):
         return {"prompt": prompt.lstrip(), "candidates": texts, "label": cands.index(correct)}
