@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
-                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable")
+                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable",
+                   "peft.method", "peft.rank", "peft.alpha", "peft.targets")
 
 
 class StopRequested(MezoError):
@@ -100,7 +101,9 @@ class Trainer:
         now = {k: _get(self.cfg, k) for k in TRAJECTORY_KEYS}
         if path.exists():
             before = json.loads(path.read_text()).get("trajectory", {})
-            diff = [f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before.get(k) != now[k]]
+            # a key newer than the run.json: that run had the behaviour its default stands for
+            before = {k: before[k] if k in before else _get(Config(), k) for k in TRAJECTORY_KEYS}
+            diff = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before[k] != now[k]]
             if diff and self.cfg.checkpoint.resume:
                 raise ConfigError(
                     f"{self.out} holds a run with other trajectory settings ({'; '.join(diff)}); "
