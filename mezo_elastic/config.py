@@ -121,7 +121,8 @@ class MezoConfig:
     chunk_elems: int = opt(1 << 20, "elements of z generated at once on CPU/torch (bounded scratch memory)")
     master_weights: Literal["auto", "on", "off"] = opt(
         "auto", "fp32 copy of the trainable weights (4 bytes a parameter): removes perturb/restore drift, which "
-        "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16, off for fp32"
+        "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16 and for a LoRA "
+        "adapter (peft.method=lora, docs/lora.md), off for fp32 full weights"
     )
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"

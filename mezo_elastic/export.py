@@ -54,7 +54,8 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
     if step > last and base != step:
         raise CheckpointError(f"--step {step}: the step log of {run_dir} reaches step {last} only")
     runner = HFRunner(cfg, torch.device("cpu"), info["model_path"])
-    opt = MezoOptimizer(runner.segments(), cfg.mezo, use_master_weights(cfg.mezo, cfg.model.dtype))
+    master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
+    opt = MezoOptimizer(runner.segments(), cfg.mezo, master)
     if ck:
         runner.load_hf_state_dict(ck[1])
         opt.load_master(ck[1])

@@ -65,12 +65,14 @@ def lr_at(cfg: MezoConfig, step: int, total: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def use_master_weights(cfg: MezoConfig, dtype: str) -> bool:
+def use_master_weights(cfg: MezoConfig, dtype: str, adapter: bool = False) -> bool:
     """Whether to keep an fp32 master copy: asked for, or auto with a 16-bit dtype, or multi_seed
-    (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical)."""
+    (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical).
+    auto is on for a LoRA adapter (`adapter`) in any dtype: its copy is small, and without it the
+    ulp-level rounding of a replay is amplified by the B @ A product (docs/lora.md has the numbers)."""
     if cfg.mode == "multi_seed" or cfg.master_weights == "on":
         return True
-    return cfg.master_weights == "auto" and dtype in ("bfloat16", "float16")
+    return cfg.master_weights == "auto" and (adapter or dtype in ("bfloat16", "float16"))
 
 
 def seeds_for_step(run_seed: int, step: int, mode: str, world: int) -> list[int]:

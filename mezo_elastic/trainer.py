@@ -88,7 +88,7 @@ class Trainer:
             model_path,
         )
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
-        master = use_master_weights(cfg.mezo, cfg.model.dtype)
+        master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)

@@ -131,6 +131,12 @@ def test_run_json_without_peft_keys_resumes_as_peft_none_and_other_lora_settings
         check("--peft.method=lora")
 
 
+def test_master_weights_auto_is_on_for_an_adapter_in_any_dtype():
+    auto, off = parse_args([]).mezo, parse_args(["--mezo.master_weights=off"]).mezo
+    assert use_master_weights(auto, "float32", adapter=True) and not use_master_weights(auto, "float32")
+    assert not use_master_weights(off, "float32", adapter=True)
+
+
 def test_init_rejects_names_that_are_not_adapter_tensors():
     with pytest.raises(ValueError, match="not a LoRA adapter tensor name"):
         lora.init_tensor(0, "model.layers.0.self_attn.q_proj.weight", (4, 4))
