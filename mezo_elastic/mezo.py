@@ -68,8 +68,9 @@ def lr_at(cfg: MezoConfig, step: int, total: int) -> float:
 def use_master_weights(cfg: MezoConfig, dtype: str, adapter: bool = False) -> bool:
     """Whether to keep an fp32 master copy: asked for, or auto with a 16-bit dtype, or multi_seed
     (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical).
-    auto is on for a LoRA adapter (`adapter`) in any dtype: its copy is small, and without it the
-    ulp-level rounding of a replay is amplified by the B @ A product (docs/lora.md has the numbers)."""
+    auto is on for a LoRA adapter (`adapter`) in any dtype: its copy is small, and with it the
+    trajectory does not depend on where a run was stopped (a stop ends on a restore, not a fold: one
+    rounding apart, which later steps amplify; docs/lora.md has the numbers)."""
     if cfg.mode == "multi_seed" or cfg.master_weights == "on":
         return True
     return cfg.master_weights == "auto" and (adapter or dtype in ("bfloat16", "float16"))
