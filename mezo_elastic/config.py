@@ -242,11 +242,6 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
 
-    def __post_init__(self) -> None:
-        if self.peft.method != "none" and self.model.backend == "sglang":
-            raise ConfigError(f"peft.method={self.peft.method!r} needs model.backend=hf for now; the sglang backend "
-                              f"trains full weights only (LoRA on sglang: docs/lora.md)")
-
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts (JSON/TOML-able)."""
         return dataclasses.asdict(self)

@@ -64,3 +64,32 @@ def init_tensor(run_seed: int, name: str, shape: tuple[int, ...]) -> torch.Tenso
     bound = 1.0 / math.sqrt(shape[1])  # kaiming_uniform(a=sqrt(5)): gain sqrt(1/3), bound sqrt(3)*gain/sqrt(fan_in)
     g = torch.Generator(device="cpu").manual_seed(init_seed(run_seed, name))
     return (torch.rand(shape, generator=g, dtype=torch.float32) * 2.0 - 1.0) * bound
+
+
+def adapter_config_dict(cfg: "PeftConfig", base_path: str = "") -> dict:
+    """adapter_config.json of the adapter (JSON-able), as peft writes it for an inference adapter."""
+    d = peft_lora_config(cfg, base_path).to_dict()
+    d.update(peft_type="LORA", task_type="CAUSAL_LM", target_modules=sorted(cfg.target_list()), inference_mode=True)
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in d.items()}
+
+
+def adapter_shapes(model_path: str, cfg: "PeftConfig", trust_remote_code: bool = False) -> dict[str, tuple[int, ...]]:
+    """Saved name -> shape of every tensor of the adapter peft puts on the model at `model_path`.
+
+    Built on the meta device (no weights read, no memory), so an engine that is not transformers
+    gets exactly the hf backend's names and shapes.
+
+    Raises:
+        ValueError: peft finds none of peft.targets in the model.
+    """
+    import warnings
+
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        peft_model = get_peft_model(model, peft_lora_config(cfg), autocast_adapter_dtype=False)
+    return {saved_name(n): tuple(p.shape) for n, p in peft_model.named_parameters() if ".lora_" in n}

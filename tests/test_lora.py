@@ -101,7 +101,6 @@ def test_trainable_regex_filters_adapter_names_and_unknown_targets_fail(tiny):
     (["--peft.alpha=-1"], ["peft.alpha=-1.0", "> 0"]),
     (["--peft.targets= , "], ["peft.targets=' , '", "q_proj,v_proj"]),
     (["--peft.targets=q_proj;v_proj"], ["peft.targets='q_proj;v_proj'"]),
-    (["--peft.method=lora", "--model.backend=sglang"], ["peft.method='lora'", "model.backend=hf"]),
 ])
 def test_bad_peft_values_name_the_field(argv, words):
     with pytest.raises(ConfigError) as e:
