@@ -119,3 +119,20 @@ def test_saved_adapter_loads_with_peft_onto_the_base_model(pair, tmp_path):
     assert d < 1e-2  # the same bf16 adapter values on the same base model through the same code (0 expected)
     for runner in (hf, sg):
         sweep(runner.segments(), SweepPlan(post=[(seed, -1e-1)]))
+
+
+def test_the_kept_batch_sees_the_perturbed_adapter(pair):
+    """MeZO scores one batch twice a step with the engine's kept ForwardBatch (LoRA batch info made
+    once, in ForwardBatch.init_new): after an in-place change of the pool slot it must score what a
+    freshly built batch scores."""
+    name, _, sg = pair
+    reqs = random_requests(12, TINY[name]["vocab_size"], seed=9)
+    sg.engine.clear()
+    a = sg.score(reqs)[0]
+    seed = step_seed(3, 1)
+    sweep(sg.segments(), SweepPlan(post=[(seed, 1e-1)]))
+    kept = sg.score(reqs)[0]
+    sg.engine.clear()
+    fresh = sg.score(reqs)[0]
+    sweep(sg.segments(), SweepPlan(post=[(seed, -1e-1)]))
+    assert torch.equal(kept, fresh) and not torch.equal(a, kept)
