@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 import types
@@ -86,8 +87,13 @@ class ModelConfig:
 class DataConfig:
     path: str = opt("", "training JSONL file; empty = the built-in synthetic task (made on first use)")
     eval_path: str = opt("", "eval JSONL file; empty = a held-out split of the built-in task, or none for user data")
-    objective: Literal["lm", "classification"] = opt(
-        "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods"
+    objective: Literal["lm", "classification", "reward"] = opt(
+        "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods; "
+        "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward)"
+    )
+    reward: str = opt(
+        "exact_match", "objective reward: exact_match, token_f1, numeric, countdown, or MODULE:FUNCTION, a callable "
+        "(completion: str, example: dict) -> float imported by name (runs your code: your explicit choice)"
     )
     seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
     max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
@@ -99,7 +105,9 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _choice("data", "objective", self.objective, ("lm", "classification"))
+        _choice("data", "objective", self.objective, ("lm", "classification", "reward"))
+        if not self.reward:
+            raise ConfigError("data.reward='' is not allowed; name a built-in reward or MODULE:FUNCTION")
         _positive("data", "max_length", self.max_length)
         _positive("data", "eval_examples", self.eval_examples, zero_ok=True)
         _positive("data", "micro_batch", self.micro_batch)
@@ -124,6 +132,14 @@ class MezoConfig:
         "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16 and for a LoRA "
         "adapter (peft.method=lora, docs/lora.md), off for fp32 full weights"
     )
+    perturbations: int = opt(
+        1, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
+        "fp32 master weights"
+    )
+    reward_shaping: Literal["none", "zscore", "centered_rank"] = opt(
+        "none", "map the population's 2K losses before g = (f(L+) - f(L-)) / (2 eps): none, zscore (minus the mean, "
+        "over the std; 0 when all equal), centered_rank (ranks scaled to [-0.5, 0.5]); see docs/objectives.md"
+    )
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
     )
@@ -132,6 +148,11 @@ class MezoConfig:
         _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
         _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
+        _choice("mezo", "reward_shaping", self.reward_shaping, ("none", "zscore", "centered_rank"))
+        _positive("mezo", "perturbations", self.perturbations)
+        if self.perturbations > 1 and self.master_weights == "off":
+            raise ConfigError(f"mezo.perturbations={self.perturbations} needs master weights (mezo.master_weights="
+                              f"'off' is not allowed with it): only the fp32 master replays a population exactly")
         _positive("mezo", "lr", self.lr, zero_ok=True)
         _positive("mezo", "eps", self.eps)
         _positive("mezo", "weight_decay", self.weight_decay, zero_ok=True)
@@ -141,6 +162,23 @@ class MezoConfig:
         _positive("mezo", "chunk_elems", self.chunk_elems)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"mezo.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    max_new_tokens: int = opt(32, "objective reward: most tokens generated per completion")
+    temperature: float = opt(
+        0.0, "0 = greedy; > 0 samples with Gumbel noise keyed by (seed, step, example, position), the same at "
+        "+eps and -eps, so a step is reproducible"
+    )
+    stop: list = opt([], "stop strings: a completion is cut before the first one (TOML list, or --generate.stop='[\"\\n\"]')")
+    eos: bool = opt(True, "stop a completion at the tokenizer's end-of-sequence token")
+
+    def __post_init__(self) -> None:
+        _positive("generate", "max_new_tokens", self.max_new_tokens)
+        _positive("generate", "temperature", self.temperature, zero_ok=True)
+        if not all(isinstance(x, str) and x for x in self.stop):
+            raise ConfigError(f"generate.stop={self.stop!r} is not allowed; give a list of non-empty strings")
 
 
 @dataclass(kw_only=True)
@@ -236,6 +274,7 @@ class Config:
     seed: int = opt(0, "run seed: the perturbation seed of step t is a function of (seed, t) only")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     mezo: MezoConfig = field(default_factory=MezoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -247,7 +286,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("model", "data", "mezo", "train", "checkpoint", "dist", "peft")
+SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist", "peft")
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -285,7 +324,13 @@ def _coerce(key: str, raw: Any, typ: Any) -> Any:
             return float(raw)
         if typ is str:
             return str(raw)
-    except (TypeError, ValueError):
+        if typ is list:
+            if isinstance(raw, str):  # a CLI value: a JSON list, or one string
+                raw = json.loads(raw) if raw.lstrip().startswith("[") else [raw]
+            if not isinstance(raw, list):
+                raise ValueError
+            return list(raw)
+    except (TypeError, ValueError):  # json.JSONDecodeError is a ValueError
         raise ConfigError(f"--{key}={raw!r} is not a valid {typ.__name__}") from None
     raise ConfigError(f"--{key}: unsupported field type {typ}")
 

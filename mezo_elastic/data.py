@@ -3,6 +3,8 @@
 Schemas (one JSON object a line; blank lines are skipped):
   lm              {"prompt": str, "completion": str}
   classification  {"prompt": str, "candidates": [str, str, ...], "label": int}
+  reward          {"prompt": str, "answers": [str, ...], any other field}  (the whole row reaches the
+                  reward function; answers may be empty for a reward that does not use them)
 
 The global batch of step t is a pure function of (data seed, t): example k of the run
 (k = t * batch_size + j) is position k % N of the permutation of epoch k // N. Ranks take
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +31,9 @@ class Example:
     prompt_ids: tuple[int, ...]
     candidates: tuple[tuple[int, ...], ...]  # lm: one entry (the completion)
     label: int = 0  # classification: index of the right candidate
+    row: dict | None = field(default=None, compare=False, hash=False)  # reward: the JSONL row as read
+    where: str = ""  # "file:line" of the row (for reward errors)
+    index: int = 0  # position in its dataset (keys the sampling noise of generation)
 
     @property
     def n_tokens(self) -> int:
@@ -41,6 +46,11 @@ def _check(path: str, lineno: int, obj: Any, objective: str) -> None:
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if not isinstance(obj.get("prompt"), str):
         raise DataError(f"{where}: field 'prompt' must be a string (got {obj.get('prompt')!r})")
+    if objective == "reward":
+        answers = obj.get("answers", [])
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise DataError(f"{where}: field 'answers' must be a list of strings (objective reward; got {answers!r})")
+        return
     if objective == "lm":
         if not isinstance(obj.get("completion"), str) or not obj["completion"]:
             raise DataError(f"{where}: field 'completion' must be a non-empty string (objective lm)")
@@ -53,8 +63,11 @@ def _check(path: str, lineno: int, obj: Any, objective: str) -> None:
         raise DataError(f"{where}: field 'label' must be an integer in [0, {len(cands)}) (got {label!r})")
 
 
-def read_jsonl(path: str, objective: str) -> list[dict]:
-    """Read and check a JSONL dataset; a malformed line raises DataError naming file:line and field."""
+def read_jsonl(path: str, objective: str, where: list[str] | None = None) -> list[dict]:
+    """Read and check a JSONL dataset; a malformed line raises DataError naming file:line and field.
+
+    `where`, when given, receives "path:line" of every row returned, in order.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file {path!r} does not exist")
@@ -69,6 +82,8 @@ def read_jsonl(path: str, objective: str) -> list[dict]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             _check(path, lineno, obj, objective)
             rows.append(obj)
+            if where is not None:
+                where.append(f"{path}:{lineno}")
     if not rows:
         raise DataError(f"data file {path!r} has no examples")
     return rows
@@ -81,14 +96,21 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
-def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int) -> list[Example]:
-    """Tokenise prompt and completions separately (no merges across the boundary), cut from the left."""
+def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
+             where: Sequence[str] | None = None) -> list[Example]:
+    """Tokenise prompt and completions separately (no merges across the boundary), cut from the left.
+
+    objective reward: the prompt only (max_length is what the prompt may use), the row kept whole.
+    """
     out = []
     for i, row in enumerate(rows):
         prompt = tuple(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
         if not prompt:  # the first completion token would have nothing to be predicted from
             raise DataError(f"example {i}: prompt {row['prompt']!r} has no tokens (this tokenizer adds no BOS); "
                             f"give every example a non-empty prompt")
+        if objective == "reward":
+            out.append(Example(prompt[-max_length:], (), 0, row, where[i] if where else f"example {i}", i))
+            continue
         texts = [row["completion"]] if objective == "lm" else row["candidates"]
         # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
         cands = tuple(tuple(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in texts)
@@ -96,7 +118,7 @@ def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int) -> li
         if longest >= max_length:
             raise DataError(f"a completion has {longest} tokens, not below data.max_length={max_length}")
         prompt = prompt[-(max_length - longest):]
-        out.append(Example(prompt, cands, int(row.get("label", 0))))
+        out.append(Example(prompt, cands, int(row.get("label", 0)), index=i))
     return out
 
 

@@ -67,20 +67,21 @@ def lr_at(cfg: MezoConfig, step: int, total: int) -> float:
 
 def use_master_weights(cfg: MezoConfig, dtype: str, adapter: bool = False) -> bool:
     """Whether to keep an fp32 master copy: asked for, or auto with a 16-bit dtype, or multi_seed
-    (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical).
+    (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical),
+    or a population (replaying K seeds' perturb sweeps in place would be K times the work).
     auto is on for a LoRA adapter (`adapter`) in any dtype: its copy is small, and with it the
     trajectory does not depend on where a run was stopped (a stop ends on a restore, not a fold: one
     rounding apart, which later steps amplify; docs/lora.md has the numbers)."""
-    if cfg.mode == "multi_seed" or cfg.master_weights == "on":
+    if cfg.mode == "multi_seed" or cfg.master_weights == "on" or cfg.perturbations > 1:
         return True
     return cfg.master_weights == "auto" and (adapter or dtype in ("bfloat16", "float16"))
 
 
-def seeds_for_step(run_seed: int, step: int, mode: str, world: int) -> list[int]:
-    """Perturbation seeds of a step: one in dp mode, one per rank slot in multi_seed mode."""
-    if mode == "dp":
-        return [step_seed(run_seed, step)]
-    return [step_seed(run_seed, step, slot) for slot in range(world)]
+def seeds_for_step(run_seed: int, step: int, mode: str, world: int, perturbations: int = 1) -> list[int]:
+    """Perturbation seeds of a step: K in dp mode (slots 0..K-1), K per data slot in multi_seed mode
+    (slot r*K + k for slot r's k-th seed); K = 1 gives MeZO's one seed (dp) or one per slot (n-SPSA)."""
+    n = perturbations if mode == "dp" else world * perturbations
+    return [step_seed(run_seed, step, slot) for slot in range(n)]
 
 
 class MezoOptimizer:

@@ -22,7 +22,8 @@ from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.metrics import MetricsWriter, Progress
 from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step, use_master_weights
-from mezo_elastic.objective import example_losses
+from mezo_elastic.objectives import make_objective
+from mezo_elastic.objectives.shaping import shaped_pairs
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import ForwardRunner, make_runner
 
@@ -31,6 +32,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
                    "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable",
+                   "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
+                   "generate.temperature", "generate.stop", "generate.eos",
                    "peft.method", "peft.rank", "peft.alpha", "peft.targets")
 
 
@@ -66,6 +69,19 @@ def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
     return model_path, str(train), cfg.data.eval_path or str(evalp)
 
 
+def _read(path: str, tok, cfg: Config) -> list[Example]:
+    """A JSONL file's examples, tokenised (reward: prompts leave room for generate.max_new_tokens)."""
+    d, where = cfg.data, []
+    rows = read_jsonl(path, d.objective, where)
+    max_len = d.max_length
+    if d.objective == "reward":
+        max_len -= cfg.generate.max_new_tokens
+        if max_len < 1:
+            raise ConfigError(f"data.max_length={d.max_length} leaves no room for a prompt beside "
+                              f"generate.max_new_tokens={cfg.generate.max_new_tokens}; raise data.max_length")
+    return tokenize(rows, tok, d.objective, max_len, where)
+
+
 class Trainer:
     """One MeZO run on one rank. Build with a RankContext, Config and the data-parallel comm, then run().
 
@@ -81,12 +97,9 @@ class Trainer:
         model_path, train_path, eval_path = resolve_inputs(cfg)
         self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
         tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-        self.data = RunData(
-            tokenize(read_jsonl(train_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length),
-            tokenize(read_jsonl(eval_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length)[
-                : cfg.data.eval_examples] if eval_path else [],
-            model_path,
-        )
+        self.data = RunData(_read(train_path, tok, cfg), _read(eval_path, tok, cfg)[: cfg.data.eval_examples]
+                            if eval_path else [], model_path)
+        self.objective = make_objective(cfg, self.runner, tok)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
         master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
@@ -161,49 +174,59 @@ class Trainer:
         batch = self.schedule.global_batch(step)
         return [self.data.train[i] for i in rank_slice(batch, self.comm.dp_rank, self.comm.dp_size)]
 
-    def _my_seed(self, step: int) -> int:
-        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.comm.dp_size)
-        return seeds[0] if self.cfg.mezo.mode == "dp" else seeds[self.comm.dp_rank]
+    def _my_seeds(self, step: int) -> list[int]:
+        """This data slot's perturbation seeds of `step` (all of them in dp mode)."""
+        k = self.cfg.mezo.perturbations
+        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.comm.dp_size, k)
+        return seeds if self.cfg.mezo.mode == "dp" else seeds[self.comm.dp_rank * k : (self.comm.dp_rank + 1) * k]
+
+    def _reduce(self, lp: list[float], lm: list[float], n_local: int, stop_vote: float):
+        """(L+ per seed, L- per seed, stop votes) over all data slots, in the step log's seed order."""
+        k = len(lp)
+        if self.cfg.mezo.mode == "dp":
+            # sums and counts, so uneven slices weigh right; the last scalar makes every rank stop together
+            vals = self.comm.all_reduce_sum(lp + lm + [n_local, stop_vote])
+            n = vals[2 * k]
+            return [v / n for v in vals[:k]], [v / n for v in vals[k : 2 * k]], vals[-1]
+        n_loc = max(n_local, 1)
+        rows = self.comm.all_gather_floats([v / n_loc for v in lp + lm] + [stop_vote])
+        return ([v for r in rows for v in r[:k]], [v for r in rows for v in r[k : 2 * k]],
+                sum(r[-1] for r in rows))
 
     def step(self, t: int) -> tuple[StepRecord, bool]:
-        """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
+        """Score L+ and L- for each seed, agree on g (and on stopping), return the record; the update is separate."""
         cfg, examples = self.cfg, self._local(t)
-        losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch,
-                                        cfg.data.share_prompt)[0]  # noqa: E731
-        self.opt.perturb(self._my_seed(t), +1.0)
-        lp = losses()
-        self.opt.perturb(self._my_seed(t), -1.0)
-        lm = losses()
+        lp, lm = [], []
+        for seed in self._my_seeds(t):  # between seeds one sweep moves +eps z_k to -eps z_k, then to z_k+1
+            self.opt.perturb(seed, +1.0)
+            lp.append(float(self.objective.losses(examples, t).sum()))
+            self.opt.perturb(seed, -1.0)
+            lm.append(float(self.objective.losses(examples, t).sum()))
         stop_vote = 1.0 if self._signal is not None else 0.0
-        lr = lr_at(cfg.mezo, t, cfg.train.steps)
-        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size)
-        if cfg.mezo.mode == "dp":
-            # sums and counts, so uneven slices weigh right; the 4th scalar makes every rank stop together
-            sp, sm, n, stop = self.comm.all_reduce_sum([float(lp.sum()), float(lm.sum()), len(examples), stop_vote])
-            loss_p, loss_m = sp / n, sm / n
-            grads = [projected_grad(loss_p, loss_m, cfg.mezo.eps, cfg.mezo.grad_clip)]
-        else:
-            n_loc = max(len(examples), 1)
-            rows = self.comm.all_gather_floats([float(lp.sum()) / n_loc, float(lm.sum()) / n_loc, stop_vote])
-            grads = [projected_grad(r[0], r[1], cfg.mezo.eps, cfg.mezo.grad_clip) for r in rows]
-            loss_p, loss_m = sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows)
-            stop = sum(r[2] for r in rows)
-        skipped = not all(math.isfinite(g) for g in grads)
-        rec = StepRecord(step=t, seeds=seeds, grads=[0.0] * len(grads) if skipped else grads, lr=lr,
-                         weight_decay=cfg.mezo.weight_decay, skipped=skipped, loss=(loss_p + loss_m) / 2)
+        plus, minus, stop = self._reduce(lp, lm, len(examples), stop_vote)
+        fp, fm = shaped_pairs(plus, minus, cfg.mezo.reward_shaping)
+        grads = [projected_grad(a, b, cfg.mezo.eps, cfg.mezo.grad_clip) for a, b in zip(fp, fm)]
+        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size, cfg.mezo.perturbations)
+        skipped = not all(math.isfinite(g) for g in grads + plus + minus)
+        rec = StepRecord(step=t, seeds=seeds, grads=[0.0] * len(grads) if skipped else grads,
+                         lr=lr_at(cfg.mezo, t, cfg.train.steps), weight_decay=cfg.mezo.weight_decay,
+                         skipped=skipped, loss=(sum(plus) + sum(minus)) / (2 * len(plus)))
         return rec, stop > 0
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Loss (and accuracy) on the eval set, split over ranks, on clean weights."""
+        """Loss (accuracy for classification; mean reward, and accuracy when rewards are 0/1, for the
+        reward objective) on the eval set, split over ranks, on clean weights."""
         mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
-            losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch,
-                                             self.cfg.data.share_prompt)
-        n_corr = float(correct.sum()) if correct is not None else 0.0
-        s, n, c = self.comm.all_reduce_sum([float(losses.sum()), len(mine), n_corr])
-        out = {"eval_loss": s / max(n, 1)}
-        if self.cfg.data.objective == "classification":
-            out["eval_accuracy"] = c / max(n, 1)
+            sums = self.objective.eval_sums(mine, step)
+        keys = sorted(sums)  # the same keys on every rank: they depend on the objective only
+        vals = dict(zip(keys + ["n"], self.comm.all_reduce_sum([sums[k] for k in keys] + [len(mine)])))
+        n = max(vals["n"], 1)
+        out = {"eval_loss": vals["loss"] / n}
+        if "reward" in vals:
+            out["eval_reward"] = vals["reward"] / n
+        if "correct" in vals and vals.get("nonbinary", 0) == 0:
+            out["eval_accuracy"] = vals["correct"] / n
         self.metrics.write("eval", step, **out)
         return out
 
@@ -276,15 +299,16 @@ class Trainer:
             done = t + 1
             # A stop keeps the fold an undisturbed run would make: the log then replays to the very
             # same weights, and the relaunch continues bit-exactly.
-            rec.next_seed = None if self._needs_clean_after(done) else self._my_seed(t + 1)
+            rec.next_seed = None if self._needs_clean_after(done) else self._my_seeds(t + 1)[0]
             self.opt.update(rec, rec.next_seed)
             if self.ctx.is_main:
                 self.steplog.append(rec)
-            tokens += 2 * sum(self.data.train[i].n_tokens for i in self.schedule.global_batch(t))
+            tokens += 2 * cfg.mezo.perturbations * sum(self.data.train[i].n_tokens for i in self.schedule.global_batch(t))
             el = time.monotonic() - t0
             sps, tps = (done - start) / el, tokens / el
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                self.metrics.write("train", t, loss=rec.loss, projected_grad=rec.grads[0], lr=rec.lr,
+                extra = {"reward": -rec.loss} if cfg.data.objective == "reward" else {}
+                self.metrics.write("train", t, loss=rec.loss, **extra, projected_grad=rec.grads[0], lr=rec.lr,
                                    skipped=rec.skipped, steps_per_s=sps, tokens_per_s=tps)
             prog.update(t, rec.loss, sps, tps)
             if stop:

@@ -13,8 +13,9 @@ import torch
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
 from mezo_elastic.perturb import ParamSegment
-from mezo_elastic.runners.base import ScoreRequest
+from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.hf_lora import LoraAdapter
+from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
@@ -139,6 +140,23 @@ class HFRunner:
             scores[b][j] += rest[r]
         return scores
 
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerateRequest], settings: GenerationSettings) -> list[tuple[int, ...]]:
+        """transformers' generate() on a left-padded batch; greedy, or Gumbel-max sampling through a
+        logits processor (generate itself then stays greedy: argmax of logits / T + noise)."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        ids, mask = self._pad([r.prompt_ids for r in requests], left=True)
+        gen = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=list(settings.eos_ids) or None, pad_token_id=self.pad_id,
+                               bos_token_id=None, temperature=None, top_p=None, top_k=None)
+        procs = LogitsProcessorList()
+        if settings.temperature > 0:
+            procs.append(_GumbelNoise(settings.temperature, [r.seed for r in requests], ids.shape[1], self.device))
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                  generation_config=gen, logits_processor=procs)
+        return [cut_at_eos(row, settings.eos_ids) for row in out[:, ids.shape[1]:].tolist()]
+
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """All parameters under HF names (tied weights once), on CPU; with `master` ((segment, fp32
         theta) pairs), the tensors those segments belong to come back in fp32 holding those values.
@@ -196,3 +214,16 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in ("config.json", ".complete") \
                 and not f.name.endswith(".index.json") and not (dst / f.name).exists():
             shutil.copy2(f, dst / f.name)
+
+
+class _GumbelNoise:
+    """A transformers logits processor: logits / T + Gumbel noise keyed by (request seed, position)."""
+
+    def __init__(self, temperature: float, seeds: Sequence[int], prompt_width: int, device: torch.device) -> None:
+        self.t, self.width = temperature, prompt_width
+        self.seeds = torch.tensor(list(seeds), dtype=torch.int64, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tok = gumbel_argmax(scores, self.t, self.seeds, input_ids.shape[1] - self.width)
+        out = torch.full_like(scores, float("-inf"))  # generate's argmax then picks the sampled token
+        return out.scatter_(1, tok.unsqueeze(1), 0.0)

@@ -32,7 +32,8 @@ from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import sglang_compat as compat
 from mezo_elastic.runners import sglang_layout as lay
 from mezo_elastic.runners import sglang_lora
-from mezo_elastic.runners.base import ScoreRequest
+from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world, layout  # noqa: F401 (public)
 
 log = logging.getLogger(__name__)
@@ -76,23 +77,38 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     """SGLang ServerArgs with every field MeZO depends on set explicitly (MeZO's defaults).
 
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
-    CUDA graphs (prefill shapes vary, weights change in place), no custom all-reduce (it needs
-    its own IPC buffers; TP traffic is small next to the sweeps). Request slots: a shared-prompt
-    classification forward holds up to micro_batch candidates plus their prompts.
+    custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). CUDA
+    graphs: none for the scoring objectives (prefill shapes vary); decode graphs for the reward
+    objective, captured at batch sizes 1, 2, 4, ... up to data.micro_batch (a smaller batch is padded
+    to the next one); a replay reads the weights' storage, which every sweep updates in place.
+    Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
+    their prompts.
     """
     m = cfg.model
+    generating = cfg.data.objective == "reward"
     fields = dict(
         model_path=model_path, skip_tokenizer_init=True, load_format=m.sglang_load_format, dtype=m.dtype,
         trust_remote_code=m.trust_remote_code, tp_size=m.tp_size, dp_size=1, pp_size=1,
         mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
-        sampling_backend="pytorch", disable_cuda_graph=True, disable_radix_cache=True,
+        sampling_backend="pytorch", disable_cuda_graph=not generating, disable_radix_cache=True,
         disable_overlap_schedule=True, disable_custom_all_reduce=True,
         context_length=cfg.data.max_length + 1, max_running_requests=2 * max(cfg.data.micro_batch, 1) + 1,
         random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
     )
+    if generating:
+        sizes = decode_graph_sizes(cfg.data.micro_batch)
+        fields.update(disable_prefill_cuda_graph=True, cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
     if cfg.peft.method == "lora":
         fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)
+
+
+def decode_graph_sizes(micro_batch: int) -> list[int]:
+    """Decode batch sizes to capture: powers of two up to the first >= micro_batch."""
+    sizes = [1]
+    while sizes[-1] < micro_batch:
+        sizes.append(sizes[-1] * 2)
+    return sizes
 
 
 def _module_pieces(mod: torch.nn.Module, pname: str, full: str, p: torch.Tensor, rank: int | None = None) -> list[lay.Piece]:
@@ -247,6 +263,20 @@ class SGLangRunner:
         out: list[torch.Tensor] = []
         for lo, hi in self._chunks(need):
             out += self.engine.shared_prompt_sums(prompts[lo:hi], choices[lo:hi])
+        return out
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerateRequest], settings: GenerationSettings) -> list[tuple[int, ...]]:
+        """Completions (token ids, cut before EOS) through SGLang's prefill + decode, in request order."""
+        for i, r in enumerate(requests):
+            if not r.prompt_ids:
+                raise ValueError(f"request {i}: empty prompt_ids; generation needs a prompt token")
+        need = [(len(r.prompt_ids) + settings.max_new_tokens, 1, 0) for r in requests]
+        out: list[tuple[int, ...]] = []
+        for lo, hi in self._chunks(need):
+            rows = self.engine.generate([r.prompt_ids for r in requests[lo:hi]], settings.max_new_tokens,
+                                        settings.temperature, [r.seed for r in requests[lo:hi]], settings.eos_ids)
+            out += [cut_at_eos(row, settings.eos_ids) for row in rows]
         return out
 
     def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:

@@ -228,6 +228,55 @@ class Engine:
         finally:
             self.clear()
 
+    def _next_tokens(self, out: Any, fb: Any, temperature: float, seeds: torch.Tensor | None, position: int,
+                     logits: list | None) -> torch.Tensor:
+        """Next token of every row: the runner's sampler when greedy, else Gumbel-max keyed by seeds."""
+        if logits is not None:
+            logits.append(out.next_token_logits.float().clone())
+        if temperature == 0:
+            return self.model_runner.sample(out, fb)
+        from mezo_elastic.runners.sampling import gumbel_argmax
+
+        vocab = self.model_runner.model_config.vocab_size  # the LM head may be padded past it
+        return gumbel_argmax(out.next_token_logits[:, :vocab], temperature, seeds, position)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], max_new: int, temperature: float = 0.0,
+                 seeds: Sequence[int] = (), eos_ids: Sequence[int] = (), eager: bool = False,
+                 logits: list | None = None) -> list[list[int]]:
+        """Generate up to `max_new` tokens per prompt: one EXTEND (prefill) forward, then DECODE forwards.
+
+        As one_batch.py's extend()/decode(): the batch keeps every row to the end (a finished row's
+        tokens past its EOS are dropped by the caller), so each decode step has the batch size the
+        decode CUDA graph was captured for; every 8 tokens one host sync checks whether all rows hit
+        an EOS. The graph replays read the parameters' storage, which the sweeps update in place.
+        `eager` runs the decode steps without the graph (tests compare both); `logits`, when a list,
+        receives each step's next-token logits. Every KV and request slot is free again on return.
+        """
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+        mr = self.model_runner
+        graph, mr.decode_cuda_graph_runner = mr.decode_cuda_graph_runner, (None if eager else mr.decode_cuda_graph_runner)
+        self.clear()
+        try:
+            seed_t = torch.tensor(list(seeds), dtype=torch.int64, device=mr.device) if temperature > 0 else None
+            eos = torch.tensor(list(eos_ids) or [-1], dtype=torch.int64, device=mr.device)
+            batch, fb = self._prepare([self._req(i, ids, None) for i, ids in enumerate(prompts)])
+            nxt = self._next_tokens(mr.forward(fb).logits_output, fb, temperature, seed_t, 0, logits)
+            toks = [nxt]
+            for pos in range(1, max_new):
+                if eos_ids and pos % 8 == 0 and bool(torch.isin(torch.stack(toks, 1), eos).any(1).all()):
+                    break
+                batch.input_ids = nxt.to(torch.int64)
+                batch.prepare_for_decode()
+                fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+                nxt = self._next_tokens(mr.forward(fb).logits_output, fb, temperature, seed_t, pos, logits)
+                toks.append(nxt)
+            return torch.stack(toks, 1).cpu().tolist()
+        finally:
+            mr.decode_cuda_graph_runner = graph
+            self.clear()
+
     def close(self) -> None:
         """Drop the model and SGLang's process groups (the default group included)."""
         from sglang.srt.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
@@ -250,7 +299,7 @@ def make_server_args(fields: dict[str, Any]) -> Any:
 
 
 def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) -> Engine:
-    """Build the ModelRunner as one_batch.py's load_model does, without CUDA graphs.
+    """Build the ModelRunner as one_batch.py's load_model does (CUDA graphs as server_args say).
 
     torch.distributed's default group must already be this replica's TP world (size tp_size) or
     absent; SGLang then builds its TP groups on it.
@@ -281,8 +330,8 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     mr.alloc_memory_pool()
     mr.init_attention_backends()
     # With disable_cuda_graph every phase's backend is "disabled": this captures nothing and only
-    # sets up the eager runner the forward path dispatches to.
+    # sets up the eager runner the forward path dispatches to. Generation turns the decode graphs on.
     mr.init_cuda_graphs()
-    if mr.decode_cuda_graph_runner is not None:
+    if sa.disable_cuda_graph and mr.decode_cuda_graph_runner is not None:
         raise BackendError("sglang captured a decode CUDA graph although disable_cuda_graph=True")
     return Engine(mr, sa)

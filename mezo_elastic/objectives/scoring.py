@@ -1,4 +1,4 @@
-"""Per-example losses of the two objectives, computed through any ForwardRunner."""
+"""Per-example losses of the scoring objectives (lm, classification), computed through any ForwardRunner."""
 
 from __future__ import annotations
 
