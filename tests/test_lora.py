@@ -14,7 +14,7 @@ from mezo_elastic import builtin, lora
 from mezo_elastic.config import parse_args
 from mezo_elastic.errors import BackendError, ConfigError
 from mezo_elastic.mezo import MezoOptimizer, StepRecord, use_master_weights
-from mezo_elastic.runners.base import ScoreRequest
+from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.hf import HFRunner
 
 REQS = [ScoreRequest((4, 5, 20, 28), (29,)), ScoreRequest((12, 6, 28), (30,))]
@@ -139,3 +139,15 @@ def test_master_weights_auto_is_on_for_an_adapter_in_any_dtype():
 def test_init_rejects_names_that_are_not_adapter_tensors():
     with pytest.raises(ValueError, match="not a LoRA adapter tensor name"):
         lora.init_tensor(0, "model.layers.0.self_attn.q_proj.weight", (4, 4))
+
+
+def test_generate_runs_through_the_adapter(tiny):
+    """The reward objective generates with the runner's model: at the init (B = 0) that is the base
+    model's greedy output; a large B changes it."""
+    r, base = _runner(tiny), HFRunner(parse_args([f"--model.path={tiny}"]), torch.device("cpu"), str(tiny))
+    reqs, settings = [GenerateRequest(q.prompt_ids) for q in REQS] * 4, GenerationSettings(max_new_tokens=4)
+    assert r.generate(reqs, settings) == base.generate(reqs, settings)
+    from mezo_elastic.perturb import SweepPlan, sweep
+
+    sweep([s for s in r.segments() if "lora_B" in s.name], SweepPlan(post=[(3, 2.0)]))
+    assert r.generate(reqs, settings) != base.generate(reqs, settings)

@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import max_abs_diff, train
+from helpers import REPO, max_abs_diff, train
 from mezo_elastic import builtin
+from mezo_elastic.checkpoint import StepLog
 from mezo_elastic.export import main as export_main
 
 pytestmark = pytest.mark.integration
@@ -99,6 +100,17 @@ def test_classification_objective(tmp_path, tiny_inputs):
     evals = [m for m in lines if m["type"] == "eval"]
     assert [e["step"] for e in evals] == [0, 5, 10] and all(0 <= e["eval_accuracy"] <= 1 for e in evals)
     assert set(_adapter(out)) and (out / "final" / "adapter_config.json").is_file()
+
+
+def test_reward_objective_generates_with_the_adapter(tmp_path, tiny_inputs):
+    """The built-in reward task (greedy, one word, exact match): eps large enough that perturbing the
+    adapter flips some generated answers, so projected gradients are non-zero."""
+    out = tmp_path / "reward"
+    train(out, "--config", str(REPO / "configs" / "reward_builtin.toml"), tiny_inputs[0], *LORA, "--train.steps=6",
+          "--train.batch_size=16", "--data.eval_examples=16", "--mezo.eps=0.5")
+    grads = [r.grads[0] for r in StepLog(out / "steps.jsonl").read()]
+    assert len(grads) == 6 and any(g != 0.0 for g in grads), grads
+    assert (out / "final" / "adapter_model.safetensors").is_file()
 
 
 def test_resume_with_other_lora_settings_is_a_one_line_error(tiny_inputs, reference):
