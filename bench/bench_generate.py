@@ -152,7 +152,7 @@ def run_sglang(path: Path, args, out: dict) -> None:
     if args.population:
         pop = prompts(args.pop_batch, args.pop_prompt, vocab, seed=1)
         ev = lambda: token_reward(sg.generate(pop, settings), vocab)  # noqa: E731
-        mcfg = MezoConfig(lr=ALPHA * 2 * SIGMA, eps=SIGMA, perturbations=args.k, reward_shaping="zscore")
+        mcfg = MezoConfig(lr=ALPHA * SIGMA, eps=SIGMA, perturbations=args.k, reward_shaping="zscore")
         opt = MezoOptimizer(sg.segments(), mcfg, master_weights=True)
         out["population_ours_s"] = timed(lambda: our_population_step(sg, opt, 0, args.k, ev, mcfg), 1, warmup=1) / 1e3
         opt.clean()

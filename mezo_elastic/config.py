@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import sys
 import types
@@ -99,6 +100,9 @@ class DataConfig:
     max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
     eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation")
     micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
+    unk_warn_fraction: float = opt(
+        0.01, "rank 0 warns when more than this fraction of the training tokens are the tokenizer's unknown token"
+    )
     share_prompt: bool = opt(
         True, "classification: run each prompt once and score all its candidates from it (sglang: where "
         "model.sglang_share_min_tokens allows); same losses up to float rounding"
@@ -111,6 +115,8 @@ class DataConfig:
         _positive("data", "max_length", self.max_length)
         _positive("data", "eval_examples", self.eval_examples, zero_ok=True)
         _positive("data", "micro_batch", self.micro_batch)
+        if not 0 <= self.unk_warn_fraction <= 1:
+            raise ConfigError(f"data.unk_warn_fraction={self.unk_warn_fraction} must be in [0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -217,10 +223,16 @@ class CheckpointConfig:
     every: int = opt(200, "full checkpoint every this many steps (0 = none; the step log still allows resume)")
     keep: int = opt(2, "keep the newest this many checkpoints")
     resume: bool = opt(True, "resume automatically from output_dir (newest valid checkpoint + step log)")
+    lock_stale_s: float = opt(
+        300.0, "one job per output_dir: rank 0 holds output_dir/.lock and refreshes it every lock_stale_s / 10 s; "
+        "a lock from another host counts as stale (its job dead) once that refresh is older than this (keep it "
+        "above the hosts' clock skew; docs/elastic.md). Same host: a dead pid is stale at once"
+    )
 
     def __post_init__(self) -> None:
         _positive("checkpoint", "every", self.every, zero_ok=True)
         _positive("checkpoint", "keep", self.keep)
+        _positive("checkpoint", "lock_stale_s", self.lock_stale_s)
 
 
 @dataclass(kw_only=True)
@@ -281,12 +293,26 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
 
+    def __post_init__(self) -> None:
+        _check_finite(self)
+
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts (JSON/TOML-able)."""
         return dataclasses.asdict(self)
 
 
 SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist", "peft")
+
+
+def _check_finite(cfg: Config) -> None:
+    """Every float of the tree must be finite: nan passes every `<`/`>` bound check (and inf most), and
+    one nan hyperparameter turns the weights into nan within a step. One place for all float fields."""
+    for section in SECTIONS:
+        sub = getattr(cfg, section)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name}={value!r} is not allowed; it must be a finite number")
 
 
 def _field_type(cls: type, name: str) -> Any:

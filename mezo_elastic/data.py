@@ -122,6 +122,18 @@ def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
     return out
 
 
+def unknown_token_fraction(examples: Sequence[Example], unk_id: int | None) -> float:
+    """Fraction of all prompt and candidate tokens that are the unknown token (0.0 without one)."""
+    if unk_id is None:
+        return 0.0
+    total = unk = 0
+    for ex in examples:
+        for ids in (ex.prompt_ids, *ex.candidates):
+            total += len(ids)
+            unk += sum(1 for i in ids if i == unk_id)
+    return unk / total if total else 0.0
+
+
 def _seed_int(*parts: object) -> int:
     h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)

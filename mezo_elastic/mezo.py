@@ -84,6 +84,11 @@ def seeds_for_step(run_seed: int, step: int, mode: str, world: int, perturbation
     return [step_seed(run_seed, step, slot) for slot in range(n)]
 
 
+# Seeds one sweep regenerates (kernels.MAX_SEEDS: the fused kernel's limit). A population update
+# with more terms is applied as consecutive sweeps on the master, the same split live and in replay.
+SEEDS_PER_SWEEP = 4
+
+
 class MezoOptimizer:
     """Holds the weights' current offset from theta and applies sweeps that move it.
 
@@ -133,11 +138,28 @@ class MezoOptimizer:
             if saved:
                 self._move(saved)
 
+    def _master_update(self, terms: list[Term], decay: float, show: list[Term]) -> None:
+        """master <- (1 - decay) master + sum(terms), weights <- master + show: one sweep, or one per
+        SEEDS_PER_SWEEP seeds of a population (decay in the first, show in the last)."""
+        n = SEEDS_PER_SWEEP
+        if len(terms) + len(show) <= n:
+            self._sweep(SweepPlan(post=terms, decay=decay, show=show))
+            return
+        groups = [terms[i : i + n] for i in range(0, len(terms), n)]
+        for i, group in enumerate(groups):
+            last = i == len(groups) - 1
+            if last and len(group) + len(show) > n:
+                self._sweep(SweepPlan(post=group, decay=decay if i == 0 else 0.0))
+                self._sweep(SweepPlan(show=show))
+                return
+            self._sweep(SweepPlan(post=group, decay=decay if i == 0 else 0.0, show=show if last else []))
+
     def update(self, rec: StepRecord, next_seed: int | None) -> None:
-        """Restore, apply the step's update and (if next_seed) perturb for the next step: one sweep."""
+        """Restore, apply the step's update and (if next_seed) perturb for the next step: one sweep
+        (more for a population of over SEEDS_PER_SWEEP seeds, see _master_update)."""
         show = [(next_seed, self.cfg.eps)] if next_seed is not None else []
         if self.master:
-            self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay, show=show))
+            self._master_update(rec.update_terms(), rec.decay, show)
         else:
             restore = [(s, -c) for s, c in self.offset]
             self._sweep(SweepPlan(pre=restore, post=rec.update_terms() + show, decay=rec.decay))
@@ -152,7 +174,7 @@ class MezoOptimizer:
         """
         if self.master:
             if not rec.skipped:
-                self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay))
+                self._master_update(rec.update_terms(), rec.decay, [])
             return
         if len(rec.seeds) != 1:
             raise ValueError(f"step {rec.step}: {len(rec.seeds)} seeds need master weights to replay")

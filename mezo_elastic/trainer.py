@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from mezo_elastic import builtin, checkpoint
+from mezo_elastic import builtin, checkpoint, run_lock
 from mezo_elastic.distributed import DataParallel
 from mezo_elastic.config import Config
-from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize
+from mezo_elastic.data import (BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize,
+                               unknown_token_fraction)
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.metrics import MetricsWriter, Progress
 from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step, use_master_weights
@@ -26,6 +27,7 @@ from mezo_elastic.objectives import make_objective
 from mezo_elastic.objectives.shaping import shaped_pairs
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import ForwardRunner, make_runner
+from mezo_elastic.runners.hf import check_model_dir
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -92,7 +94,19 @@ class Trainer:
     def __init__(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
         self.ctx, self.cfg, self.comm, self.device = ctx, cfg, comm, comm.device
         self.out = Path(cfg.train.output_dir)
+        # Bad paths fail here on every rank, before anything is written (one line each, no traceback).
+        checkpoint.check_output_dir(self.out)
+        if cfg.model.path:
+            check_model_dir(cfg.model.path)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
+        try:
+            self._build(ctx, cfg, comm)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
         self._signal: int | None = None
         model_path, train_path, eval_path = resolve_inputs(cfg)
         self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
@@ -100,12 +114,31 @@ class Trainer:
         self.data = RunData(_read(train_path, tok, cfg), _read(eval_path, tok, cfg)[: cfg.data.eval_examples]
                             if eval_path else [], model_path)
         self.objective = make_objective(cfg, self.runner, tok)
+        self._warn_unknown_tokens(tok, train_path)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
         master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)
         self.nonfinite = 0
+
+    def _warn_unknown_tokens(self, tok, train_path: str) -> None:
+        """Rank 0, once: text the tokenizer does not know trains on <unk> (e.g. own data on the built-in model)."""
+        frac = unknown_token_fraction(self.data.train, tok.unk_token_id)
+        if self.ctx.is_main and frac > self.cfg.data.unk_warn_fraction:
+            log.warning("%.0f%% of the tokens of %s are the unknown token %r for the tokenizer of %s: that text "
+                        "trains on %r, not on its words. Give a model that knows them: --model.path=/path/to/hf-model"
+                        "%s", 100 * frac, train_path, tok.unk_token, self.data.model_path, tok.unk_token,
+                        " (the built-in model knows 31 words only)" if not self.cfg.model.path else "")
+
+    def stored_model_path(self) -> str:
+        """The model path as run.json keeps it: relative to the output directory when inside it (so a
+        copied run directory still finds its built-in model), else absolute (any launch directory)."""
+        model = Path(self.data.model_path).resolve()
+        try:
+            return str(model.relative_to(self.out.resolve()))
+        except ValueError:
+            return str(model)
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -124,35 +157,58 @@ class Trainer:
                 )
         elif self.ctx.is_main:
             checkpoint.atomic_write_text(path, json.dumps(
-                {"model_path": self.data.model_path, "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+                {"model_path": self.stored_model_path(), "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+
+    def _plan_resume(self) -> dict:
+        """Rank 0: which checkpoint to load and which logged steps to replay after it.
+
+        A log that ends (torn or corrupt) before the newest valid checkpoint loses the records in
+        between, not the weights: resume from the checkpoint, replay the records after it (also those
+        past the corrupt line), and write the lost stretch into the log as a gap that export refuses.
+        """
+        records = self.steplog.read()
+        gaps = list(self.steplog.gaps)
+        ck = checkpoint.newest_valid_checkpoint(self.out, quarantine=True)  # verified and loaded: kept
+        self._ck = ck
+        ck_step = ck[0] if ck else 0
+        end = records[-1].step + 1 if records else (gaps[-1][1] if gaps else 0)
+        if ck_step > end:
+            tail = self.steplog.records_from(ck_step)
+            gaps.append((end, ck_step))
+            log.warning("%s: the records of steps %d..%d are lost (the log is corrupt or cut before checkpoint "
+                        "step-%d); resuming from that checkpoint, which holds their result, and %d logged steps "
+                        "after it. export cannot rebuild the weights after %d..%d steps (written into the log as "
+                        "a gap)", self.steplog.path, end, ck_step - 1, ck_step, len(tail), end + 1, ck_step - 1)
+        else:
+            tail = [r for r in records if r.step >= ck_step]
+        plan = {"ck_step": ck_step if ck else None, "tail": [r.__dict__ for r in tail], "error": None}
+        if tail and tail[0].step != ck_step:
+            plan["error"] = f"step log has no record for step {ck_step} (first after the checkpoint)"
+        self._kept = ([r for r in records if r.step < ck_step] + tail, [g for g in gaps if g[1] <= ck_step])
+        return plan
 
     def resume(self) -> int:
         """Load the newest valid checkpoint, replay the step log after it; return the next step."""
         self._check_run_json()
         if not self.cfg.checkpoint.resume:
             return 0
-        plan, ck = None, None
-        if self.ctx.is_main:  # one rank decides, so every rank resumes from the same state
-            records = self.steplog.read()
-            ck = checkpoint.newest_valid_checkpoint(self.out)  # verified and loaded: kept for this rank
-            ck_step = ck[0] if ck else 0
-            tail = [r for r in records if r.step >= ck_step]
-            if records and ck_step > records[-1].step + 1:
-                raise CheckpointError(f"checkpoint step-{ck_step} is newer than the step log's last record")
-            if tail and tail[0].step != ck_step:
-                raise CheckpointError(f"step log has no record for step {ck_step} (first after the checkpoint)")
-            plan = (ck_step if ck else None, [r.__dict__ for r in tail], len(records) != ck_step + len(tail))
-        ck_step, tail_dicts, rewrite = self.comm.broadcast_object(plan)
-        tail = [StepRecord(**d) for d in tail_dicts]
+        # One rank decides, so every rank resumes from the same state; an error reaches every rank.
+        plan = self.comm.broadcast_object(self._plan_resume() if self.ctx.is_main else None)
+        if plan["error"]:
+            raise CheckpointError(plan["error"])
+        ck_step, tail = plan["ck_step"], [StepRecord(**d) for d in plan["tail"]]
         if ck_step is not None:
+            ck = self._ck if self.ctx.is_main else None
             state = ck[1] if ck else checkpoint.load_checkpoint(self.out / "checkpoints" / f"step-{ck_step}")[1]
             self.load_state(state)
             del state, ck
+        self._ck = None
         for rec in tail:
             self.opt.replay(rec)
-        if self.ctx.is_main and (rewrite or tail):
-            kept = [r for r in self.steplog.read() if r.step < (ck_step or 0)] + tail
-            self.steplog.truncate_to(kept)
+        if self.ctx.is_main and (self.steplog.path.exists() or self._kept[1]):
+            # Always rewritten: it drops a torn tail (which the next append would otherwise turn into
+            # a corrupt line in the middle) and steps about to be redone.
+            self.steplog.truncate_to(*self._kept)
         start = tail[-1].step + 1 if tail else (ck_step or 0)
         if start:
             log.info("resumed at step %d (checkpoint %s + %d replayed steps)", start, ck_step, len(tail))
@@ -237,7 +293,7 @@ class Trainer:
                 state = self.state()  # a TP replica gathers its shards: all of its ranks take part
                 if self.ctx.is_main:
                     checkpoint.save_checkpoint(self.out, steps_done, state, {
-                        "world_size": self.ctx.world_size, "model_path": self.data.model_path, "time": time.time(),
+                        "world_size": self.ctx.world_size, "model_path": self.stored_model_path(), "time": time.time(),
                     }, self.cfg.checkpoint.keep)
         self.comm.barrier()
 
@@ -308,7 +364,7 @@ class Trainer:
             sps, tps = (done - start) / el, tokens / el
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 extra = {"reward": -rec.loss} if cfg.data.objective == "reward" else {}
-                self.metrics.write("train", t, loss=rec.loss, **extra, projected_grad=rec.grads[0], lr=rec.lr,
+                self.metrics.write("train", done, loss=rec.loss, **extra, projected_grad=rec.grads[0], lr=rec.lr,
                                    skipped=rec.skipped, steps_per_s=sps, tokens_per_s=tps)
             prog.update(t, rec.loss, sps, tps)
             if stop:
@@ -321,16 +377,33 @@ class Trainer:
                 self.save(done)
         final = self.evaluate(cfg.train.steps) if self.data.eval else last
         self.opt.clean()
+        if cfg.train.save_final:
+            self._check_finite_weights()
         if cfg.train.save_final and self.comm.dp_rank == 0:
             self._save_final()
         self.comm.barrier()
         prog.close()
         summary = {"steps": cfg.train.steps, "resumed_from": start, **{f"first_{k}": v for k, v in first_eval.items()},
                    **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
-                   "seconds": time.monotonic() - t0}
+                   "seconds": time.monotonic() - t0, "run_seconds": self.metrics.run_seconds()}
         self.metrics.write("summary", cfg.train.steps, **summary)
         log.info("done: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
         return summary
+
+    def _check_finite_weights(self) -> None:
+        """Refuse the final save, on every rank, when a weight is nan/inf (a diverged run).
+
+        Each rank checks its own trainable tensors (the others never change) and the ranks agree
+        through one all-reduce, so no rank goes on into the save while another stops.
+        """
+        bad = checkpoint.first_nonfinite((seg.name, seg.tensor) for seg in self.runner.segments())
+        total, = self.comm.all_reduce_sum([float(bad[1]) if bad else 0.0])
+        if total:
+            where = f"tensor {bad[0]!r} has {bad[1]} non-finite values" if bad else "another rank's weights are not finite"
+            raise CheckpointError(
+                f"final save refused: {where} after {self.cfg.train.steps} steps (the run diverged; lower mezo.lr "
+                f"or mezo.eps); the step log is intact: export an earlier step with python -m mezo_elastic.export"
+            )
 
     def _save_final(self) -> None:
         """final/: HF-loadable model at theta, written to a temp folder by rank 0 and renamed."""
@@ -346,7 +419,8 @@ class Trainer:
             tmp.rename(dst)
 
     def close(self) -> None:
-        """Close the log and metrics files and release the engine."""
+        """Close the log and metrics files, release the engine and the output directory's lock."""
         self.steplog.close()
         self.metrics.close()
         self.runner.close()
+        self.lock.release()

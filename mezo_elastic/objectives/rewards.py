@@ -27,8 +27,9 @@ import numbers
 import operator
 import re
 import string
+import warnings
 from collections import Counter
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Callable
 
 from mezo_elastic.errors import ConfigError, RewardError
@@ -49,6 +50,7 @@ class Reward:
         self._copy_example = copy_example
 
     def __call__(self, completion: str, example: dict) -> float:
+        """The function's value, unchecked (`compute_rewards` checks it and names the row)."""
         return self._fn(completion, copy.deepcopy(example) if self._copy_example else example)
 
     def __repr__(self) -> str:
@@ -166,7 +168,10 @@ def safe_arithmetic(expr: str) -> int | float:
     if len(expr) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
-        return _value(ast.parse(expr.strip(), mode="eval").body)
+        with warnings.catch_warnings():  # "1if 1 else 2" warns "invalid decimal literal" on stderr: quiet
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expr.strip(), mode="eval")
+        return _value(tree.body)
     except SyntaxError as e:
         raise ValueError(f"not an arithmetic expression ({e.msg})") from None
     except (RecursionError, MemoryError):
@@ -175,25 +180,53 @@ def safe_arithmetic(expr: str) -> int | float:
 
 # ---- countdown (Qiu et al. 2025, VsonicV/es-fine-tuning-paper, countdown_grader.py) ----
 
-_FULL_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# The reference's regexes (re.DOTALL) are r"^<think>.*?</think>\n<answer>.*?</answer>$" for the full
+# format, r"<think>.*?</think>" and r"<answer>(.*?)</answer>" for the blocks. Backtracking makes them
+# quadratic on degenerate text ("<answer>" x 3000 takes 0.5 s), which a collapsing policy does write,
+# so the same matches are found here with str.find in linear time (a test checks they agree).
+_SEPARATOR = "</think>\n<answer>"
 _EQUATION_CHARS = re.compile(r"^[0-9+\-*/() ]+$")
+
+
+def blocks(text: str, open_tag: str, close_tag: str) -> list[str]:
+    """What re.findall(open_tag + "(.*?)" + close_tag, text, re.DOTALL) returns, in linear time."""
+    found, pos = [], 0
+    while (start := text.find(open_tag, pos)) != -1:
+        end = text.find(close_tag, start + len(open_tag))
+        if end == -1:  # no close after this open, so none after any later open either
+            break
+        found.append(text[start + len(open_tag) : end])
+        pos = end + len(close_tag)
+    return found
+
+
+def _has_block(text: str, open_tag: str, close_tag: str) -> bool:
+    start = text.find(open_tag)
+    return start != -1 and text.find(close_tag, start + len(open_tag)) != -1
+
+
+def _full_format(text: str) -> bool:
+    body = text[:-1] if text.endswith("\n") else text  # "$" also matches before one final newline
+    if not (body.startswith("<think>") and body.endswith("</answer>")):
+        return False
+    sep = body.find(_SEPARATOR, len("<think>"))
+    return sep != -1 and sep + len(_SEPARATOR) <= len(body) - len("</answer>")
 
 
 def countdown_format(text: str) -> float:
     """1.0 for exactly <think>...</think>\\n<answer>...</answer>; else 0.1 if a think block is there
     plus 0.5 if an answer block is there."""
-    if _FULL_FORMAT.match(text):
+    if _full_format(text):
         return 1.0
-    return (0.1 if _THINK.search(text) else 0.0) + (0.5 if _ANSWER.search(text) else 0.0)
+    return (0.1 if _has_block(text, "<think>", "</think>") else 0.0) + \
+        (0.5 if _has_block(text, "<answer>", "</answer>") else 0.0)
 
 
 def countdown_answer(completion: str, nums: list[int], target: float) -> float:
     """1.0 if the last <answer> block uses each of `nums` exactly once (a multiset: no other number,
     none missing) with + - * / and parentheses, and its value is within 1e-5 of `target`."""
-    blocks = _ANSWER.findall(completion)
-    content = blocks[-1].strip() if blocks else ""
+    answers = blocks(completion, "<answer>", "</answer>")
+    content = answers[-1].strip() if answers else ""
     if not content or not _EQUATION_CHARS.match(content):
         return 0.0
     try:
@@ -241,19 +274,29 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _exception(e: BaseException) -> str:
+    """"Type: message" on one line (just "Type" when the message is empty or cannot be printed)."""
+    try:
+        msg = _one_line(e)
+    except Exception:
+        msg = ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def _import_user(spec: str) -> RewardFn:
     module_name, attr = spec.split(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or the module itself raising at import time
         raise ConfigError(f"data.reward={spec!r}: module {module_name!r} cannot be imported "
-                          f"({type(e).__name__}: {_one_line(e)}); is it on PYTHONPATH?") from None
+                          f"({_exception(e)}); is it on PYTHONPATH?") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"data.reward={spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"data.reward={spec!r} is a {type(obj).__name__}, not callable; it must be {_ALLOWED}")
+        raise ConfigError(f"data.reward={spec!r} is not callable (got {type(obj).__name__} "
+                          f"{_one_line(repr(obj), 40)}); it must be a function (completion, example) -> float")
     try:
         inspect.signature(obj).bind("", {})
     except TypeError as e:
@@ -275,7 +318,7 @@ def load_reward(spec: str) -> Reward:
             not callable, or not callable with two positional arguments.
     """
     if not isinstance(spec, str) or ":" not in spec:
-        if spec in BUILTINS:
+        if isinstance(spec, str) and spec in BUILTINS:
             return Reward(spec, BUILTINS[spec])
         raise ConfigError(f"data.reward={spec!r} is not allowed; choose {_ALLOWED}")
     if not _USER_SPEC.fullmatch(spec):
@@ -284,16 +327,24 @@ def load_reward(spec: str) -> Reward:
     return Reward(spec, _import_user(spec), copy_example=True)
 
 
+def _repr(value: Any, limit: int = 80) -> str:
+    try:
+        return _one_line(repr(value), limit)
+    except Exception:  # a user type's broken __repr__, an int past Python's 4300-digit str limit
+        return f"<unprintable {type(value).__name__}>"
+
+
 def _checked(reward: Reward, value: Any, where: str) -> float:
-    if not isinstance(value, numbers.Real):  # int, float, bool (True = 1.0), numpy scalars, Fraction
-        raise RewardError(f"{where}: data.reward={reward.name} returned {_one_line(repr(value), 80)} "
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")  # not a Real
+    if not (isinstance(value, numbers.Real) or numpy_bool):  # int, float, bool (True = 1.0), numpy, Fraction
+        raise RewardError(f"{where}: data.reward={reward.name} returned {_repr(value)} "
                           f"({type(value).__name__}); a reward must be a finite int, float or bool")
     try:
         out = float(value)
     except OverflowError:
         out = math.inf
     if not math.isfinite(out):
-        raise RewardError(f"{where}: data.reward={reward.name} returned {_one_line(repr(value), 80)}; "
+        raise RewardError(f"{where}: data.reward={reward.name} returned {_repr(value)}; "
                           f"a reward must be a finite number")
     return out
 
@@ -315,7 +366,6 @@ def compute_rewards(reward: Reward, completions: list[str], examples: list[dict]
         try:
             value = reward(completion, example)
         except Exception as e:  # the user's code: any failure becomes one line naming it and the row
-            detail = f"{type(e).__name__}: {_one_line(e)}" if str(e) else type(e).__name__
-            raise RewardError(f"{loc}: data.reward={reward.name} raised {detail}") from e
+            raise RewardError(f"{loc}: data.reward={reward.name} raised {_exception(e)}") from e
         out.append(_checked(reward, value, loc))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +22,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 
 
+def check_model_dir(model_path: str) -> None:
+    """An HF model directory's config.json must exist and parse (both backends read it).
+
+    Raises:
+        BackendError: one line naming the file and what is wrong (instead of transformers' traceback).
+    """
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")
+    try:
+        json.loads(config.read_text())
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BackendError(f"model.path={model_path!r}: {config} is not valid JSON ({e})") from None
+
+
 class HFRunner:
     """Scores batches with a transformers causal LM whose parameters are perturbed in place."""
 
@@ -32,14 +48,13 @@ class HFRunner:
         self.device = device
         self.model_path = Path(model_path)
         self.pad_id = 0
-        if not (self.model_path / "config.json").is_file():
-            raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")
+        check_model_dir(model_path)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=DTYPES[cfg.model.dtype], trust_remote_code=cfg.model.trust_remote_code,
                 local_files_only=True,
             ).to(device)
-        except ValueError as e:  # e.g. custom code without trust_remote_code
+        except (ValueError, OSError) as e:  # custom code without trust_remote_code, missing/bad weight files
             raise BackendError(f"cannot load model.path={model_path!r}: {e}") from None
         self.model.eval()
         self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers

@@ -35,6 +35,7 @@ from mezo_elastic.runners import sglang_lora
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world, layout  # noqa: F401 (public)
+from mezo_elastic.runners.sglang_memory import check_mem_fraction
 
 log = logging.getLogger(__name__)
 SUPPORTED_ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM")
@@ -192,6 +193,9 @@ class SGLangRunner:
         self._keep: list = []
         port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
         server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
+        free, total = torch.cuda.mem_get_info(device)  # before SGLang allocates anything on this GPU
+        check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
+                           cfg.data.max_length, free, total)
         self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
         self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
         self.adapter: sglang_lora.PoolAdapter | None = None

@@ -285,6 +285,12 @@ class Engine:
         self.model_runner = None
         destroy_model_parallel()
         destroy_distributed_environment()
+        # SGLang pools its CUDA-graph input buffers process-wide by (name, size, dtype); a later engine
+        # in the same process (tests, benchmarks) would capture on this one's stale contents (slot
+        # indices past its own KV pool: a device-side assert in store_cache, seen on an H200).
+        from sglang.srt.model_executor import input_buffers
+
+        input_buffers._forward_input_buffer_pool.clear()
 
 
 def make_server_args(fields: dict[str, Any]) -> Any:
