@@ -48,7 +48,10 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = the rank's CUDA device when CUDA is present, else CPU")
     trust_remote_code: bool = opt(False, "allow the model directory's own Python code (off: opt in explicitly)")
     tp_size: int = opt(1, "tensor-parallel size per model replica (sglang backend); replicas = world / tp_size")
-    trainable: str = opt("", "regex on HF parameter names: only matching parameters are trained (empty = all)")
+    trainable: str = opt(
+        "", "regex on HF parameter names: only matching parameters are trained (empty = all); with "
+        "peft.method=lora, on the adapter's PEFT names (e.g. 'lora_B' for the B matrices only)"
+    )
     mem_fraction_static: float = opt(0.5, "sglang: fraction of GPU memory for weights + KV pool")
     attention_backend: str = opt("triton", "sglang: attention backend (triton, flashinfer, fa3, torch_native)")
     sglang_port: int = opt(0, "sglang: first candidate for each replica's own dist port (0 = derived from the job)")
@@ -191,7 +194,8 @@ class MezoConfig:
     chunk_elems: int = opt(1 << 20, "elements of z generated at once on CPU/torch (bounded scratch memory)")
     master_weights: Literal["auto", "on", "off"] = opt(
         "auto", "fp32 copy of the trainable weights (4 bytes a parameter): removes perturb/restore drift, which "
-        "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16, off for fp32"
+        "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16 and for a LoRA "
+        "adapter (peft.method=lora, docs/lora.md), off for fp32 full weights"
     )
     perturbations: int = opt(
         1, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
@@ -315,6 +319,33 @@ class DistConfig:
 
 
 @dataclass(kw_only=True)
+class PeftConfig:
+    method: Literal["none", "lora"] = opt(
+        "none", "none: train the model's own weights (model.trainable); lora: train a LoRA adapter only (peft), "
+        "base weights frozen; checkpoints and final/ hold the adapter (docs/lora.md)"
+    )
+    rank: int = opt(8, "lora: rank r of each adapter (MeZO's LoRA default)")
+    alpha: float = opt(16.0, "lora: scaling alpha; the adapter's output is scaled by alpha / rank")
+    targets: str = opt(
+        "q_proj,v_proj", "lora: comma-separated module names that get an adapter (peft target_modules; "
+        "a name matches a module whose name ends in it)"
+    )
+
+    def __post_init__(self) -> None:
+        _choice("peft", "method", self.method, ("none", "lora"))
+        _positive("peft", "rank", self.rank)
+        _positive("peft", "alpha", self.alpha)
+        names = self.target_list()
+        if not names or any(not re.fullmatch(r"[A-Za-z0-9_.]+", n) for n in names):
+            raise ConfigError(f"peft.targets={self.targets!r} is not allowed; give comma-separated module names "
+                              f"such as 'q_proj,v_proj'")
+
+    def target_list(self) -> list[str]:
+        """peft.targets as a list of module names."""
+        return [n.strip() for n in self.targets.split(",") if n.strip()]
+
+
+@dataclass(kw_only=True)
 class Config:
     seed: int = opt(0, "run seed: the perturbation seed of step t is a function of (seed, t) only")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -324,6 +355,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -333,7 +365,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist")
+SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist", "peft")
 
 
 def _check_finite(cfg: Config) -> None:

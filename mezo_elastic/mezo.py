@@ -65,13 +65,16 @@ def lr_at(cfg: MezoConfig, step: int, total: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def use_master_weights(cfg: MezoConfig, dtype: str) -> bool:
+def use_master_weights(cfg: MezoConfig, dtype: str, adapter: bool = False) -> bool:
     """Whether to keep an fp32 master copy: asked for, or auto with a 16-bit dtype, or multi_seed
     (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical),
-    or a population (replaying K seeds' perturb sweeps in place would be K times the work)."""
+    or a population (replaying K seeds' perturb sweeps in place would be K times the work).
+    auto is on for a LoRA adapter (`adapter`) in any dtype: its copy is small, and with it the
+    trajectory does not depend on where a run was stopped (a stop ends on a restore, not a fold: one
+    rounding apart, which later steps amplify; docs/lora.md has the numbers)."""
     if cfg.mode == "multi_seed" or cfg.master_weights == "on" or cfg.perturbations > 1:
         return True
-    return cfg.master_weights == "auto" and dtype in ("bfloat16", "float16")
+    return cfg.master_weights == "auto" and (adapter or dtype in ("bfloat16", "float16"))
 
 
 def seeds_for_step(run_seed: int, step: int, mode: str, world: int, perturbations: int = 1) -> list[int]:

@@ -37,7 +37,8 @@ TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "m
                    "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
                    "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
-                   "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss")
+                   "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
+                   "peft.method", "peft.rank", "peft.alpha", "peft.targets")
 
 
 class StopRequested(MezoError):
@@ -128,7 +129,7 @@ class Trainer:
         self.objective = make_objective(cfg, self.runner, tok)
         self._warn_unknown_tokens(tok, train_path)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
-        master = use_master_weights(cfg.mezo, cfg.model.dtype)
+        master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)

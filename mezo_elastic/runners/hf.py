@@ -15,6 +15,7 @@ from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
 from mezo_elastic.perturb import ParamSegment
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.hf_lora import LoraAdapter
 from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,19 +58,26 @@ class HFRunner:
             raise BackendError(f"cannot load model.path={model_path!r}: {e}") from None
         self.model.eval()
         self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers
-        pattern = re.compile(cfg.model.trainable)
-        self._segments = [
-            ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2)
-            for name, p in self.model.named_parameters()
-            if pattern.search(name)
-        ]
+        # peft.method=lora: the adapter's tensors are the trainable set; self.model stays the same
+        # transformers model (peft injects its layers in place), so scoring and generate are unchanged.
+        self.adapter = LoraAdapter(self.model, cfg, model_path) if cfg.peft.method == "lora" else None
+        self._segments = self._trainable_segments(cfg.model.trainable)
         if not self._segments:
-            raise BackendError(f"model.trainable={cfg.model.trainable!r} matches no parameter of {model_path}")
+            raise BackendError(f"model.trainable={cfg.model.trainable!r} matches no "
+                               f"{'adapter tensor' if self.adapter else 'parameter'} of {model_path}")
         # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, then goes).
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
+    def _trainable_segments(self, trainable: str) -> list[ParamSegment]:
+        if self.adapter is not None:
+            return self.adapter.segments(trainable)
+        pattern = re.compile(trainable)
+        return [ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2)
+                for name, p in self.model.named_parameters() if pattern.search(name)]
+
     def segments(self) -> list[ParamSegment]:
-        """Trainable parameters, whole, under their HF names (tied weights appear once)."""
+        """Trainable parameters, whole, under their HF names (tied weights appear once); with LoRA the
+        adapter's tensors under their saved PEFT names (mezo_elastic.lora)."""
         return self._segments
 
     def _pad(self, seqs: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +174,10 @@ class HFRunner:
 
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """All parameters under HF names (tied weights once), on CPU; with `master` ((segment, fp32
-        theta) pairs), the tensors those segments belong to come back in fp32 holding those values."""
+        theta) pairs), the tensors those segments belong to come back in fp32 holding those values.
+        With LoRA: the adapter only, under its saved PEFT names (the base weights never change)."""
+        if self.adapter is not None:
+            return self.adapter.state_dict(master)
         state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()}
         for seg, m in master or ():
             t = state[seg.name] = state[seg.name].to(torch.float32)
@@ -175,7 +186,10 @@ class HFRunner:
 
     @torch.no_grad()
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy HF-named tensors into the live parameters in place (segments stay valid)."""
+        """Copy HF-named tensors into the live parameters in place (segments stay valid); with LoRA,
+        the adapter's tensors under their saved PEFT names."""
+        if self.adapter is not None:
+            return self.adapter.load_state_dict(state)
         params = dict(self.model.named_parameters())
         missing = sorted(set(params) - set(state))
         if missing:
@@ -186,14 +200,27 @@ class HFRunner:
             p.copy_(state[name].to(p.dtype))
 
     def save_pretrained(self, out_dir: Path) -> None:
-        """Write config, safetensors weights and the source directory's tokenizer files."""
+        """Write config, safetensors weights and the source directory's tokenizer files; with LoRA, a
+        peft adapter directory (adapter_config.json + adapter_model.safetensors) for the base model."""
         out_dir = Path(out_dir)
+        if self.adapter is not None:
+            self.adapter.save(out_dir)
+            return
         self.model.save_pretrained(out_dir, safe_serialization=True)
         copy_tokenizer_files(self.model_path, out_dir)
 
+    def save_merged(self, out_dir: Path) -> None:
+        """LoRA: write the HF model with the adapter merged into the base weights (and the tokenizer
+        files). Merges in place, so the runner is done afterwards (export's last call)."""
+        if self.adapter is None:
+            raise BackendError("save_merged needs peft.method=lora; a full-weight model is saved by save_pretrained")
+        self.adapter.save_merged(Path(out_dir))
+        copy_tokenizer_files(self.model_path, Path(out_dir))
+        self.close()
+
     def close(self) -> None:
         """Drop the model (frees GPU memory on the next collection)."""
-        self.model = None  # type: ignore[assignment]
+        self.model = self.adapter = None  # type: ignore[assignment]
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:

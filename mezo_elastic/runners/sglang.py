@@ -31,6 +31,7 @@ from mezo_elastic.perturb import ParamSegment
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import sglang_compat as compat
 from mezo_elastic.runners import sglang_layout as lay
+from mezo_elastic.runners import sglang_lora
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world, layout  # noqa: F401 (public)
@@ -61,6 +62,8 @@ def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
                           f"{65535 - cfg.dist.port_attempts * 64}, leaving room for one candidate range per replica")
     if m.path and not (Path(m.path) / "config.json").is_file():
         raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json)")
+    if cfg.peft.method == "lora":
+        sglang_lora.check_targets(cfg.peft.target_list())
     if ctx is not None:
         layout(ctx, m.tp_size)
     if not torch.cuda.is_available():
@@ -96,6 +99,8 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     if generating:
         sizes = decode_graph_sizes(cfg.data.micro_batch)
         fields.update(disable_prefill_cuda_graph=True, cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
+    if cfg.peft.method == "lora":
+        fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)
 
 
@@ -193,10 +198,15 @@ class SGLangRunner:
                            cfg.data.max_length, free, total)
         self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
         self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
-        self._map = param_map(self.engine.model)
-        # Every rank's pieces of every tensor (a TP gather is assembled with them), computed once.
-        self._pieces_by_rank = [[pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)
-                                 for r in range(self.tp_size)] for sg_name, t, pieces in self._map]
+        self.adapter: sglang_lora.PoolAdapter | None = None
+        if cfg.peft.method == "lora":  # the trainable set is the adapter's slot in SGLang's LoRA pool
+            self.adapter = sglang_lora.PoolAdapter(self.engine, cfg, str(self.model_path), self.tp_rank, self.tp_size)
+            self._map, self._pieces_by_rank = self.adapter.entries, self.adapter.pieces_by_rank
+        else:
+            self._map = param_map(self.engine.model)
+            # Every rank's pieces of every tensor (a TP gather is assembled with them), computed once.
+            self._pieces_by_rank = [[pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)
+                                     for r in range(self.tp_size)] for sg_name, t, pieces in self._map]
         pattern = re.compile(cfg.model.trainable)
         # Decided from all ranks' pieces, so every TP rank gathers the same tensors in the same dtype.
         self._trainable = [any(pattern.search(pc.hf_name) for ps in by_rank for pc in ps)
@@ -337,13 +347,17 @@ class SGLangRunner:
                 lay.read_piece(t, pc).copy_(lay.hf_slice(state[pc.hf_name], pc).to(t.device, t.dtype))
 
     def save_pretrained(self, out_dir: Path) -> None:
-        """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files."""
+        """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files; with
+        LoRA a peft adapter directory (adapter_config.json + adapter_model.safetensors)."""
         from safetensors.torch import save_file
 
         state = self.hf_state_dict()  # every TP rank takes part in the gather
         if self.tp_rank != 0:
             return
         out_dir = Path(out_dir)
+        if self.adapter is not None:  # LoRA: the peft adapter directory the hf backend writes too
+            sglang_lora.save_adapter(out_dir, state, self.cfg, str(self.model_path))
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
                   metadata={"format": "pt"})

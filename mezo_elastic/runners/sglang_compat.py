@@ -85,6 +85,9 @@ class Engine:
     # The last logprob_sums batch, still allocated: MeZO scores the same batch twice a step (theta +
     # eps z, theta - eps z), and building it again costs ~2 ms of host time on the 1B bench batch.
     _kept: tuple | None = None
+    # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang_lora.py);
+    # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
+    lora_id: str | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -114,7 +117,8 @@ class Engine:
         from sglang.srt.sampling.sampling_params import SamplingParams
 
         req = Req(rid=str(rid), origin_input_text="", origin_input_ids=array("q", ids),
-                  sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=start is not None)
+                  sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=start is not None,
+                  lora_id=self.lora_id)
         req.full_untruncated_fill_ids = req.origin_input_ids
         if start is not None:
             req.logprob_start_len = start
