@@ -29,7 +29,7 @@ from sglang_models import save_random_model, sglang_cfg, single_ctx  # noqa: E40
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
 from mezo_elastic.data import Example  # noqa: E402
-from mezo_elastic.objective import example_losses  # noqa: E402
+from mezo_elastic.objectives.scoring import example_losses  # noqa: E402
 from mezo_elastic.runners.hf import HFRunner  # noqa: E402
 
 # (name, prompt tokens, candidate lengths): SST-2-like verbalizers, a 3-way NLI, multi-token options.

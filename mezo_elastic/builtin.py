@@ -100,6 +100,8 @@ def _example(rng: random.Random, objective: str) -> dict:
     prompt = " ".join(words) + " ->"
     if objective == "classification":
         return {"prompt": prompt, "candidates": list(ANSWERS), "label": label}
+    if objective == "reward":
+        return {"prompt": prompt, "answers": [ANSWERS[label]]}
     return {"prompt": prompt, "completion": ANSWERS[label]}
 
 

@@ -5,7 +5,11 @@
     output_dir/checkpoints/step-N/         weights after N steps:
         model.safetensors                  HF names (fp32 master values when master weights are kept)
         meta.json                          written LAST: a folder without it is not a checkpoint
+    output_dir/checkpoints/corrupt-step-N/ a checkpoint that failed verification at resume, moved aside
     output_dir/run.json                    base model path and config of the run (for export)
+
+A stretch of the step log lost to corruption, behind a newer checkpoint, is written into the log as
+a gap record {"crc", "gap"}: readers accept the jump it declares, and export refuses the steps in it.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import zlib
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mezo_elastic.errors import CheckpointError
+from mezo_elastic.errors import CheckpointError, ConfigError
 from mezo_elastic.mezo import StepRecord
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,40 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_output_dir(path: Path) -> None:
+    """Fail before anything is written when `path` cannot be an output directory.
+
+    Probes the directory (or the nearest existing parent it would be made in) with an unnamed temporary
+    file, so a refusal leaves nothing behind. Every rank can call it.
+
+    Raises:
+        ConfigError: the path is a file, sits under a file, or is not writable (naming the reason).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"train.output_dir={str(path)!r} is a file, not a directory; give a directory path")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"train.output_dir={str(path)!r} cannot be made: {probe} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {probe}: {e.strerror or e}") from None
+
+
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, int] | None:
+    """(name, count of nan/inf elements) of the first tensor that is not all finite, or None."""
+    for name, t in named:
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                return name, bad
+    return None
+
+
 # -- step log -------------------------------------------------------------------------------------
 
 
@@ -65,41 +105,84 @@ def _encode(rec: StepRecord) -> str:
     return json.dumps({"crc": zlib.crc32(payload.encode()), "rec": payload}) + "\n"
 
 
-def _decode(line: str) -> StepRecord | None:
+def _encode_gap(lo: int, hi: int) -> str:
+    payload = json.dumps({"lost": [lo, hi]})
+    return json.dumps({"crc": zlib.crc32(payload.encode()), "gap": payload}) + "\n"
+
+
+def _decode(line: str) -> StepRecord | tuple[int, int] | None:
+    """A record, a gap (lo, hi) (records of steps lo..hi-1 lost), or None for a torn/corrupt line."""
     try:
         outer = json.loads(line)
-        payload = outer["rec"]
+        payload = outer["rec"] if "rec" in outer else outer["gap"]
         if zlib.crc32(payload.encode()) != outer["crc"]:
             return None
+        if "gap" in outer:
+            lo, hi = json.loads(payload)["lost"]
+            return int(lo), int(hi)
         return StepRecord(**json.loads(payload))
     except (ValueError, KeyError, TypeError):
         return None
 
 
 class StepLog:
-    """Append-only, fsynced step log; readers stop at the first torn or corrupt record."""
+    """Append-only, fsynced step log; readers stop at the first torn or corrupt record.
+
+    After read(), `gaps` lists the declared lost stretches [(lo, hi), ...]: the records of steps
+    lo..hi-1 are gone (their result lives in a checkpoint at step hi or later).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._f = None
+        self.gaps: list[tuple[int, int]] = []
 
     def read(self) -> list[StepRecord]:
         """Valid records in order. A bad record ends the log (only the last can be torn)."""
+        self.gaps = []
         if not self.path.exists():
             return []
         out: list[StepRecord] = []
+        expect = 0
         with open(self.path) as f:
             for lineno, line in enumerate(f, 1):
-                rec = _decode(line) if line.endswith("\n") else None
-                if rec is None or (out and rec.step != out[-1].step + 1):
+                item = _decode(line) if line.endswith("\n") else None
+                if isinstance(item, tuple) and item[0] == expect and item[1] > item[0]:
+                    self.gaps.append(item)
+                    expect = item[1]
+                    continue
+                if not isinstance(item, StepRecord) or (item.step != expect and (out or self.gaps)):
                     log.warning("%s:%d: torn or out-of-order record; the log ends before it", self.path, lineno)
                     break
-                out.append(rec)
+                out.append(item)
+                expect = item.step + 1
         return out
 
-    def truncate_to(self, records: list[StepRecord]) -> None:
-        """Rewrite the log to exactly these records (drops a torn tail or steps being redone)."""
-        atomic_write_text(self.path, "".join(_encode(r) for r in records))
+    def records_from(self, step: int) -> list[StepRecord]:
+        """Records step, step+1, ... wherever they are in the file, also past a corrupt line."""
+        found: dict[int, StepRecord] = {}
+        if self.path.exists():
+            with open(self.path) as f:
+                for line in f:
+                    item = _decode(line) if line.endswith("\n") else None
+                    if isinstance(item, StepRecord) and item.step >= step:
+                        found[item.step] = item
+        out = []
+        while step in found:
+            out.append(found[step])
+            step += 1
+        return out
+
+    def truncate_to(self, records: list[StepRecord], gaps: list[tuple[int, int]] = ()) -> None:
+        """Rewrite the log to exactly these records (drops a torn tail or steps being redone), with
+        each gap (lo, hi) written where its stretch is missing."""
+        pending, lines = sorted(gaps), []
+        for r in records:
+            while pending and pending[0][1] <= r.step:
+                lines.append(_encode_gap(*pending.pop(0)))
+            lines.append(_encode(r))
+        lines += [_encode_gap(*g) for g in pending]
+        atomic_write_text(self.path, "".join(lines))
 
     def append(self, rec: StepRecord) -> None:
         """Append one record and make it durable before returning."""
@@ -168,8 +251,14 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{folder}: unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
-def newest_valid_checkpoint(output_dir: Path, at_most: int | None = None) -> tuple[int, dict[str, torch.Tensor]] | None:
-    """The newest checkpoint that loads (and is <= at_most); a corrupt one is reported and skipped."""
+def newest_valid_checkpoint(output_dir: Path, at_most: int | None = None,
+                            quarantine: bool = False) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The newest checkpoint that loads (and is <= at_most); a corrupt one is reported and skipped.
+
+    With `quarantine` (the resuming rank 0; never export, which only reads), a corrupt checkpoint is
+    renamed to checkpoints/corrupt-step-N: it then no longer counts toward checkpoint.keep, so pruning
+    cannot delete a valid older checkpoint while keeping it.
+    """
     for step, folder in checkpoint_dirs(output_dir):
         if at_most is not None and step > at_most:
             continue
@@ -178,4 +267,10 @@ def newest_valid_checkpoint(output_dir: Path, at_most: int | None = None) -> tup
             return step, state
         except CheckpointError as e:
             log.error("skipping checkpoint: %s", e)
+            if quarantine:
+                aside = folder.with_name(f"corrupt-{folder.name}")
+                shutil.rmtree(aside, ignore_errors=True)  # an older corrupt copy of the same step
+                os.rename(folder, aside)
+                fsync_dir(folder.parent)
+                log.error("moved %s aside to %s (delete it once you have looked at it)", folder, aside)
     return None

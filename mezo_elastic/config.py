@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import re
 import sys
 import types
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mezo_elastic.errors import ConfigError
+from mezo_elastic.tasks.templates import canonical_name
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -45,7 +48,10 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto = the rank's CUDA device when CUDA is present, else CPU")
     trust_remote_code: bool = opt(False, "allow the model directory's own Python code (off: opt in explicitly)")
     tp_size: int = opt(1, "tensor-parallel size per model replica (sglang backend); replicas = world / tp_size")
-    trainable: str = opt("", "regex on HF parameter names: only matching parameters are trained (empty = all)")
+    trainable: str = opt(
+        "", "regex on HF parameter names: only matching parameters are trained (empty = all); with "
+        "peft.method=lora, on the adapter's PEFT names (e.g. 'lora_B' for the B matrices only)"
+    )
     mem_fraction_static: float = opt(0.5, "sglang: fraction of GPU memory for weights + KV pool")
     attention_backend: str = opt("triton", "sglang: attention backend (triton, flashinfer, fa3, torch_native)")
     sglang_port: int = opt(0, "sglang: first candidate for each replica's own dist port (0 = derived from the job)")
@@ -79,27 +85,97 @@ class ModelConfig:
             raise ConfigError(f"model.trainable={self.trainable!r} is not a valid regex: {e}") from None
 
 
+def _check_task(data: "DataConfig") -> None:
+    """A MeZO task fixes the objective (classification, or reward for the generation tasks) and needs its files."""
+    from mezo_elastic.tasks.templates import TASKS
+
+    need = "reward" if TASKS[data.task].generation else "classification"
+    if data.objective != need:
+        why = "generation scored by token F1" if need == "reward" else "scored by its candidates"
+        raise ConfigError(f"data.task={data.task} needs data.objective={need} ({why}); got "
+                          f"data.objective={data.objective!r}")
+    if need == "reward" and data.reward != "token_f1":
+        raise ConfigError(f"data.task={data.task} is scored by MeZO's token F1: set data.reward=token_f1 "
+                          f"(got data.reward={data.reward!r})")
+    if not data.path:
+        raise ConfigError(f"data.task={data.task} needs data.path: a local copy of the task's train split "
+                          f"(.jsonl, .parquet or a save_to_disk directory; docs/tasks.md)")
+
+
 @dataclass(kw_only=True)
 class DataConfig:
-    path: str = opt("", "training JSONL file; empty = the built-in synthetic task (made on first use)")
-    eval_path: str = opt("", "eval JSONL file; empty = a held-out split of the built-in task, or none for user data")
-    objective: Literal["lm", "classification"] = opt(
-        "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods"
+    path: str = opt("", "training JSONL file (data.task: the task's train split as .jsonl/.parquet/save_to_disk dir, "
+                    "docs/tasks.md); empty = the built-in synthetic task (made on first use)")
+    eval_path: str = opt("", "eval JSONL file (data.task: the validation split, which MeZO reports; empty = the "
+                         "'validation' split of a DatasetDict dir at data.path); empty = a held-out split of the "
+                         "built-in task, or none for user data")
+    objective: Literal["lm", "classification", "reward"] = opt(
+        "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods; "
+        "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward)"
+    )
+    reward: str = opt(
+        "exact_match", "objective reward: exact_match, token_f1, numeric, countdown, or MODULE:FUNCTION, a callable "
+        "(completion: str, example: dict) -> float imported by name (runs your code: your explicit choice)"
     )
     seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
     max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
-    eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation")
+    eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation (not with "
+                             "data.task: data.num_eval)")
     micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
+    unk_warn_fraction: float = opt(
+        0.01, "rank 0 warns when more than this fraction of the training tokens are the tokenizer's unknown token"
+    )
     share_prompt: bool = opt(
         True, "classification: run each prompt once and score all its candidates from it (sglang: where "
         "model.sglang_share_min_tokens allows); same losses up to float rounding"
     )
 
+    task: str = opt(
+        "", "one of MeZO's tasks, any case: SST2 RTE CB BoolQ WSC WIC MultiRC Copa ReCoRD SQuAD DROP. Rows come "
+        "from data.path/eval_path in the dataset's own HF schema through MeZO's template and sampling "
+        "(docs/tasks.md); empty = JSONL rows"
+    )
+    num_train: int = opt(1000, "data.task: training examples sampled from data.path (MeZO's protocol; 0 = all)")
+    num_dev: int = opt(
+        -1, "data.task: examples of that sample held out as MeZO's dev set, never trained on; -1 = MeZO's "
+        "(500; 100 for CB and Copa)"
+    )
+    num_eval: int = opt(1000, "data.task: eval examples sampled from data.eval_path (0 = all, in file order)")
+    sample_seed: int = opt(0, "data.task: MeZO's train_set_seed, the seed of the permutations that pick train/dev/eval")
+    verbatim: bool = opt(
+        False, "JSONL rows: prompt + candidate (or completion) is the text exactly as written; off = a space goes "
+        "between them. data.task rows are always verbatim"
+    )
+    candidate_score: Literal["auto", "sum", "mean"] = opt(
+        "auto", "classification: a candidate's score is the sum of its tokens' log-likelihoods, or their mean "
+        "(MeZO's length-normalised score, in its loss and its eval); auto = mean with data.task, else sum"
+    )
+
+    class_loss: Literal["auto", "ce", "nll"] = opt(
+        "auto", "classification training loss: ce = cross-entropy over the candidates' scores (MeZO's "
+        "--train_as_classification); nll = mean NLL of the right candidate's tokens only (MeZO's teacher forcing, "
+        "which mezo.sh uses for Copa and ReCoRD); auto = nll for data.task Copa/ReCoRD, else ce. Eval accuracy "
+        "is by the candidates' scores either way"
+    )
+
     def __post_init__(self) -> None:
-        _choice("data", "objective", self.objective, ("lm", "classification"))
+        _choice("data", "objective", self.objective, ("lm", "classification", "reward"))
+        if not self.reward:
+            raise ConfigError("data.reward='' is not allowed; name a built-in reward or MODULE:FUNCTION")
+        _choice("data", "candidate_score", self.candidate_score, ("auto", "sum", "mean"))
+        _choice("data", "class_loss", self.class_loss, ("auto", "ce", "nll"))
+        _positive("data", "num_train", self.num_train, zero_ok=True)
+        _positive("data", "num_eval", self.num_eval, zero_ok=True)
+        if self.num_dev < -1:
+            raise ConfigError(f"data.num_dev={self.num_dev} is not allowed; it must be >= 0, or -1 for MeZO's")
+        self.task = canonical_name(self.task)
+        if self.task:
+            _check_task(self)
         _positive("data", "max_length", self.max_length)
         _positive("data", "eval_examples", self.eval_examples, zero_ok=True)
         _positive("data", "micro_batch", self.micro_batch)
+        if not 0 <= self.unk_warn_fraction <= 1:
+            raise ConfigError(f"data.unk_warn_fraction={self.unk_warn_fraction} must be in [0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -118,7 +194,16 @@ class MezoConfig:
     chunk_elems: int = opt(1 << 20, "elements of z generated at once on CPU/torch (bounded scratch memory)")
     master_weights: Literal["auto", "on", "off"] = opt(
         "auto", "fp32 copy of the trainable weights (4 bytes a parameter): removes perturb/restore drift, which "
-        "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16, off for fp32"
+        "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16 and for a LoRA "
+        "adapter (peft.method=lora, docs/lora.md), off for fp32 full weights"
+    )
+    perturbations: int = opt(
+        1, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
+        "fp32 master weights"
+    )
+    reward_shaping: Literal["none", "zscore", "centered_rank"] = opt(
+        "none", "map the population's 2K losses before g = (f(L+) - f(L-)) / (2 eps): none, zscore (minus the mean, "
+        "over the std; 0 when all equal), centered_rank (ranks scaled to [-0.5, 0.5]); see docs/objectives.md"
     )
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
@@ -132,6 +217,11 @@ class MezoConfig:
         _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
         _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
+        _choice("mezo", "reward_shaping", self.reward_shaping, ("none", "zscore", "centered_rank"))
+        _positive("mezo", "perturbations", self.perturbations)
+        if self.perturbations > 1 and self.master_weights == "off":
+            raise ConfigError(f"mezo.perturbations={self.perturbations} needs master weights (mezo.master_weights="
+                              f"'off' is not allowed with it): only the fp32 master replays a population exactly")
         _choice("mezo", "distribution", self.distribution, ("gaussian", "rademacher"))
         _positive("mezo", "lr", self.lr, zero_ok=True)
         _positive("mezo", "eps", self.eps)
@@ -142,6 +232,23 @@ class MezoConfig:
         _positive("mezo", "chunk_elems", self.chunk_elems)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"mezo.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    max_new_tokens: int = opt(32, "objective reward: most tokens generated per completion")
+    temperature: float = opt(
+        0.0, "0 = greedy; > 0 samples with Gumbel noise keyed by (seed, step, example, position), the same at "
+        "+eps and -eps, so a step is reproducible"
+    )
+    stop: list = opt([], "stop strings: a completion is cut before the first one (TOML list, or --generate.stop='[\"\\n\"]')")
+    eos: bool = opt(True, "stop a completion at the tokenizer's end-of-sequence token")
+
+    def __post_init__(self) -> None:
+        _positive("generate", "max_new_tokens", self.max_new_tokens)
+        _positive("generate", "temperature", self.temperature, zero_ok=True)
+        if not all(isinstance(x, str) and x for x in self.stop):
+            raise ConfigError(f"generate.stop={self.stop!r} is not allowed; give a list of non-empty strings")
 
 
 @dataclass(kw_only=True)
@@ -180,10 +287,16 @@ class CheckpointConfig:
     every: int = opt(200, "full checkpoint every this many steps (0 = none; the step log still allows resume)")
     keep: int = opt(2, "keep the newest this many checkpoints")
     resume: bool = opt(True, "resume automatically from output_dir (newest valid checkpoint + step log)")
+    lock_stale_s: float = opt(
+        300.0, "one job per output_dir: rank 0 holds output_dir/.lock and refreshes it every lock_stale_s / 10 s; "
+        "a lock from another host counts as stale (its job dead) once that refresh is older than this (keep it "
+        "above the hosts' clock skew; docs/elastic.md). Same host: a dead pid is stale at once"
+    )
 
     def __post_init__(self) -> None:
         _positive("checkpoint", "every", self.every, zero_ok=True)
         _positive("checkpoint", "keep", self.keep)
+        _positive("checkpoint", "lock_stale_s", self.lock_stale_s)
 
 
 @dataclass(kw_only=True)
@@ -206,21 +319,64 @@ class DistConfig:
 
 
 @dataclass(kw_only=True)
+class PeftConfig:
+    method: Literal["none", "lora"] = opt(
+        "none", "none: train the model's own weights (model.trainable); lora: train a LoRA adapter only (peft), "
+        "base weights frozen; checkpoints and final/ hold the adapter (docs/lora.md)"
+    )
+    rank: int = opt(8, "lora: rank r of each adapter (MeZO's LoRA default)")
+    alpha: float = opt(16.0, "lora: scaling alpha; the adapter's output is scaled by alpha / rank")
+    targets: str = opt(
+        "q_proj,v_proj", "lora: comma-separated module names that get an adapter (peft target_modules; "
+        "a name matches a module whose name ends in it)"
+    )
+
+    def __post_init__(self) -> None:
+        _choice("peft", "method", self.method, ("none", "lora"))
+        _positive("peft", "rank", self.rank)
+        _positive("peft", "alpha", self.alpha)
+        names = self.target_list()
+        if not names or any(not re.fullmatch(r"[A-Za-z0-9_.]+", n) for n in names):
+            raise ConfigError(f"peft.targets={self.targets!r} is not allowed; give comma-separated module names "
+                              f"such as 'q_proj,v_proj'")
+
+    def target_list(self) -> list[str]:
+        """peft.targets as a list of module names."""
+        return [n.strip() for n in self.targets.split(",") if n.strip()]
+
+
+@dataclass(kw_only=True)
 class Config:
     seed: int = opt(0, "run seed: the perturbation seed of step t is a function of (seed, t) only")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     mezo: MezoConfig = field(default_factory=MezoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def __post_init__(self) -> None:
+        _check_finite(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts (JSON/TOML-able)."""
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("model", "data", "mezo", "train", "checkpoint", "dist")
+SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist", "peft")
+
+
+def _check_finite(cfg: Config) -> None:
+    """Every float of the tree must be finite: nan passes every `<`/`>` bound check (and inf most), and
+    one nan hyperparameter turns the weights into nan within a step. One place for all float fields."""
+    for section in SECTIONS:
+        sub = getattr(cfg, section)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name}={value!r} is not allowed; it must be a finite number")
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -258,7 +414,13 @@ def _coerce(key: str, raw: Any, typ: Any) -> Any:
             return float(raw)
         if typ is str:
             return str(raw)
-    except (TypeError, ValueError):
+        if typ is list:
+            if isinstance(raw, str):  # a CLI value: a JSON list, or one string
+                raw = json.loads(raw) if raw.lstrip().startswith("[") else [raw]
+            if not isinstance(raw, list):
+                raise ValueError
+            return list(raw)
+    except (TypeError, ValueError):  # json.JSONDecodeError is a ValueError
         raise ConfigError(f"--{key}={raw!r} is not a valid {typ.__name__}") from None
     raise ConfigError(f"--{key}: unsupported field type {typ}")
 

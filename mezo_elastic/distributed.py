@@ -1,8 +1,10 @@
 """Process group, ports, devices, scalar collectives, teardown. The loop never touches torch.distributed.
 
 Under torchrun the elastic agent owns MASTER_PORT and its store: workers join it through `env://`.
-This package picks a port only where no launcher does (srun without torchrun), and then every rank
-walks the same candidate list, verifying it joined its own job's store through a run-id key.
+Everywhere else (srun without torchrun, RANK/WORLD_SIZE by hand) rank 0 hosts the store, and every
+rank walks the same candidate list, verifying it joined its own job's store through a run-id key.
+The first candidate is MASTER_PORT where one is given (else derived from the SLURM job id), so a
+given port held by an unrelated process moves the whole job to the next one instead of failing.
 """
 
 from __future__ import annotations
@@ -168,8 +170,11 @@ def agree_on_port(ctx: RankContext, cfg: DistConfig, first: int | None = None, r
         tried.append(port)
         store = _own_store(addr, port, run_id, rank == 0, world, cfg.port_timeout_s)
         if store is not None:
-            if attempt:
-                log.warning("rank %d: ports %s were taken; using %d", rank, tried[:-1], port)
+            if attempt and rank == 0:  # rank 0 bound the port, so the holders it names are on its host
+                held = ", ".join(f"{p} held by {port_holder(p)}" for p in tried[:-1])
+                log.warning("port agreement: %s; every rank of run %r moved to port %d", held, run_id, port)
+            elif attempt:
+                log.info("rank %d: ports %s were taken; using %d", rank, tried[:-1], port)
             return store, port
         time.sleep(min(0.05 * 2**attempt, 1.0))  # backoff, so a briefly busy port is not hammered
     holders = ", ".join(f"{p} held by {port_holder(p)}" for p in tried)
@@ -241,12 +246,9 @@ def init_distributed(ctx: RankContext, cfg: DistConfig, device_pref: str = "auto
                                 timeout=datetime.timedelta(seconds=cfg.init_timeout_s), **kw)
         dist.distributed_c10d._set_pg_timeout(timeout)  # collectives: dist.timeout_s
         return DistState(device, backend, True)
-    if ctx.port_chosen_by_package:
-        store, port = agree_on_port(ctx, cfg)
-        log.info("rank %d joined run %s on port %d", ctx.rank, ctx.run_id, port)
-    else:  # MASTER_PORT given (env launcher, or srun with MASTER_PORT): use it as is
-        store = dist.TCPStore(ctx.master_addr, ctx.master_port, world_size=ctx.world_size, is_master=ctx.rank == 0,
-                              wait_for_workers=False, timeout=datetime.timedelta(seconds=cfg.init_timeout_s))
+    # srun or RANK/WORLD_SIZE by hand: MASTER_PORT (given, or derived from the job) is the first candidate.
+    store, port = agree_on_port(ctx, cfg)
+    log.info("rank %d joined run %s on port %d", ctx.rank, ctx.run_id, port)
     wait_for_world(store, ctx, cfg.init_timeout_s)
     dist.init_process_group(backend, store=store, rank=ctx.rank, world_size=ctx.world_size, timeout=timeout, **kw)
     return DistState(device, backend, True)

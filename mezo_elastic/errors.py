@@ -27,3 +27,7 @@ class BackendError(MezoError, RuntimeError):
 
 class CheckpointError(MezoError, RuntimeError):
     """A checkpoint or step log cannot be read or written."""
+
+
+class RewardError(MezoError, RuntimeError):
+    """A reward function raised or returned a non-finite number or a non-number; names it and file:line."""

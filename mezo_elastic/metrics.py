@@ -10,12 +10,33 @@ from pathlib import Path
 from mezo_elastic.errors import ConfigError
 
 
+def last_run_seconds(path: Path) -> float:
+    """The `run_seconds` of the last line that has one (0.0 for a new run); a torn last line is skipped."""
+    if not path.is_file():
+        return 0.0
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            value = json.loads(line).get("run_seconds")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
+
+
 class MetricsWriter:
-    """Appends one JSON object a line to metrics.jsonl (and TensorBoard when asked). Rank 0 only."""
+    """Appends one JSON object a line to metrics.jsonl (and TensorBoard when asked). Rank 0 only.
+
+    Every line carries `run_seconds`: seconds of training over all launches of the run so far (this
+    launch's time since the writer was made, plus the last value the previous launches wrote).
+    """
 
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: str) -> None:
         self.enabled = enabled
-        self._f = open(Path(output_dir) / "metrics.jsonl", "a") if enabled else None
+        path = Path(output_dir) / "metrics.jsonl"
+        self._offset = last_run_seconds(path) if enabled else 0.0
+        self._t0 = time.monotonic()
+        self._f = open(path, "a") if enabled else None
         self._tb = None
         if enabled and tensorboard != "off":
             try:
@@ -26,10 +47,15 @@ class MetricsWriter:
                 return
             self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
 
+    def run_seconds(self) -> float:
+        """Seconds of training over every launch of this run, up to now."""
+        return self._offset + time.monotonic() - self._t0
+
     def write(self, kind: str, step: int, **values: float) -> None:
-        """One line {"type": kind, "step": step, **values, "time": unix time}."""
+        """One line {"type": kind, "step": steps done, **values, "run_seconds": ..., "time": unix time}."""
         if not self.enabled:
             return
+        values.setdefault("run_seconds", self.run_seconds())
         self._f.write(json.dumps({"type": kind, "step": step, **values, "time": time.time()}) + "\n")
         self._f.flush()
         if self._tb is not None:

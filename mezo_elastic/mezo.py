@@ -65,19 +65,28 @@ def lr_at(cfg: MezoConfig, step: int, total: int) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def use_master_weights(cfg: MezoConfig, dtype: str) -> bool:
+def use_master_weights(cfg: MezoConfig, dtype: str, adapter: bool = False) -> bool:
     """Whether to keep an fp32 master copy: asked for, or auto with a 16-bit dtype, or multi_seed
-    (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical)."""
-    if cfg.mode == "multi_seed" or cfg.master_weights == "on":
+    (each rank shows its own perturbation, so only a master keeps the ranks' weights bit-identical),
+    or a population (replaying K seeds' perturb sweeps in place would be K times the work).
+    auto is on for a LoRA adapter (`adapter`) in any dtype: its copy is small, and with it the
+    trajectory does not depend on where a run was stopped (a stop ends on a restore, not a fold: one
+    rounding apart, which later steps amplify; docs/lora.md has the numbers)."""
+    if cfg.mode == "multi_seed" or cfg.master_weights == "on" or cfg.perturbations > 1:
         return True
-    return cfg.master_weights == "auto" and dtype in ("bfloat16", "float16")
+    return cfg.master_weights == "auto" and (adapter or dtype in ("bfloat16", "float16"))
 
 
-def seeds_for_step(run_seed: int, step: int, mode: str, world: int) -> list[int]:
-    """Perturbation seeds of a step: one in dp mode, one per rank slot in multi_seed mode."""
-    if mode == "dp":
-        return [step_seed(run_seed, step)]
-    return [step_seed(run_seed, step, slot) for slot in range(world)]
+def seeds_for_step(run_seed: int, step: int, mode: str, world: int, perturbations: int = 1) -> list[int]:
+    """Perturbation seeds of a step: K in dp mode (slots 0..K-1), K per data slot in multi_seed mode
+    (slot r*K + k for slot r's k-th seed); K = 1 gives MeZO's one seed (dp) or one per slot (n-SPSA)."""
+    n = perturbations if mode == "dp" else world * perturbations
+    return [step_seed(run_seed, step, slot) for slot in range(n)]
+
+
+# Seeds one sweep regenerates (kernels.MAX_SEEDS: the fused kernel's limit). A population update
+# with more terms is applied as consecutive sweeps on the master, the same split live and in replay.
+SEEDS_PER_SWEEP = 4
 
 
 class MezoOptimizer:
@@ -130,11 +139,28 @@ class MezoOptimizer:
             if saved:
                 self._move(saved)
 
+    def _master_update(self, terms: list[Term], decay: float, show: list[Term]) -> None:
+        """master <- (1 - decay) master + sum(terms), weights <- master + show: one sweep, or one per
+        SEEDS_PER_SWEEP seeds of a population (decay in the first, show in the last)."""
+        n = SEEDS_PER_SWEEP
+        if len(terms) + len(show) <= n:
+            self._sweep(SweepPlan(post=terms, decay=decay, show=show))
+            return
+        groups = [terms[i : i + n] for i in range(0, len(terms), n)]
+        for i, group in enumerate(groups):
+            last = i == len(groups) - 1
+            if last and len(group) + len(show) > n:
+                self._sweep(SweepPlan(post=group, decay=decay if i == 0 else 0.0))
+                self._sweep(SweepPlan(show=show))
+                return
+            self._sweep(SweepPlan(post=group, decay=decay if i == 0 else 0.0, show=show if last else []))
+
     def update(self, rec: StepRecord, next_seed: int | None) -> None:
-        """Restore, apply the step's update and (if next_seed) perturb for the next step: one sweep."""
+        """Restore, apply the step's update and (if next_seed) perturb for the next step: one sweep
+        (more for a population of over SEEDS_PER_SWEEP seeds, see _master_update)."""
         show = [(next_seed, self.cfg.eps)] if next_seed is not None else []
         if self.master:
-            self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay, show=show))
+            self._master_update(rec.update_terms(), rec.decay, show)
         else:
             restore = [(s, -c) for s, c in self.offset]
             self._sweep(SweepPlan(pre=restore, post=rec.update_terms() + show, decay=rec.decay))
@@ -149,7 +175,7 @@ class MezoOptimizer:
         """
         if self.master:
             if not rec.skipped:
-                self._sweep(SweepPlan(post=rec.update_terms(), decay=rec.decay))
+                self._master_update(rec.update_terms(), rec.decay, [])
             return
         if len(rec.seeds) != 1:
             raise ValueError(f"step {rec.step}: {len(rec.seeds)} seeds need master weights to replay")

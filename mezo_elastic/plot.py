@@ -131,7 +131,7 @@ def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, metadata={"Title": title})  # also in the PNG's text chunk, for scripts
     plt.close(fig)
     return out
 
@@ -142,8 +142,13 @@ def _title(run_dir: Path, s: Series) -> str:
         parts.append(f"{s.summary.get('steps', '?')} steps")
         if s.summary.get("final_eval_loss") is not None:
             parts.append(f"final eval loss {s.summary['final_eval_loss']:.3f}")
-        if s.summary.get("seconds") is not None:
-            parts.append(f"{s.summary['seconds']:.0f} s")
+        # run_seconds spans every launch of a resumed run; seconds (older runs) only the last one.
+        total, last = s.summary.get("run_seconds"), s.summary.get("seconds")
+        if total is not None:
+            resumed = s.summary.get("resumed_from") and last is not None
+            parts.append(f"{total:.0f} s" + (f" over all launches (last {last:.0f} s)" if resumed else ""))
+        elif last is not None:
+            parts.append(f"{last:.0f} s")
     return ", ".join(parts)
 
 

@@ -197,13 +197,25 @@ def validate(ctx: RankContext) -> RankContext:
     return ctx
 
 
+def _check_rank_pair(env: Mapping[str, str]) -> None:
+    """RANK without WORLD_SIZE (or the reverse) is a half-set launcher environment, not a single process."""
+    if "TORCHELASTIC_RUN_ID" in env or ("RANK" in env) == ("WORLD_SIZE" in env):
+        return
+    have, missing = ("RANK", "WORLD_SIZE") if "RANK" in env else ("WORLD_SIZE", "RANK")
+    raise LaunchEnvError(
+        f"{have}={env[have]} is set but {missing} is not; set both (with MASTER_ADDR and MASTER_PORT), "
+        f"or neither for a single process"
+    )
+
+
 def detect(env: Mapping[str, str] | None = None) -> RankContext:
     """Build and validate this process's RankContext from the environment.
 
     Raises:
-        LaunchEnvError: the launcher's variables are missing, not integers, or out of range.
+        LaunchEnvError: the launcher's variables are missing, half set, not integers, or out of range.
     """
     env = os.environ if env is None else env
+    _check_rank_pair(env)
     for detector in DETECTORS:
         ctx = detector(env)
         if ctx is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
@@ -24,6 +25,7 @@ from mezo_elastic.errors import MezoError
 from mezo_elastic.rank_context import detect
 
 log = logging.getLogger("mezo_elastic")
+ERROR_GRACE_S = 1.0  # not a setting: how long a failed rank waits so that its peers' reports are not cut off
 
 
 def _setup_logging(rank: int) -> None:
@@ -44,6 +46,12 @@ def _init(ctx, cfg) -> distributed.DataParallel:
     state = distributed.init_distributed(ctx, cfg.dist, cfg.model.device)
     log.info("%s device=%s backend=%s", ctx.describe(), state.device, state.backend)
     return state.comm(ctx)
+
+
+def _report(line: str) -> None:
+    """One line on stderr in one write, so the lines of ranks sharing a terminal or pipe never interleave."""
+    sys.stderr.flush()
+    os.write(2, (line + "\n").encode())
 
 
 def _exit_without_teardown(e: Exception) -> None:
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_args(argv)
         ctx = detect()
     except MezoError as e:  # bad config or environment: one line, non-zero, no process group to hang on
-        print(f"mezo_elastic: error: {e}", file=sys.stderr)
+        _report(f"mezo_elastic: error: {e}")
         return 2
     _setup_logging(ctx.rank)
     trainer = comm = None
@@ -82,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", e)
         return 128 + e.signum
     except MezoError as e:
-        print(f"mezo_elastic: error (rank {ctx.rank}): {e}", file=sys.stderr)
+        _report(f"mezo_elastic: error (rank {ctx.rank}): {e}")
+        if ctx.world_size > 1:  # torchrun ends the peers once one rank exits: let them print the same line
+            time.sleep(ERROR_GRACE_S)
         return 1
     except Exception as e:
         if ctx.world_size > 1:

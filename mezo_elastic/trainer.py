@@ -15,23 +15,30 @@ from pathlib import Path
 
 import torch
 
-from mezo_elastic import builtin, checkpoint
+from mezo_elastic import builtin, checkpoint, run_lock
 from mezo_elastic.distributed import DataParallel
 from mezo_elastic.config import Config
-from mezo_elastic.data import BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize
+from mezo_elastic.data import (BatchSchedule, Example, load_tokenizer, rank_slice, read_jsonl, tokenize,
+                               unknown_token_fraction)
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.metrics import MetricsWriter, Progress
 from mezo_elastic.mezo import MezoOptimizer, StepRecord, lr_at, projected_grad, seeds_for_step, use_master_weights
-from mezo_elastic.objective import example_losses
+from mezo_elastic.objectives import make_objective
+from mezo_elastic.objectives.shaping import shaped_pairs
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import ForwardRunner, make_runner
+from mezo_elastic.runners.hf import check_model_dir
+from mezo_elastic.tasks.metrics import task_metrics
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
-                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution")
-TRAJECTORY_DEFAULTS = {"mezo.distribution": "gaussian"}  # keys added later: what a run.json without them ran
+                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
+                   "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
+                   "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
+                   "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
+                   "peft.method", "peft.rank", "peft.alpha", "peft.targets")
 
 
 class StopRequested(MezoError):
@@ -61,9 +68,32 @@ def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
     root = Path(cfg.train.output_dir) / "builtin"
     model_path = cfg.model.path or str(builtin.ensure_tiny_model(root))
     if cfg.data.path:
+        if cfg.data.task and not cfg.data.eval_path:  # a DatasetDict directory holds the validation split too
+            from mezo_elastic.tasks.loading import is_dataset_dict
+
+            return model_path, cfg.data.path, cfg.data.path if is_dataset_dict(cfg.data.path) else ""
         return model_path, cfg.data.path, cfg.data.eval_path
     train, evalp = builtin.ensure_task(root, cfg.data.objective)
     return model_path, str(train), cfg.data.eval_path or str(evalp)
+
+
+def _read(path: str, tok, cfg: Config, split: str = "train") -> list[Example]:
+    """A split's examples, tokenised: with data.task MeZO's rows of its `split` (train or eval) of the
+    file, else the JSONL file's (reward: prompts leave room for generate.max_new_tokens)."""
+    d, where = cfg.data, []
+    if d.task:
+        from mezo_elastic.tasks.protocol import Protocol, render_rows
+
+        rows = render_rows(d.task, path, split, Protocol.of(d), where)
+    else:
+        rows = read_jsonl(path, d.objective, where)
+    max_len = d.max_length
+    if d.objective == "reward":
+        max_len -= cfg.generate.max_new_tokens
+        if max_len < 1:
+            raise ConfigError(f"data.max_length={d.max_length} leaves no room for a prompt beside "
+                              f"generate.max_new_tokens={cfg.generate.max_new_tokens}; raise data.max_length")
+    return tokenize(rows, tok, d.objective, max_len, where, d.verbatim or bool(d.task))
 
 
 class Trainer:
@@ -76,23 +106,52 @@ class Trainer:
     def __init__(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
         self.ctx, self.cfg, self.comm, self.device = ctx, cfg, comm, comm.device
         self.out = Path(cfg.train.output_dir)
+        # Bad paths fail here on every rank, before anything is written (one line each, no traceback).
+        checkpoint.check_output_dir(self.out)
+        if cfg.model.path:
+            check_model_dir(cfg.model.path)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
+        try:
+            self._build(ctx, cfg, comm)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
         self._signal: int | None = None
         model_path, train_path, eval_path = resolve_inputs(cfg)
         self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
         tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-        self.data = RunData(
-            tokenize(read_jsonl(train_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length),
-            tokenize(read_jsonl(eval_path, cfg.data.objective), tok, cfg.data.objective, cfg.data.max_length)[
-                : cfg.data.eval_examples] if eval_path else [],
-            model_path,
-        )
+        train = _read(train_path, tok, cfg)
+        evals = _read(eval_path, tok, cfg, "eval") if eval_path else []  # data.task: data.num_eval, not cut
+        self.data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
+        self.objective = make_objective(cfg, self.runner, tok)
+        self._warn_unknown_tokens(tok, train_path)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
-        master = use_master_weights(cfg.mezo, cfg.model.dtype)
+        master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
         self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)
         self.nonfinite = 0
+
+    def _warn_unknown_tokens(self, tok, train_path: str) -> None:
+        """Rank 0, once: text the tokenizer does not know trains on <unk> (e.g. own data on the built-in model)."""
+        frac = unknown_token_fraction(self.data.train, tok.unk_token_id)
+        if self.ctx.is_main and frac > self.cfg.data.unk_warn_fraction:
+            log.warning("%.0f%% of the tokens of %s are the unknown token %r for the tokenizer of %s: that text "
+                        "trains on %r, not on its words. Give a model that knows them: --model.path=/path/to/hf-model"
+                        "%s", 100 * frac, train_path, tok.unk_token, self.data.model_path, tok.unk_token,
+                        " (the built-in model knows 31 words only)" if not self.cfg.model.path else "")
+
+    def stored_model_path(self) -> str:
+        """The model path as run.json keeps it: relative to the output directory when inside it (so a
+        copied run directory still finds its built-in model), else absolute (any launch directory)."""
+        model = Path(self.data.model_path).resolve()
+        try:
+            return str(model.relative_to(self.out.resolve()))
+        except ValueError:
+            return str(model)
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -101,7 +160,9 @@ class Trainer:
         now = {k: _get(self.cfg, k) for k in TRAJECTORY_KEYS}
         if path.exists():
             before = json.loads(path.read_text()).get("trajectory", {})
-            before = {k: before.get(k, TRAJECTORY_DEFAULTS.get(k)) for k in TRAJECTORY_KEYS}
+            # A key newer than the run.json reads as its default: every default keeps the behaviour runs had
+            # before the key existed (gaussian z, one seed, ...).
+            before = {k: before.get(k, _get(Config(), k)) for k in TRAJECTORY_KEYS}
             diff = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before[k] != now[k]]
             if diff and self.cfg.checkpoint.resume:
                 raise ConfigError(
@@ -110,35 +171,58 @@ class Trainer:
                 )
         elif self.ctx.is_main:
             checkpoint.atomic_write_text(path, json.dumps(
-                {"model_path": self.data.model_path, "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+                {"model_path": self.stored_model_path(), "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+
+    def _plan_resume(self) -> dict:
+        """Rank 0: which checkpoint to load and which logged steps to replay after it.
+
+        A log that ends (torn or corrupt) before the newest valid checkpoint loses the records in
+        between, not the weights: resume from the checkpoint, replay the records after it (also those
+        past the corrupt line), and write the lost stretch into the log as a gap that export refuses.
+        """
+        records = self.steplog.read()
+        gaps = list(self.steplog.gaps)
+        ck = checkpoint.newest_valid_checkpoint(self.out, quarantine=True)  # verified and loaded: kept
+        self._ck = ck
+        ck_step = ck[0] if ck else 0
+        end = records[-1].step + 1 if records else (gaps[-1][1] if gaps else 0)
+        if ck_step > end:
+            tail = self.steplog.records_from(ck_step)
+            gaps.append((end, ck_step))
+            log.warning("%s: the records of steps %d..%d are lost (the log is corrupt or cut before checkpoint "
+                        "step-%d); resuming from that checkpoint, which holds their result, and %d logged steps "
+                        "after it. export cannot rebuild the weights after %d..%d steps (written into the log as "
+                        "a gap)", self.steplog.path, end, ck_step - 1, ck_step, len(tail), end + 1, ck_step - 1)
+        else:
+            tail = [r for r in records if r.step >= ck_step]
+        plan = {"ck_step": ck_step if ck else None, "tail": [r.__dict__ for r in tail], "error": None}
+        if tail and tail[0].step != ck_step:
+            plan["error"] = f"step log has no record for step {ck_step} (first after the checkpoint)"
+        self._kept = ([r for r in records if r.step < ck_step] + tail, [g for g in gaps if g[1] <= ck_step])
+        return plan
 
     def resume(self) -> int:
         """Load the newest valid checkpoint, replay the step log after it; return the next step."""
         self._check_run_json()
         if not self.cfg.checkpoint.resume:
             return 0
-        plan, ck = None, None
-        if self.ctx.is_main:  # one rank decides, so every rank resumes from the same state
-            records = self.steplog.read()
-            ck = checkpoint.newest_valid_checkpoint(self.out)  # verified and loaded: kept for this rank
-            ck_step = ck[0] if ck else 0
-            tail = [r for r in records if r.step >= ck_step]
-            if records and ck_step > records[-1].step + 1:
-                raise CheckpointError(f"checkpoint step-{ck_step} is newer than the step log's last record")
-            if tail and tail[0].step != ck_step:
-                raise CheckpointError(f"step log has no record for step {ck_step} (first after the checkpoint)")
-            plan = (ck_step if ck else None, [r.__dict__ for r in tail], len(records) != ck_step + len(tail))
-        ck_step, tail_dicts, rewrite = self.comm.broadcast_object(plan)
-        tail = [StepRecord(**d) for d in tail_dicts]
+        # One rank decides, so every rank resumes from the same state; an error reaches every rank.
+        plan = self.comm.broadcast_object(self._plan_resume() if self.ctx.is_main else None)
+        if plan["error"]:
+            raise CheckpointError(plan["error"])
+        ck_step, tail = plan["ck_step"], [StepRecord(**d) for d in plan["tail"]]
         if ck_step is not None:
+            ck = self._ck if self.ctx.is_main else None
             state = ck[1] if ck else checkpoint.load_checkpoint(self.out / "checkpoints" / f"step-{ck_step}")[1]
             self.load_state(state)
             del state, ck
+        self._ck = None
         for rec in tail:
             self.opt.replay(rec)
-        if self.ctx.is_main and (rewrite or tail):
-            kept = [r for r in self.steplog.read() if r.step < (ck_step or 0)] + tail
-            self.steplog.truncate_to(kept)
+        if self.ctx.is_main and (self.steplog.path.exists() or self._kept[1]):
+            # Always rewritten: it drops a torn tail (which the next append would otherwise turn into
+            # a corrupt line in the middle) and steps about to be redone.
+            self.steplog.truncate_to(*self._kept)
         start = tail[-1].step + 1 if tail else (ck_step or 0)
         if start:
             log.info("resumed at step %d (checkpoint %s + %d replayed steps)", start, ck_step, len(tail))
@@ -160,50 +244,63 @@ class Trainer:
         batch = self.schedule.global_batch(step)
         return [self.data.train[i] for i in rank_slice(batch, self.comm.dp_rank, self.comm.dp_size)]
 
-    def _my_seed(self, step: int) -> int:
-        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.comm.dp_size)
-        return seeds[0] if self.cfg.mezo.mode == "dp" else seeds[self.comm.dp_rank]
+    def _my_seeds(self, step: int) -> list[int]:
+        """This data slot's perturbation seeds of `step` (all of them in dp mode)."""
+        k = self.cfg.mezo.perturbations
+        seeds = seeds_for_step(self.cfg.seed, step, self.cfg.mezo.mode, self.comm.dp_size, k)
+        return seeds if self.cfg.mezo.mode == "dp" else seeds[self.comm.dp_rank * k : (self.comm.dp_rank + 1) * k]
+
+    def _reduce(self, lp: list[float], lm: list[float], n_local: int, stop_vote: float):
+        """(L+ per seed, L- per seed, stop votes) over all data slots, in the step log's seed order."""
+        k = len(lp)
+        if self.cfg.mezo.mode == "dp":
+            # sums and counts, so uneven slices weigh right; the last scalar makes every rank stop together
+            vals = self.comm.all_reduce_sum(lp + lm + [n_local, stop_vote])
+            n = vals[2 * k]
+            return [v / n for v in vals[:k]], [v / n for v in vals[k : 2 * k]], vals[-1]
+        n_loc = max(n_local, 1)
+        rows = self.comm.all_gather_floats([v / n_loc for v in lp + lm] + [stop_vote])
+        return ([v for r in rows for v in r[:k]], [v for r in rows for v in r[k : 2 * k]],
+                sum(r[-1] for r in rows))
 
     def step(self, t: int) -> tuple[StepRecord, bool]:
-        """Score l+ and l-, agree on g (and on stopping), return the record; the update is separate."""
+        """Score L+ and L- for each seed, agree on g (and on stopping), return the record; the update is separate."""
         cfg, examples = self.cfg, self._local(t)
-        losses = lambda: example_losses(self.runner, examples, cfg.data.objective, cfg.data.micro_batch,
-                                        cfg.data.share_prompt)[0]  # noqa: E731
-        self.opt.perturb(self._my_seed(t), +1.0)
-        lp = losses()
-        self.opt.perturb(self._my_seed(t), -1.0)
-        lm = losses()
+        lp, lm = [], []
+        for seed in self._my_seeds(t):  # between seeds one sweep moves +eps z_k to -eps z_k, then to z_k+1
+            self.opt.perturb(seed, +1.0)
+            lp.append(float(self.objective.losses(examples, t).sum()))
+            self.opt.perturb(seed, -1.0)
+            lm.append(float(self.objective.losses(examples, t).sum()))
         stop_vote = 1.0 if self._signal is not None else 0.0
-        lr = lr_at(cfg.mezo, t, cfg.train.steps)
-        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size)
-        if cfg.mezo.mode == "dp":
-            # sums and counts, so uneven slices weigh right; the 4th scalar makes every rank stop together
-            sp, sm, n, stop = self.comm.all_reduce_sum([float(lp.sum()), float(lm.sum()), len(examples), stop_vote])
-            loss_p, loss_m = sp / n, sm / n
-            grads = [projected_grad(loss_p, loss_m, cfg.mezo.eps, cfg.mezo.grad_clip)]
-        else:
-            n_loc = max(len(examples), 1)
-            rows = self.comm.all_gather_floats([float(lp.sum()) / n_loc, float(lm.sum()) / n_loc, stop_vote])
-            grads = [projected_grad(r[0], r[1], cfg.mezo.eps, cfg.mezo.grad_clip) for r in rows]
-            loss_p, loss_m = sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows)
-            stop = sum(r[2] for r in rows)
-        skipped = not all(math.isfinite(g) for g in grads)
-        rec = StepRecord(step=t, seeds=seeds, grads=[0.0] * len(grads) if skipped else grads, lr=lr,
-                         weight_decay=cfg.mezo.weight_decay, skipped=skipped, loss=(loss_p + loss_m) / 2)
+        plus, minus, stop = self._reduce(lp, lm, len(examples), stop_vote)
+        fp, fm = shaped_pairs(plus, minus, cfg.mezo.reward_shaping)
+        grads = [projected_grad(a, b, cfg.mezo.eps, cfg.mezo.grad_clip) for a, b in zip(fp, fm)]
+        seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size, cfg.mezo.perturbations)
+        skipped = not all(math.isfinite(g) for g in grads + plus + minus)
+        rec = StepRecord(step=t, seeds=seeds, grads=[0.0] * len(grads) if skipped else grads,
+                         lr=lr_at(cfg.mezo, t, cfg.train.steps), weight_decay=cfg.mezo.weight_decay,
+                         skipped=skipped, loss=(sum(plus) + sum(minus)) / (2 * len(plus)))
         return rec, stop > 0
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Loss (and accuracy) on the eval set, split over ranks, on clean weights."""
+        """Loss (accuracy for classification; mean reward, and accuracy when rewards are 0/1, for the
+        reward objective) on the eval set, split over ranks, on clean weights."""
         mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
-            losses, correct = example_losses(self.runner, mine, self.cfg.data.objective, self.cfg.data.micro_batch,
-                                             self.cfg.data.share_prompt)
-        n_corr = float(correct.sum()) if correct is not None else 0.0
-        s, n, c = self.comm.all_reduce_sum([float(losses.sum()), len(mine), n_corr])
-        out = {"eval_loss": s / max(n, 1)}
-        if self.cfg.data.objective == "classification":
-            out["eval_accuracy"] = c / max(n, 1)
+            sums = self.objective.eval_sums(mine, step)
+        keys = sorted(sums)  # the same keys on every rank: they depend on the objective only
+        vals = dict(zip(keys + ["n"], self.comm.all_reduce_sum([sums[k] for k in keys] + [len(mine)])))
+        n = max(vals["n"], 1)
+        out = {"eval_loss": vals["loss"] / n}
+        if "reward" in vals:
+            out["eval_reward"] = vals["reward"] / n
+        if "correct" in vals and vals.get("nonbinary", 0) == 0:
+            out["eval_accuracy"] = vals["correct"] / n
+        out.update(task_metrics(self.cfg.data, out))  # data.task: the metric MeZO reports, by its name
         self.metrics.write("eval", step, **out)
+        log.info("eval step %d%s: %s", step, f" ({self.cfg.data.task})" if self.cfg.data.task else "",
+                 " ".join(f"{k}={v:.4f}" for k, v in out.items()))
         return out
 
     def save(self, steps_done: int) -> None:
@@ -213,7 +310,7 @@ class Trainer:
                 state = self.state()  # a TP replica gathers its shards: all of its ranks take part
                 if self.ctx.is_main:
                     checkpoint.save_checkpoint(self.out, steps_done, state, {
-                        "world_size": self.ctx.world_size, "model_path": self.data.model_path, "time": time.time(),
+                        "world_size": self.ctx.world_size, "model_path": self.stored_model_path(), "time": time.time(),
                     }, self.cfg.checkpoint.keep)
         self.comm.barrier()
 
@@ -275,15 +372,16 @@ class Trainer:
             done = t + 1
             # A stop keeps the fold an undisturbed run would make: the log then replays to the very
             # same weights, and the relaunch continues bit-exactly.
-            rec.next_seed = None if self._needs_clean_after(done) else self._my_seed(t + 1)
+            rec.next_seed = None if self._needs_clean_after(done) else self._my_seeds(t + 1)[0]
             self.opt.update(rec, rec.next_seed)
             if self.ctx.is_main:
                 self.steplog.append(rec)
-            tokens += 2 * sum(self.data.train[i].n_tokens for i in self.schedule.global_batch(t))
+            tokens += 2 * cfg.mezo.perturbations * sum(self.data.train[i].n_tokens for i in self.schedule.global_batch(t))
             el = time.monotonic() - t0
             sps, tps = (done - start) / el, tokens / el
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                self.metrics.write("train", t, loss=rec.loss, projected_grad=rec.grads[0], lr=rec.lr,
+                extra = {"reward": -rec.loss} if cfg.data.objective == "reward" else {}
+                self.metrics.write("train", done, loss=rec.loss, **extra, projected_grad=rec.grads[0], lr=rec.lr,
                                    skipped=rec.skipped, steps_per_s=sps, tokens_per_s=tps)
             prog.update(t, rec.loss, sps, tps)
             if stop:
@@ -296,16 +394,33 @@ class Trainer:
                 self.save(done)
         final = self.evaluate(cfg.train.steps) if self.data.eval else last
         self.opt.clean()
+        if cfg.train.save_final:
+            self._check_finite_weights()
         if cfg.train.save_final and self.comm.dp_rank == 0:
             self._save_final()
         self.comm.barrier()
         prog.close()
         summary = {"steps": cfg.train.steps, "resumed_from": start, **{f"first_{k}": v for k, v in first_eval.items()},
                    **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
-                   "seconds": time.monotonic() - t0}
+                   "seconds": time.monotonic() - t0, "run_seconds": self.metrics.run_seconds()}
         self.metrics.write("summary", cfg.train.steps, **summary)
         log.info("done: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
         return summary
+
+    def _check_finite_weights(self) -> None:
+        """Refuse the final save, on every rank, when a weight is nan/inf (a diverged run).
+
+        Each rank checks its own trainable tensors (the others never change) and the ranks agree
+        through one all-reduce, so no rank goes on into the save while another stops.
+        """
+        bad = checkpoint.first_nonfinite((seg.name, seg.tensor) for seg in self.runner.segments())
+        total, = self.comm.all_reduce_sum([float(bad[1]) if bad else 0.0])
+        if total:
+            where = f"tensor {bad[0]!r} has {bad[1]} non-finite values" if bad else "another rank's weights are not finite"
+            raise CheckpointError(
+                f"final save refused: {where} after {self.cfg.train.steps} steps (the run diverged; lower mezo.lr "
+                f"or mezo.eps); the step log is intact: export an earlier step with python -m mezo_elastic.export"
+            )
 
     def _save_final(self) -> None:
         """final/: HF-loadable model at theta, written to a temp folder by rank 0 and renamed."""
@@ -321,7 +436,8 @@ class Trainer:
             tmp.rename(dst)
 
     def close(self) -> None:
-        """Close the log and metrics files and release the engine."""
+        """Close the log and metrics files, release the engine and the output directory's lock."""
         self.steplog.close()
         self.metrics.close()
         self.runner.close()
+        self.lock.release()

@@ -3,6 +3,7 @@
 #
 #   scripts/gpu_suite.sh                      # all single-GPU stages: tests sweep bench1b bench8b scoring
 #   scripts/gpu_suite.sh tests                # only the GPU tests
+#   scripts/gpu_suite.sh gen gen1b gen8b      # generation tests; generation + population bench (1B), generation (8B)
 #   scripts/gpu_suite.sh sweep                # the sweep kernel's layouts and profiling modes, + ncu if present
 #   scripts/gpu_suite.sh profile              # one SGLang forward: wall vs GPU busy, host phases, idle gaps
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
@@ -72,6 +73,20 @@ for s in $stages; do
         --vocab 128256 --batch 32 --workdir /tmp/mezo_bench/scoring_1b --out "$OUT/scoring_sglang.json" \
         > "$OUT/scoring_sglang.log" 2>&1 || rc=1
       tail -9 "$OUT/scoring_sglang.log" ;;
+    gen)
+      log "generation tests only"
+      python3 -m pytest tests/gpu/test_sglang_generate.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
+        tee "$OUT/gen_tests.log" | grep -E "passed|failed|error|greedy|graph|KV free|sampled|PASSED|FAILED|ERROR" | tail -40
+      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+    gen1b)
+      log "generation + population step, 1B shape"
+      timeout 540 python3 bench/bench_generate.py --shape 1b --population --out "$OUT/gen_1b.json" \
+        > "$OUT/gen_1b.log" 2>&1 || rc=1
+      tail -14 "$OUT/gen_1b.log" ;;
+    gen8b)
+      log "generation, 8B shape"
+      timeout 540 python3 bench/bench_generate.py --shape 8b --reps 3 --out "$OUT/gen_8b.json" > "$OUT/gen_8b.log" 2>&1 || rc=1
+      tail -8 "$OUT/gen_8b.log" ;;
     profile)
       log "SGLang forward profile (1B-shaped model of the scoring stage)"
       [ -f /tmp/mezo_bench/scoring_1b/config.json ] || python3 bench/bench_scoring.py --device cuda --dtype bfloat16 \
@@ -88,7 +103,7 @@ for s in $stages; do
       log "dp / tp on 2 GPUs"
       bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
-    *) echo "unknown stage $s (tests sweep bench1b bench8b scoring profile dpcheck1 multi)"; exit 2 ;;
+    *) echo "unknown stage $s (tests gen gen1b gen8b sweep bench1b bench8b scoring profile dpcheck1 multi)"; exit 2 ;;
   esac
 done
 log "done rc=$rc"

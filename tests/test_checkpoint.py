@@ -34,3 +34,23 @@ def test_checkpoints_atomic_pruned_and_corruption_detected(tmp_path):
     w.write_bytes(w.read_bytes()[:-8])  # truncated
     step, state = checkpoint.newest_valid_checkpoint(tmp_path)
     assert step == 20 and state["w"][0].item() == 20.0
+
+
+def test_step_log_gap_record_reads_back_and_is_declared(tmp_path):
+    log = checkpoint.StepLog(tmp_path / "steps.jsonl")
+    log.truncate_to([_rec(t) for t in (0, 1, 5, 6)], gaps=[(2, 5)])
+    assert [r.step for r in log.read()] == [0, 1, 5, 6] and log.gaps == [(2, 5)]
+    log.truncate_to([_rec(t) for t in (0, 1, 5, 6)])  # the same jump without its gap record ends the log
+    assert [r.step for r in log.read()] == [0, 1] and log.gaps == []
+    assert [r.step for r in log.records_from(5)] == [5, 6]  # still found past the break
+
+
+def test_corrupt_checkpoint_quarantined_not_counted_toward_keep(tmp_path):
+    for step in (10, 20):
+        checkpoint.save_checkpoint(tmp_path, step, {"w": torch.full((4,), float(step))}, {}, keep=2)
+    w = tmp_path / "checkpoints" / "step-20" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-8])
+    assert checkpoint.newest_valid_checkpoint(tmp_path, quarantine=True)[0] == 10
+    checkpoint.save_checkpoint(tmp_path, 30, {"w": torch.full((4,), 30.0)}, {}, keep=2)
+    assert [s for s, _ in checkpoint.checkpoint_dirs(tmp_path)] == [30, 10]
+    assert (tmp_path / "checkpoints" / "corrupt-step-20").is_dir()

@@ -56,3 +56,18 @@ def test_every_field_has_help_and_defaults_validate():
     for key, _typ, _default, hlp in iter_fields():
         assert hlp and len(hlp) > 10, key
     Config()
+
+
+def test_every_float_must_be_finite_from_flags_and_files(tmp_path):
+    import pytest
+
+    from mezo_elastic.config import parse_args
+    from mezo_elastic.errors import ConfigError
+
+    for flag in ("--mezo.lr=nan", "--mezo.eps=inf", "--dist.timeout_s=inf", "--train.stop_grace_s=nan"):
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            parse_args([flag])
+    f = tmp_path / "c.toml"
+    f.write_text("[mezo]\nlr = nan\n")
+    with pytest.raises(ConfigError, match="mezo.lr=nan"):
+        parse_args(["--config", str(f)])

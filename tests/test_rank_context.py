@@ -53,3 +53,15 @@ def test_bad_env_one_clear_error(env, words):
         detect(env)
     for w in words:
         assert w in str(e.value)
+
+
+def test_half_set_rank_or_world_size_names_the_missing_variable():
+    import pytest
+
+    from mezo_elastic.errors import LaunchEnvError
+    from mezo_elastic.rank_context import detect
+
+    with pytest.raises(LaunchEnvError, match="RANK=1 is set but WORLD_SIZE is not"):
+        detect({"RANK": "1"})
+    with pytest.raises(LaunchEnvError, match="WORLD_SIZE=2 is set but RANK is not"):
+        detect({"WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"})

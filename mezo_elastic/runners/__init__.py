@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mezo_elastic.runners.base import ForwardRunner, ScoreRequest
+from mezo_elastic.runners.base import ForwardRunner, GenerateRequest, GenerationSettings, ScoreRequest
 
 if TYPE_CHECKING:
     import torch
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mezo_elastic.config import Config
     from mezo_elastic.rank_context import RankContext
 
-__all__ = ["ForwardRunner", "ScoreRequest", "make_runner"]
+__all__ = ["ForwardRunner", "GenerateRequest", "GenerationSettings", "ScoreRequest", "make_runner"]
 
 
 def make_runner(ctx: "RankContext", cfg: "Config", device: "torch.device", model_path: str) -> ForwardRunner:

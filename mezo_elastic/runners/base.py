@@ -19,6 +19,23 @@ class ScoreRequest:
     completion_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Generate a completion of the prompt tokens; `seed` keys the sampling noise (unused when greedy)."""
+
+    prompt_ids: tuple[int, ...]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How completions are generated (config section `generate`, plus the tokenizer's EOS)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    eos_ids: tuple[int, ...] = ()  # a completion ends at the first of these (kept out of the completion)
+
+
 @runtime_checkable
 class ForwardRunner(Protocol):
     """A forward engine holding the model's weights.
@@ -27,6 +44,8 @@ class ForwardRunner(Protocol):
       - `segments()` returns the trainable weights as contiguous 1-D views keyed by HF parameter
         name and element offset; the optimizer changes them in place and the runner must see the
         change on its next `score` (no re-upload, no rebinding).
+      - `generate()` decodes completions on the current (perturbed) weights, the same way for +eps and
+        -eps: greedy, or sampling whose noise depends on (request seed, position) only.
       - `score()` returns, per request and in order, the summed log-probability of the completion
         tokens (float64, CPU) and the number of completion tokens (int64, CPU).
       - `hf_state_dict()` / `load_hf_state_dict()` speak HF parameter names and shapes, so a
@@ -41,6 +60,14 @@ class ForwardRunner(Protocol):
 
     def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of completion-token log-probs [n] float64, completion token counts [n] int64)."""
+        ...
+
+    def generate(self, requests: Sequence[GenerateRequest], settings: GenerationSettings) -> list[tuple[int, ...]]:
+        """Per request, in order, the generated token ids (without the prompt, cut before EOS).
+
+        Greedy or Gumbel-max sampling (runners.sampling.gumbel_argmax) at the current weights; the
+        engine's KV slots are free again when it returns.
+        """
         ...
 
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:

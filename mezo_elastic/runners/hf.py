@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import shutil
 from pathlib import Path
@@ -13,10 +14,27 @@ import torch
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
 from mezo_elastic.perturb import ParamSegment
-from mezo_elastic.runners.base import ScoreRequest
+from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.hf_lora import LoraAdapter
+from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+def check_model_dir(model_path: str) -> None:
+    """An HF model directory's config.json must exist and parse (both backends read it).
+
+    Raises:
+        BackendError: one line naming the file and what is wrong (instead of transformers' traceback).
+    """
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")
+    try:
+        json.loads(config.read_text())
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BackendError(f"model.path={model_path!r}: {config} is not valid JSON ({e})") from None
 
 
 class HFRunner:
@@ -30,30 +48,36 @@ class HFRunner:
         self.device = device
         self.model_path = Path(model_path)
         self.pad_id = 0
-        if not (self.model_path / "config.json").is_file():
-            raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")
+        check_model_dir(model_path)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=DTYPES[cfg.model.dtype], trust_remote_code=cfg.model.trust_remote_code,
                 local_files_only=True,
             ).to(device)
-        except ValueError as e:  # e.g. custom code without trust_remote_code
+        except (ValueError, OSError) as e:  # custom code without trust_remote_code, missing/bad weight files
             raise BackendError(f"cannot load model.path={model_path!r}: {e}") from None
         self.model.eval()
         self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers
-        pattern = re.compile(cfg.model.trainable)
-        self._segments = [
-            ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2)
-            for name, p in self.model.named_parameters()
-            if pattern.search(name)
-        ]
+        # peft.method=lora: the adapter's tensors are the trainable set; self.model stays the same
+        # transformers model (peft injects its layers in place), so scoring and generate are unchanged.
+        self.adapter = LoraAdapter(self.model, cfg, model_path) if cfg.peft.method == "lora" else None
+        self._segments = self._trainable_segments(cfg.model.trainable)
         if not self._segments:
-            raise BackendError(f"model.trainable={cfg.model.trainable!r} matches no parameter of {model_path}")
+            raise BackendError(f"model.trainable={cfg.model.trainable!r} matches no "
+                               f"{'adapter tensor' if self.adapter else 'parameter'} of {model_path}")
         # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, then goes).
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
+    def _trainable_segments(self, trainable: str) -> list[ParamSegment]:
+        if self.adapter is not None:
+            return self.adapter.segments(trainable)
+        pattern = re.compile(trainable)
+        return [ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2)
+                for name, p in self.model.named_parameters() if pattern.search(name)]
+
     def segments(self) -> list[ParamSegment]:
-        """Trainable parameters, whole, under their HF names (tied weights appear once)."""
+        """Trainable parameters, whole, under their HF names (tied weights appear once); with LoRA the
+        adapter's tensors under their saved PEFT names (mezo_elastic.lora)."""
         return self._segments
 
     def _pad(self, seqs: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,9 +155,29 @@ class HFRunner:
             scores[b][j] += rest[r]
         return scores
 
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerateRequest], settings: GenerationSettings) -> list[tuple[int, ...]]:
+        """transformers' generate() on a left-padded batch; greedy, or Gumbel-max sampling through a
+        logits processor (generate itself then stays greedy: argmax of logits / T + noise)."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        ids, mask = self._pad([r.prompt_ids for r in requests], left=True)
+        gen = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=list(settings.eos_ids) or None, pad_token_id=self.pad_id,
+                               bos_token_id=None, temperature=None, top_p=None, top_k=None)
+        procs = LogitsProcessorList()
+        if settings.temperature > 0:
+            procs.append(_GumbelNoise(settings.temperature, [r.seed for r in requests], ids.shape[1], self.device))
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                  generation_config=gen, logits_processor=procs)
+        return [cut_at_eos(row, settings.eos_ids) for row in out[:, ids.shape[1]:].tolist()]
+
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """All parameters under HF names (tied weights once), on CPU; with `master` ((segment, fp32
-        theta) pairs), the tensors those segments belong to come back in fp32 holding those values."""
+        theta) pairs), the tensors those segments belong to come back in fp32 holding those values.
+        With LoRA: the adapter only, under its saved PEFT names (the base weights never change)."""
+        if self.adapter is not None:
+            return self.adapter.state_dict(master)
         state = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()}
         for seg, m in master or ():
             t = state[seg.name] = state[seg.name].to(torch.float32)
@@ -142,7 +186,10 @@ class HFRunner:
 
     @torch.no_grad()
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy HF-named tensors into the live parameters in place (segments stay valid)."""
+        """Copy HF-named tensors into the live parameters in place (segments stay valid); with LoRA,
+        the adapter's tensors under their saved PEFT names."""
+        if self.adapter is not None:
+            return self.adapter.load_state_dict(state)
         params = dict(self.model.named_parameters())
         missing = sorted(set(params) - set(state))
         if missing:
@@ -153,14 +200,27 @@ class HFRunner:
             p.copy_(state[name].to(p.dtype))
 
     def save_pretrained(self, out_dir: Path) -> None:
-        """Write config, safetensors weights and the source directory's tokenizer files."""
+        """Write config, safetensors weights and the source directory's tokenizer files; with LoRA, a
+        peft adapter directory (adapter_config.json + adapter_model.safetensors) for the base model."""
         out_dir = Path(out_dir)
+        if self.adapter is not None:
+            self.adapter.save(out_dir)
+            return
         self.model.save_pretrained(out_dir, safe_serialization=True)
         copy_tokenizer_files(self.model_path, out_dir)
 
+    def save_merged(self, out_dir: Path) -> None:
+        """LoRA: write the HF model with the adapter merged into the base weights (and the tokenizer
+        files). Merges in place, so the runner is done afterwards (export's last call)."""
+        if self.adapter is None:
+            raise BackendError("save_merged needs peft.method=lora; a full-weight model is saved by save_pretrained")
+        self.adapter.save_merged(Path(out_dir))
+        copy_tokenizer_files(self.model_path, Path(out_dir))
+        self.close()
+
     def close(self) -> None:
         """Drop the model (frees GPU memory on the next collection)."""
-        self.model = None  # type: ignore[assignment]
+        self.model = self.adapter = None  # type: ignore[assignment]
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
@@ -169,3 +229,16 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in ("config.json", ".complete") \
                 and not f.name.endswith(".index.json") and not (dst / f.name).exists():
             shutil.copy2(f, dst / f.name)
+
+
+class _GumbelNoise:
+    """A transformers logits processor: logits / T + Gumbel noise keyed by (request seed, position)."""
+
+    def __init__(self, temperature: float, seeds: Sequence[int], prompt_width: int, device: torch.device) -> None:
+        self.t, self.width = temperature, prompt_width
+        self.seeds = torch.tensor(list(seeds), dtype=torch.int64, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tok = gumbel_argmax(scores, self.t, self.seeds, input_ids.shape[1] - self.width)
+        out = torch.full_like(scores, float("-inf"))  # generate's argmax then picks the sampled token
+        return out.scatter_(1, tok.unsqueeze(1), 0.0)

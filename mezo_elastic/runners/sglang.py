@@ -31,8 +31,11 @@ from mezo_elastic.perturb import ParamSegment
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import sglang_compat as compat
 from mezo_elastic.runners import sglang_layout as lay
-from mezo_elastic.runners.base import ScoreRequest
+from mezo_elastic.runners import sglang_lora
+from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world, layout  # noqa: F401 (public)
+from mezo_elastic.runners.sglang_memory import check_mem_fraction
 
 log = logging.getLogger(__name__)
 SUPPORTED_ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM")
@@ -59,6 +62,8 @@ def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
                           f"{65535 - cfg.dist.port_attempts * 64}, leaving room for one candidate range per replica")
     if m.path and not (Path(m.path) / "config.json").is_file():
         raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json)")
+    if cfg.peft.method == "lora":
+        sglang_lora.check_targets(cfg.peft.target_list())
     if ctx is not None:
         layout(ctx, m.tp_size)
     if not torch.cuda.is_available():
@@ -73,21 +78,38 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     """SGLang ServerArgs with every field MeZO depends on set explicitly (MeZO's defaults).
 
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
-    CUDA graphs (prefill shapes vary, weights change in place), no custom all-reduce (it needs
-    its own IPC buffers; TP traffic is small next to the sweeps). Request slots: a shared-prompt
-    classification forward holds up to micro_batch candidates plus their prompts.
+    custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). CUDA
+    graphs: none for the scoring objectives (prefill shapes vary); decode graphs for the reward
+    objective, captured at batch sizes 1, 2, 4, ... up to data.micro_batch (a smaller batch is padded
+    to the next one); a replay reads the weights' storage, which every sweep updates in place.
+    Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
+    their prompts.
     """
     m = cfg.model
+    generating = cfg.data.objective == "reward"
     fields = dict(
         model_path=model_path, skip_tokenizer_init=True, load_format=m.sglang_load_format, dtype=m.dtype,
         trust_remote_code=m.trust_remote_code, tp_size=m.tp_size, dp_size=1, pp_size=1,
         mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
-        sampling_backend="pytorch", disable_cuda_graph=True, disable_radix_cache=True,
+        sampling_backend="pytorch", disable_cuda_graph=not generating, disable_radix_cache=True,
         disable_overlap_schedule=True, disable_custom_all_reduce=True,
         context_length=cfg.data.max_length + 1, max_running_requests=2 * max(cfg.data.micro_batch, 1) + 1,
         random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
     )
+    if generating:
+        sizes = decode_graph_sizes(cfg.data.micro_batch)
+        fields.update(disable_prefill_cuda_graph=True, cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
+    if cfg.peft.method == "lora":
+        fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)
+
+
+def decode_graph_sizes(micro_batch: int) -> list[int]:
+    """Decode batch sizes to capture: powers of two up to the first >= micro_batch."""
+    sizes = [1]
+    while sizes[-1] < micro_batch:
+        sizes.append(sizes[-1] * 2)
+    return sizes
 
 
 def _module_pieces(mod: torch.nn.Module, pname: str, full: str, p: torch.Tensor, rank: int | None = None) -> list[lay.Piece]:
@@ -171,12 +193,20 @@ class SGLangRunner:
         self._keep: list = []
         port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
         server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
+        free, total = torch.cuda.mem_get_info(device)  # before SGLang allocates anything on this GPU
+        check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
+                           cfg.data.max_length, free, total)
         self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
         self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
-        self._map = param_map(self.engine.model)
-        # Every rank's pieces of every tensor (a TP gather is assembled with them), computed once.
-        self._pieces_by_rank = [[pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)
-                                 for r in range(self.tp_size)] for sg_name, t, pieces in self._map]
+        self.adapter: sglang_lora.PoolAdapter | None = None
+        if cfg.peft.method == "lora":  # the trainable set is the adapter's slot in SGLang's LoRA pool
+            self.adapter = sglang_lora.PoolAdapter(self.engine, cfg, str(self.model_path), self.tp_rank, self.tp_size)
+            self._map, self._pieces_by_rank = self.adapter.entries, self.adapter.pieces_by_rank
+        else:
+            self._map = param_map(self.engine.model)
+            # Every rank's pieces of every tensor (a TP gather is assembled with them), computed once.
+            self._pieces_by_rank = [[pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)
+                                     for r in range(self.tp_size)] for sg_name, t, pieces in self._map]
         pattern = re.compile(cfg.model.trainable)
         # Decided from all ranks' pieces, so every TP rank gathers the same tensors in the same dtype.
         self._trainable = [any(pattern.search(pc.hf_name) for ps in by_rank for pc in ps)
@@ -237,6 +267,20 @@ class SGLangRunner:
         out: list[torch.Tensor] = []
         for lo, hi in self._chunks(need):
             out += self.engine.shared_prompt_sums(prompts[lo:hi], choices[lo:hi])
+        return out
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerateRequest], settings: GenerationSettings) -> list[tuple[int, ...]]:
+        """Completions (token ids, cut before EOS) through SGLang's prefill + decode, in request order."""
+        for i, r in enumerate(requests):
+            if not r.prompt_ids:
+                raise ValueError(f"request {i}: empty prompt_ids; generation needs a prompt token")
+        need = [(len(r.prompt_ids) + settings.max_new_tokens, 1, 0) for r in requests]
+        out: list[tuple[int, ...]] = []
+        for lo, hi in self._chunks(need):
+            rows = self.engine.generate([r.prompt_ids for r in requests[lo:hi]], settings.max_new_tokens,
+                                        settings.temperature, [r.seed for r in requests[lo:hi]], settings.eos_ids)
+            out += [cut_at_eos(row, settings.eos_ids) for row in rows]
         return out
 
     def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:
@@ -303,13 +347,17 @@ class SGLangRunner:
                 lay.read_piece(t, pc).copy_(lay.hf_slice(state[pc.hf_name], pc).to(t.device, t.dtype))
 
     def save_pretrained(self, out_dir: Path) -> None:
-        """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files."""
+        """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files; with
+        LoRA a peft adapter directory (adapter_config.json + adapter_model.safetensors)."""
         from safetensors.torch import save_file
 
         state = self.hf_state_dict()  # every TP rank takes part in the gather
         if self.tp_rank != 0:
             return
         out_dir = Path(out_dir)
+        if self.adapter is not None:  # LoRA: the peft adapter directory the hf backend writes too
+            sglang_lora.save_adapter(out_dir, state, self.cfg, str(self.model_path))
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
                   metadata={"format": "pt"})

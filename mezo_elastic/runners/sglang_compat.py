@@ -85,6 +85,9 @@ class Engine:
     # The last logprob_sums batch, still allocated: MeZO scores the same batch twice a step (theta +
     # eps z, theta - eps z), and building it again costs ~2 ms of host time on the 1B bench batch.
     _kept: tuple | None = None
+    # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang_lora.py);
+    # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
+    lora_id: str | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -114,7 +117,8 @@ class Engine:
         from sglang.srt.sampling.sampling_params import SamplingParams
 
         req = Req(rid=str(rid), origin_input_text="", origin_input_ids=array("q", ids),
-                  sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=start is not None)
+                  sampling_params=SamplingParams(temperature=0, max_new_tokens=1), return_logprob=start is not None,
+                  lora_id=self.lora_id)
         req.full_untruncated_fill_ids = req.origin_input_ids
         if start is not None:
             req.logprob_start_len = start
@@ -224,14 +228,78 @@ class Engine:
         finally:
             self.clear()
 
+    def _next_tokens(self, out: Any, fb: Any, temperature: float, seeds: torch.Tensor | None, position: int,
+                     logits: list | None) -> torch.Tensor:
+        """Next token of every row: the runner's sampler when greedy, else Gumbel-max keyed by seeds."""
+        if logits is not None:
+            logits.append(out.next_token_logits.float().clone())
+        if temperature == 0:
+            return self.model_runner.sample(out, fb)
+        from mezo_elastic.runners.sampling import gumbel_argmax
+
+        vocab = self.model_runner.model_config.vocab_size  # the LM head may be padded past it
+        return gumbel_argmax(out.next_token_logits[:, :vocab], temperature, seeds, position)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], max_new: int, temperature: float = 0.0,
+                 seeds: Sequence[int] = (), eos_ids: Sequence[int] = (), eager: bool = False,
+                 logits: list | None = None) -> list[list[int]]:
+        """Generate up to `max_new` tokens per prompt: one EXTEND (prefill) forward, then DECODE forwards.
+
+        As one_batch.py's extend()/decode(): the batch keeps every row to the end (a finished row's
+        tokens past its EOS are dropped by the caller), so each decode step has the batch size the
+        decode CUDA graph was captured for; every 8 tokens one host sync checks whether all rows hit
+        an EOS. The graph replays read the parameters' storage, which the sweeps update in place.
+        `eager` runs the decode steps without the graph (tests compare both); `logits`, when a list,
+        receives each step's next-token logits. Every KV and request slot is free again on return.
+        """
+        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+        mr = self.model_runner
+        graph, mr.decode_cuda_graph_runner = mr.decode_cuda_graph_runner, (None if eager else mr.decode_cuda_graph_runner)
+        self.clear()
+        try:
+            seed_t = torch.tensor(list(seeds), dtype=torch.int64, device=mr.device) if temperature > 0 else None
+            eos = torch.tensor(list(eos_ids) or [-1], dtype=torch.int64, device=mr.device)
+            batch, fb = self._prepare([self._req(i, ids, None) for i, ids in enumerate(prompts)])
+            nxt = self._next_tokens(mr.forward(fb).logits_output, fb, temperature, seed_t, 0, logits)
+            toks = [nxt]
+            for pos in range(1, max_new):
+                if eos_ids and pos % 8 == 0 and bool(torch.isin(torch.stack(toks, 1), eos).any(1).all()):
+                    break
+                batch.input_ids = nxt.to(torch.int64)
+                batch.prepare_for_decode()
+                fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
+                nxt = self._next_tokens(mr.forward(fb).logits_output, fb, temperature, seed_t, pos, logits)
+                toks.append(nxt)
+            return torch.stack(toks, 1).cpu().tolist()
+        finally:
+            mr.decode_cuda_graph_runner = graph
+            self.clear()
+
     def close(self) -> None:
         """Drop the model and SGLang's process groups (the default group included)."""
         from sglang.srt.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
         self._kept = None
-        self.model_runner = None
+        mr, self.model_runner = self.model_runner, None
+        if mr is not None:
+            # Captured graphs hold their memory pool and the KV buffers they read: drop them, or the next
+            # engine in this process finds ~47 GiB still in use (seen on an H200 with decode graphs on).
+            mr.decode_cuda_graph_runner = mr.prefill_cuda_graph_runner = mr.eager_runner = None
+        del mr
         destroy_model_parallel()
         destroy_distributed_environment()
+        # SGLang pools its CUDA-graph input buffers process-wide by (name, size, dtype); a later engine
+        # in the same process (tests, benchmarks) would capture on this one's stale contents (slot
+        # indices past its own KV pool: a device-side assert in store_cache, seen on an H200).
+        from sglang.srt.model_executor import input_buffers
+
+        input_buffers._forward_input_buffer_pool.clear()
+        import gc
+
+        gc.collect()  # the runner's reference cycles hold GPU tensors until collected
+        torch.cuda.empty_cache()
 
 
 def make_server_args(fields: dict[str, Any]) -> Any:
@@ -246,7 +314,7 @@ def make_server_args(fields: dict[str, Any]) -> Any:
 
 
 def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) -> Engine:
-    """Build the ModelRunner as one_batch.py's load_model does, without CUDA graphs.
+    """Build the ModelRunner as one_batch.py's load_model does (CUDA graphs as server_args say).
 
     torch.distributed's default group must already be this replica's TP world (size tp_size) or
     absent; SGLang then builds its TP groups on it.
@@ -277,8 +345,8 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     mr.alloc_memory_pool()
     mr.init_attention_backends()
     # With disable_cuda_graph every phase's backend is "disabled": this captures nothing and only
-    # sets up the eager runner the forward path dispatches to.
+    # sets up the eager runner the forward path dispatches to. Generation turns the decode graphs on.
     mr.init_cuda_graphs()
-    if mr.decode_cuda_graph_runner is not None:
+    if sa.disable_cuda_graph and mr.decode_cuda_graph_runner is not None:
         raise BackendError("sglang captured a decode CUDA graph although disable_cuda_graph=True")
     return Engine(mr, sa)

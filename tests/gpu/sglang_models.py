@@ -67,6 +67,42 @@ def save_random_model(spec: dict, out: Path, seed: int = 0, dtype: torch.dtype =
     return out
 
 
+TRAINED_VOCAB = 512
+
+
+def save_trained_model(spec: dict, out: Path, seed: int = 0, steps: int = 300) -> Path:
+    """Like save_random_model, but first trained (AdamW, fp32, on the GPU) on a fixed bigram rule
+    over the first TRAINED_VOCAB ids (next = (31 * token + 7) mod TRAINED_VOCAB) so next-token
+    distributions are peaked, as a trained model's are: a random model's top logits are near-ties
+    everywhere, so two bf16 engines' greedy paths part after a few tokens whatever their correctness.
+    Prompts of ids below TRAINED_VOCAB stay on the trained part."""
+    from transformers import AutoModelForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = hf_config(spec)
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    vocab = TRAINED_VOCAB
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    for _ in range(steps):
+        first = torch.randint(0, vocab, (32, 1), device="cuda", generator=g)
+        seq = [first]
+        for _ in range(31):
+            seq.append((31 * seq[-1] + 7) % vocab)
+        ids = torch.cat(seq, 1)
+        ids[:, 8] = torch.randint(0, vocab, (32,), device="cuda", generator=g)  # not every step is rule-bound
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    del model, opt
+    torch.cuda.empty_cache()
+    return out
+
+
 def single_ctx() -> RankContext:
     """A one-process rank context (no launcher)."""
     return RankContext(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, master_addr=None,

@@ -36,7 +36,7 @@ def assert_trained(job, rc: int, steps: int = STEPS, world: int = 2) -> None:
     assert re.search(rf"rank=0/{world} ", log), log[-3000:]
     out = job.output_dir
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines if x["type"] == "train"][-1] == steps - 1, lines[-3:]
+    assert [x["step"] for x in lines if x["type"] == "train"][-1] == steps, lines[-3:]  # steps done
     assert steps_logged(out) == steps
     assert (out / "final" / "model.safetensors").is_file()
 
@@ -67,6 +67,27 @@ def test_srun_sbatch_two_tasks_agree_on_rendezvous(slurm_cluster: Cluster, tiny_
     # Both ranks came from SLURM's variables and met on the job-derived port picked by the package.
     assert "launcher=slurm rank=0/2" in log and f"run_id=slurm-{job.job_id}." in log
     assert f"on port {derived_port(job.job_id)}" in log, log[-3000:]
+
+
+def test_srun_sbatch_with_a_held_master_port_moves_every_task(slurm_cluster: Cluster, tiny_inputs, tmp_path: Path):
+    # MASTER_PORT exported before sbatch, held by an unrelated process: the job moves on together.
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import socket, time\ns = socket.socket()\n"
+                               "s.bind(('', 0)); s.listen()\nprint(s.getsockname()[1], flush=True)\n"
+                               "time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(holder.stdout.readline())
+        job = submit(slurm_cluster, "srun.sbatch", tmp_path, cpu_overrides(tasks_per_node=2, share=False),
+                     [*tiny_inputs, *FAST, f"--train.steps={STEPS}", "--dist.port_timeout_s=2"],
+                     MASTER_PORT=str(port), **CPU)
+        assert_trained(job, job.wait())
+        log = job.log()
+        assert f"port agreement: {port} held by pid {holder.pid} (python" in log, log[-3000:]
+        assert f"moved to port {port + 1}" in log
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("script", ["torchrun.sbatch", "srun.sbatch"])

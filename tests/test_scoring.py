@@ -14,7 +14,7 @@ import torch
 from gpu.sglang_models import save_random_model
 from mezo_elastic.config import Config, ModelConfig
 from mezo_elastic.data import Example
-from mezo_elastic.objective import _candidate_scores, example_losses
+from mezo_elastic.objectives.scoring import _candidate_scores, example_losses
 from mezo_elastic.runners.hf import HFRunner
 
 SPECS = {  # tiny random models of two architectures (GQA, tied and untied, qkv bias)

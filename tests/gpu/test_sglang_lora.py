@@ -1,0 +1,138 @@
+"""LoRA on SGLang's LoRA pool vs LoRA through peft on HF: one adapter, one trajectory.
+
+The same tiny random models and tolerances as test_sglang_parity.py (bf16):
+  - the adapter (saved PEFT names) equal bit for bit on both backends: at the seeded init, after a
+    perturbation (the same z by name), after a load;
+  - mean completion NLL within 2e-2 nats, each request's per-token NLL within 6e-2, at the init (B = 0:
+    the base model) and after a perturbation (the adapter now changes the model);
+  - projected gradients of 50 MeZO steps on the adapter (eps 1e-2): correlation >= 0.95, sign >= 90%;
+  - SGLang's base weights never move; its final/ loads with PeftModel.from_pretrained.
+Targets: MeZO's q,v (fused qkv_proj with k left out) and every linear (adds row-parallel o/down and
+the merged gate/up). Skips without CUDA or sglang.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
+
+from sglang_models import TINY, mean_nll, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+from test_sglang_parity import MEAN_TOL, _assert_same_losses, _mezo_grads  # noqa: E402
+
+from mezo_elastic.config import Config, ModelConfig, PeftConfig  # noqa: E402
+from mezo_elastic.perturb import SweepPlan, step_seed, sweep  # noqa: E402
+from mezo_elastic.runners.hf import HFRunner  # noqa: E402
+from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
+
+TARGETS = {"qv": "q_proj,v_proj", "all": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"}
+CASES = [("llama32_tied", "qv"), ("llama_untied", "all"), ("qwen2_tied", "qv")]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{t}" for m, t in CASES])
+def pair(request, tmp_path_factory):
+    """(name, HF peft runner, SGLang LoRA runner) with the same seeded adapter on the same base weights."""
+    name, targets = request.param
+    path = save_random_model(TINY[name], tmp_path_factory.mktemp(name), seed=1)
+    dev = torch.device("cuda", 0)
+    peft = PeftConfig(method="lora", targets=TARGETS[targets])
+    hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda"), peft=peft),
+                  dev, str(path))
+    cfg = sglang_cfg(path)
+    cfg.peft = peft
+    sg = SGLangRunner(single_ctx(), cfg, dev, str(path))
+    yield name, hf, sg
+    sg.close()
+    hf.close()
+    torch.cuda.empty_cache()
+
+
+def _assert_same_adapter(hf, sg) -> None:
+    a, b = hf.hf_state_dict(), sg.hf_state_dict()
+    assert sorted(a) == sorted(b), f"names differ: {sorted(set(a) ^ set(b))[:6]}"
+    bad = [k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
+    assert not bad, f"{len(bad)} adapter tensors differ, e.g. {bad[:4]}"
+
+
+def test_the_pool_slot_holds_the_seeded_adapter_under_peft_names(pair):
+    _, hf, sg = pair
+    _assert_same_adapter(hf, sg)
+    assert sorted({s.name for s in hf.segments()}) == sorted({s.name for s in sg.segments()})
+    assert sum(s.tensor.numel() for s in hf.segments()) == sum(s.tensor.numel() for s in sg.segments())
+
+
+def test_losses_match_at_init_and_after_perturbation_and_base_weights_stay(pair):
+    name, hf, sg = pair
+    reqs = random_requests(12, TINY[name]["vocab_size"], seed=3)
+    base = {n: p.detach().clone() for n, p in sg.engine.model.named_parameters()}
+    _assert_same_losses(hf, sg, reqs, f"{name} lora init")
+    before = mean_nll(sg.score(reqs))
+    seed = step_seed(7, 0)
+    for runner in (hf, sg):
+        sweep(runner.segments(), SweepPlan(post=[(seed, 1e-1)]))
+    _assert_same_adapter(hf, sg)
+    _assert_same_losses(hf, sg, reqs, f"{name} lora perturbed")
+    assert abs(mean_nll(sg.score(reqs)) - before) > MEAN_TOL / 10, "the adapter in the pool does not reach the forward"
+    moved = [n for n, p in sg.engine.model.named_parameters() if not torch.equal(p, base[n])]
+    assert not moved, f"base weights changed: {moved[:4]}"
+    for runner in (hf, sg):
+        sweep(runner.segments(), SweepPlan(post=[(seed, -1e-1)]))
+
+
+def test_projected_gradients_match_over_50_steps(pair):
+    name, hf, sg = pair
+    batches = [random_requests(8, TINY[name]["vocab_size"], seed=100 + t) for t in range(50)]
+    start = hf.hf_state_dict()
+    g_hf = _mezo_grads(hf, batches, eps=1e-2, lr=1e-2, run_seed=11)
+    g_sg = _mezo_grads(sg, batches, eps=1e-2, lr=1e-2, run_seed=11)
+    a, b = torch.tensor(g_hf), torch.tensor(g_sg)
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    sign = (a.sign() == b.sign()).float().mean().item()
+    print(f"{name} lora: 50 steps, corr(g_hf, g_sglang) {corr:.4f}, sign agreement {sign:.2f}, "
+          f"max |dg| {(a - b).abs().max().item():.3e}, std g_hf {a.std().item():.3e}")
+    assert corr >= 0.95 and sign >= 0.9
+    hf.load_hf_state_dict(start)
+    sg.load_hf_state_dict(start)
+    _assert_same_adapter(hf, sg)
+
+
+def test_saved_adapter_loads_with_peft_onto_the_base_model(pair, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    name, hf, sg = pair
+    seed = step_seed(5, 0)
+    for runner in (hf, sg):
+        sweep(runner.segments(), SweepPlan(post=[(seed, 1e-1)]))
+    sg.save_pretrained(tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(hf.model_path, dtype=torch.bfloat16).cuda()
+    # autocast off: the adapter stays bf16, as the hf runner holds it (peft would upcast it to fp32)
+    model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"), autocast_adapter_dtype=False).eval()
+    ids = torch.tensor([list(random_requests(1, TINY[name]["vocab_size"], seed=4)[0].prompt_ids)]).cuda()
+    with torch.no_grad():
+        d = (model(input_ids=ids).logits.float() - hf.model(input_ids=ids).logits.float()).abs().max().item()
+    print(f"{name}: SGLang-saved adapter under peft vs the hf runner's peft model: max |d logit| {d:.2e}")
+    assert d < 1e-2  # the same bf16 adapter values on the same base model through the same code (0 expected)
+    for runner in (hf, sg):
+        sweep(runner.segments(), SweepPlan(post=[(seed, -1e-1)]))
+
+
+def test_the_kept_batch_sees_the_perturbed_adapter(pair):
+    """MeZO scores one batch twice a step with the engine's kept ForwardBatch (LoRA batch info made
+    once, in ForwardBatch.init_new): after an in-place change of the pool slot it must score what a
+    freshly built batch scores."""
+    name, _, sg = pair
+    reqs = random_requests(12, TINY[name]["vocab_size"], seed=9)
+    sg.engine.clear()
+    a = sg.score(reqs)[0]
+    seed = step_seed(3, 1)
+    sweep(sg.segments(), SweepPlan(post=[(seed, 1e-1)]))
+    kept = sg.score(reqs)[0]
+    sg.engine.clear()
+    fresh = sg.score(reqs)[0]
+    sweep(sg.segments(), SweepPlan(post=[(seed, -1e-1)]))
+    assert torch.equal(kept, fresh) and not torch.equal(a, kept)
