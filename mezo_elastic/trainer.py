@@ -96,6 +96,16 @@ def _read(path: str, tok, cfg: Config, split: str = "train") -> list[Example]:
     return tokenize(rows, tok, d.objective, max_len, where, d.verbatim or bool(d.task))
 
 
+def stored_model_path(model_path: str, out: Path) -> str:
+    """The model path as run.json keeps it: relative to the output directory when inside it (so a
+    copied run directory still finds its built-in model), else absolute (any launch directory)."""
+    model = Path(model_path).resolve()
+    try:
+        return str(model.relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(model)
+
+
 class Trainer:
     """One MeZO run on one rank. Build with a RankContext, Config and the data-parallel comm, then run().
 
@@ -144,14 +154,6 @@ class Trainer:
                         "%s", 100 * frac, train_path, tok.unk_token, self.data.model_path, tok.unk_token,
                         " (the built-in model knows 31 words only)" if not self.cfg.model.path else "")
 
-    def stored_model_path(self) -> str:
-        """The model path as run.json keeps it: relative to the output directory when inside it (so a
-        copied run directory still finds its built-in model), else absolute (any launch directory)."""
-        model = Path(self.data.model_path).resolve()
-        try:
-            return str(model.relative_to(self.out.resolve()))
-        except ValueError:
-            return str(model)
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class Trainer:
                 )
         elif self.ctx.is_main:
             checkpoint.atomic_write_text(path, json.dumps(
-                {"model_path": self.stored_model_path(), "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+                {"model_path": stored_model_path(self.data.model_path, self.out), "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
 
     def _plan_resume(self) -> dict:
         """Rank 0: which checkpoint to load and which logged steps to replay after it.
@@ -310,7 +312,7 @@ class Trainer:
                 state = self.state()  # a TP replica gathers its shards: all of its ranks take part
                 if self.ctx.is_main:
                     checkpoint.save_checkpoint(self.out, steps_done, state, {
-                        "world_size": self.ctx.world_size, "model_path": self.stored_model_path(), "time": time.time(),
+                        "world_size": self.ctx.world_size, "model_path": stored_model_path(self.data.model_path, self.out), "time": time.time(),
                     }, self.cfg.checkpoint.keep)
         self.comm.barrier()
 
