@@ -84,16 +84,19 @@ def bench_shape(path: Path, reqs: list, reps: int) -> dict:
             "forward_reference_ms": lambda: ref.zo_forward(inputs), "forward_ours_ms": lambda: runner.score(reqs),
             "step_reference_ms": ref_step}
     segs = fresh_segments(runner.model)
-    counter = iter(range(10**6))
     for dist in DISTS:
         one = SweepPlan(post=[(1, 1e-3)], dist=dist)
         two = SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)], dist=dist)
         jobs[f"sweep_ours_1seed_{dist}_ms"] = lambda one=one: sweep(segs, one)
         jobs[f"sweep_ours_2seed_{dist}_ms"] = lambda two=two: sweep(segs, two)
-        # Two optimizers share the weights: each step moves them by a few eps, harmless for timing.
+        # Two optimizers share the weights: each moves them by a few eps a step, harmless for timing.
         mcfg = MezoConfig(lr=1e-6, eps=1e-3, distribution=dist)
         opt = MezoOptimizer(runner.segments(), mcfg, master_weights=False)
-        jobs[f"step_ours_{dist}_ms"] = lambda opt=opt, mcfg=mcfg: our_step(runner, opt, reqs, next(counter), mcfg)
+        # Its own step counter: each step then finds the perturbation its previous update folded in
+        # (2 sweeps a step, as in training; a shared counter would add a third).
+        steps = iter(range(10**6))
+        jobs[f"step_ours_{dist}_ms"] = lambda opt=opt, mcfg=mcfg, steps=steps: our_step(runner, opt, reqs, next(steps),
+                                                                                       mcfg)
     out = interleaved(jobs, reps)
     out["params"] = sum(p.numel() for p in runner.model.parameters())
     return out

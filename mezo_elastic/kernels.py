@@ -2,9 +2,10 @@
 
 Same z as perturb.z_range for the same (seed, HF name, element index): Philox4x32-10 keyed by
 blake2b(f"{seed}|{name}"), counter = index // 4, lane = index % 4, Box-Muller on lanes (0,1) and
-(2,3); rademacher z is the sign bit of each lane's word, bit for bit the CPU path's. The log is libdevice's (precise: near u1 = 1 the radius is tiny and an approximate log's
+(2,3). The log is libdevice's (precise: near u1 = 1 the radius is tiny and an approximate log's
 absolute error would dominate it); sin and cos use the hardware approximations, |error| < 1e-6
-before scaling by the radius, so z agrees with the torch implementation to ~1e-5 absolute.
+before scaling by the radius, so gaussian z agrees with the torch implementation to ~1e-5 absolute.
+Rademacher z (DIST=1) is the sign bit of each lane's word: bit for bit the CPU path's.
 
 One program handles BLOCK_C Philox counters (4 * BLOCK_C consecutive elements of one segment,
 aligned to the HF index so every counter's 4 lanes are used); a block table maps program ids to

@@ -66,6 +66,6 @@ def sweep(segments: list[ParamSegment], plan: SweepPlan, chunk_elems: int = 1 <<
 
 
 def native_status() -> str:
-    """'compiled' or why the torch ops generate the Philox words (doctor and bench print it)."""
+    """'compiled' or why torch ops generate the Philox words (bench/bench_cpu_step.py prints it)."""
     why = native.why_not()
     return "compiled" if why is None else f"torch ops ({why})"

@@ -25,7 +25,7 @@ BATCH_PER_THREAD = 1 << 16  # elements a batch per intra-op thread: z buffers st
 class _Batch:
     """Pieces (segment, start, count) of one (dtype, master, decay) group, packed on counter slots."""
 
-    pieces: list[tuple[ParamSegment, int, int]]
+    pieces: list[tuple[int, int, int]]  # (segment index, start, count): indices, so the cache holds no weights
     pos: list[int]  # element position of each piece in the batch's padded buffers
     slots: int  # Philox counters of the batch (buffers hold 4 * slots elements)
     ranges: torch.Tensor  # int64 [5, pieces]: first counter, count, k0, k1 (set per seed), out slot
@@ -53,10 +53,10 @@ def _fingerprint(segments: list[ParamSegment]) -> tuple:
                                      for s in segments[::step] + segments[-1:])
 
 
-def _pack(group: list[ParamSegment], batch: int, name_idx: dict[str, int]) -> list[_Batch]:
+def _pack(group: list[tuple[int, ParamSegment]], batch: int, name_idx: dict[str, int]) -> list[_Batch]:
     """Cut the group's segments into pieces and fill batches of at most `batch` padded elements."""
     out: list[_Batch] = []
-    cur: list[tuple[ParamSegment, int, int]] = []
+    cur: list[tuple[int, ParamSegment, int, int]] = []
     used = 0
 
     def flush() -> None:
@@ -65,7 +65,7 @@ def _pack(group: list[ParamSegment], batch: int, name_idx: dict[str, int]) -> li
             out.append(_make_batch(cur, name_idx))
         cur, used = [], 0
 
-    for seg in group:
+    for i, seg in group:
         lo, n = 0, seg.tensor.numel()
         while lo < n:
             room = batch - used - 3 - (seg.offset + lo) % 4  # padding to whole counters
@@ -73,25 +73,26 @@ def _pack(group: list[ParamSegment], batch: int, name_idx: dict[str, int]) -> li
                 flush()
                 continue
             cnt = min(room, n - lo)
-            cur.append((seg, lo, cnt))
+            cur.append((i, seg, lo, cnt))
             used += (seg.offset + lo) % 4 + cnt + 3 & ~3
             lo += cnt
     flush()
     return out
 
 
-def _make_batch(pieces: list[tuple[ParamSegment, int, int]], name_idx: dict[str, int]) -> _Batch:
+def _make_batch(pieces: list[tuple[int, ParamSegment, int, int]], name_idx: dict[str, int]) -> _Batch:
     rows, pos, slot = [], [], 0
-    for seg, lo, n in pieces:
+    for _, seg, lo, n in pieces:
         h = seg.offset + lo
         count = (h % 4 + n + 3) // 4
         rows.append([h // 4, count, 0, 0, slot])
         pos.append(4 * slot + h % 4)
         slot += count
-    seg0 = pieces[0][0]
+    seg0 = pieces[0][1]
     base = seg0.master if seg0.master is not None else seg0.tensor  # fp32 math, fp64 weights keep fp64
-    return _Batch(pieces, pos, slot, torch.tensor(rows, dtype=torch.int64).T.contiguous(),
-                  torch.tensor([name_idx[s.name] for s, _, _ in pieces], dtype=torch.int64),
+    return _Batch([(i, lo, n) for i, _, lo, n in pieces], pos, slot,
+                  torch.tensor(rows, dtype=torch.int64).T.contiguous(),
+                  torch.tensor([name_idx[s.name] for _, s, _, _ in pieces], dtype=torch.int64),
                   seg0.decay, seg0.master is not None, torch.promote_types(base.dtype, torch.float32))
 
 
@@ -106,10 +107,11 @@ def layout(segments: list[ParamSegment], batch: int) -> _Layout:
             return lay
     names = sorted({s.name for s in segments})
     idx = {n: i for i, n in enumerate(names)}
-    groups: dict[tuple, list[ParamSegment]] = {}
-    for s in segments:
+    groups: dict[tuple, list[tuple[int, ParamSegment]]] = {}
+    for i, s in enumerate(segments):
         if s.tensor.numel():
-            groups.setdefault((str(s.tensor.dtype), s.master is not None, s.decay, str(s.tensor.device)), []).append(s)
+            key = (str(s.tensor.dtype), s.master is not None, s.decay, str(s.tensor.device))
+            groups.setdefault(key, []).append((i, s))
     batches = [b for key in sorted(groups) for b in _pack(groups[key], batch, idx)]
     lay = _Layout(id(segments), fp, batch, names, batches, {})
     _CACHE.insert(0, lay)
@@ -152,7 +154,10 @@ def fill_z(ranges: torch.Tensor, dist: str, out: torch.Tensor, scratch: _Scratch
         count = ranges[1]
         starts = torch.repeat_interleave(ranges[0] - torch.cumsum(count, 0) + count, count)
         counters = (starts + torch.arange(slots)).to(out.device)
-        k0, k1 = (torch.repeat_interleave(ranges[i], count).to(out.device) for i in (2, 3))
+        if ranges.shape[1] == 1:  # one piece (a chunk of a large tensor): int keys, 4 fewer ops a round
+            k0, k1 = int(ranges[2, 0]), int(ranges[3, 0])
+        else:
+            k0, k1 = (torch.repeat_interleave(ranges[i], count).to(out.device) for i in (2, 3))
         words = philox_torch.philox4x32(counters, k0, k1)
         if dist == "rademacher":
             out.copy_(philox_torch.rademacher(words))
@@ -176,20 +181,22 @@ def _combine(zs: dict[int, torch.Tensor], terms: list[Term], acc: torch.Tensor, 
     return not first
 
 
-def _apply(b: _Batch, plan: SweepPlan, zs: dict[int, torch.Tensor], scratch: _Scratch) -> None:
+def _apply(b: _Batch, segments: list[ParamSegment], plan: SweepPlan, zs: dict[int, torch.Tensor],
+           scratch: _Scratch) -> None:
     """new = (1 - decay) * (base + pre) + post; master <- new, weights <- new + show (see perturb)."""
     single = len(b.pieces) == 1
-    seg, lo, n = b.pieces[0]
+    pieces = [(segments[i], lo, n) for i, lo, n in b.pieces]
+    _, _, n = pieces[0]
     if single:  # z views onto the piece's own elements; work in place where the dtype allows
         p = b.pos[0]
         zs = {s: z[p : p + n] for s, z in zs.items()}
         size = n
     else:
         size = 4 * b.slots
-    srcs = [(s.master if b.master else s.tensor)[lo_ : lo_ + n_] for s, lo_, n_ in b.pieces]
+    srcs = [(s.master if b.master else s.tensor)[lo_ : lo_ + n_] for s, lo_, n_ in pieces]
     in_place = single and srcs[0].dtype == b.work_dtype
     work = srcs[0] if in_place else scratch.get("work", size, b.work_dtype)
-    views = [work] if single else [work[p : p + n_] for p, (_, _, n_) in zip(b.pos, b.pieces)]
+    views = [work] if single else [work[p : p + n_] for p, (_, _, n_) in zip(b.pos, pieces)]
     if not in_place:
         torch._foreach_copy_(views, srcs)
     acc, tmp = scratch.get("acc", size), scratch.get("tmp", size)
@@ -199,13 +206,13 @@ def _apply(b: _Batch, plan: SweepPlan, zs: dict[int, torch.Tensor], scratch: _Sc
         work.mul_(1.0 - plan.decay)
     if _combine(zs, plan.post, acc, tmp):
         work.add_(acc)
-    dsts = [s.tensor[lo_ : lo_ + n_] for s, lo_, n_ in b.pieces]
+    dsts = [s.tensor[lo_ : lo_ + n_] for s, lo_, n_ in pieces]
     if b.master:
         if not in_place:
             torch._foreach_copy_(srcs, views)  # the new master
         if _combine(zs, plan.show, acc, tmp):
             acc.add_(work)
-            views = [acc] if single else [acc[p : p + n_] for p, (_, _, n_) in zip(b.pos, b.pieces)]
+            views = [acc] if single else [acc[p : p + n_] for p, (_, _, n_) in zip(b.pos, pieces)]
     if b.master or not in_place:
         torch._foreach_copy_(dsts, views)
 
@@ -231,7 +238,7 @@ def sweep(segments: list[ParamSegment], plan: SweepPlan, chunk_elems: int, use_n
                 ranges[2:4] = keys[s][:, b.name_idx]
                 zs[s] = scratch.get(f"z{i}", 4 * b.slots)
                 fill_z(ranges, plan.dist, zs[s], scratch, use_native)
-            _apply(b, plan, zs, scratch)
+            _apply(b, segments, plan, zs, scratch)
 
 
 def z_values(seed: int, name: str, start: int, count: int, dist: str, device: torch.device | str,

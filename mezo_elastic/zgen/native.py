@@ -66,7 +66,8 @@ def _load() -> ctypes.CDLL | None:
             _compile(cc, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
-        _STATE["why"] = f"compiling {SOURCE.name} failed: {e}"
+        err = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()
+        _STATE["why"] = f"compiling {SOURCE.name} with {cc} failed: {e}" + (f": {err[0]}" if err else "")
         return None
     for fn in ("philox_words", "gauss_inputs", "rademacher"):
         f = getattr(lib, fn)
