@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class RunData:
     train: list[Example]
     eval: list[Example]
     model_path: str
+    dev: list[Example] = field(default_factory=list)  # data.task: MeZO's held-out dev set (data.eval_dev)
 
 
 def _get(cfg: Config, dotted: str):
@@ -136,6 +137,8 @@ class Trainer:
         train = _read(train_path, tok, cfg)
         evals = _read(eval_path, tok, cfg, "eval") if eval_path else []  # data.task: data.num_eval, not cut
         self.data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
+        if cfg.data.task and cfg.data.eval_dev and evals:
+            self.data.dev = _read(train_path, tok, cfg, "dev")
         self.objective = make_objective(cfg, self.runner, tok)
         self._warn_unknown_tokens(tok, train_path)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
@@ -285,20 +288,27 @@ class Trainer:
                          skipped=skipped, loss=(sum(plus) + sum(minus)) / (2 * len(plus)))
         return rec, stop > 0
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Loss (accuracy for classification; mean reward, and accuracy when rewards are 0/1, for the
-        reward objective) on the eval set, split over ranks, on clean weights."""
-        mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
+    def _eval_metrics(self, examples: list[Example], step: int, prefix: str) -> dict[str, float]:
+        """`prefix`_loss (and _accuracy, _reward) of `examples`, split over ranks, on clean weights."""
+        mine = rank_slice(examples, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
             sums = self.objective.eval_sums(mine, step)
         keys = sorted(sums)  # the same keys on every rank: they depend on the objective only
         vals = dict(zip(keys + ["n"], self.comm.all_reduce_sum([sums[k] for k in keys] + [len(mine)])))
         n = max(vals["n"], 1)
-        out = {"eval_loss": vals["loss"] / n}
+        out = {f"{prefix}_loss": vals["loss"] / n}
         if "reward" in vals:
-            out["eval_reward"] = vals["reward"] / n
+            out[f"{prefix}_reward"] = vals["reward"] / n
         if "correct" in vals and vals.get("nonbinary", 0) == 0:
-            out["eval_accuracy"] = vals["correct"] / n
+            out[f"{prefix}_accuracy"] = vals["correct"] / n
+        return out
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Loss (accuracy for classification; mean reward, and accuracy when rewards are 0/1, for the
+        reward objective) on the eval set, and with data.task on MeZO's dev set (dev_*)."""
+        out = self._eval_metrics(self.data.eval, step, "eval")
+        if self.data.dev:
+            out.update(self._eval_metrics(self.data.dev, step, "dev"))
         out.update(task_metrics(self.cfg.data, out))  # data.task: the metric MeZO reports, by its name
         self.metrics.write("eval", step, **out)
         log.info("eval step %d%s: %s", step, f" ({self.cfg.data.task})" if self.cfg.data.task else "",
