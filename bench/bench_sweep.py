@@ -11,7 +11,8 @@ Weights are allocated with the model's parameter shapes (random bf16, no model b
 variant. Variants: `default` is what training runs; `lanes` / `join` / `pick` are the load/store layouts (kernels.VEC 0 / 1 / 2: the
 same bits), `aligned` the vector-load path for aligned segments (kernels.ALIGN); the profiling modes (kernels._z4 MODE, never used for training) replace parts of the RNG:
 `no-rng` (z a cheap function of the counter: the memory + update floor), `philox only` (no
-Box-Muller), `fast log` (approximate lg2 instead of libdevice's log). Bytes counted per element:
+Box-Muller), `fast log` (approximate lg2 instead of libdevice's log). `rademacher` is the training
+kernel with `--mezo.distribution=rademacher` (z = the sign bit of each lane's Philox word). Bytes counted per element:
 read + write of the weight (4 B for bf16), with master weights read + write of the fp32 master plus
 the bf16 write (10 B). Prints a Markdown table; --out writes JSON.
 """
@@ -19,6 +20,7 @@ the bf16 write (10 B). Prints a Markdown table; --out writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -40,7 +42,8 @@ SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
 VARIANTS = [("default", None, 0, True), ("lanes", 0, 0, False), ("lanes aligned", 0, 0, True), ("join aligned", 1, 0, True),
             ("pick", 2, 0, False), ("pick aligned", 2, 0, True),
             ("lanes no-rng", 0, 1, False), ("join aligned no-rng", 1, 1, True), ("pick aligned no-rng", 2, 1, True),
-            ("pick aligned philox only", 2, 2, True), ("pick aligned fast log", 2, 3, True)]
+            ("pick aligned philox only", 2, 2, True), ("pick aligned fast log", 2, 3, True),
+            ("rademacher", None, 0, True), ("rademacher lanes", 0, 0, False)]  # --mezo.distribution=rademacher
 PLANS = {1: SweepPlan(post=[(1, 1e-3)]), 2: SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])}
 PLANS_MASTER = {1: SweepPlan(post=[(1, 1e-3)]),
                 2: SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6)], show=[(2, 1e-3)])}
@@ -99,7 +102,8 @@ def main() -> None:
             plan = (PLANS_MASTER if master else PLANS)[seeds]
             for label, vec, mode, align in VARIANTS:
                 kernels.VEC, kernels.ALIGN = vec, align
-                run = lambda: kernels.fused_sweep(segs, plan, _mode=mode)  # noqa: E731,B023
+                p = dataclasses.replace(plan, dist="rademacher" if label.startswith("rademacher") else "gaussian")
+                run = lambda: kernels.fused_sweep(segs, p, _mode=mode)  # noqa: E731,B023
                 if args.once:
                     run()
                     torch.cuda.synchronize()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mezo_elastic.errors import ConfigError
+from mezo_elastic.tasks.templates import canonical_name
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -84,10 +85,30 @@ class ModelConfig:
             raise ConfigError(f"model.trainable={self.trainable!r} is not a valid regex: {e}") from None
 
 
+def _check_task(data: "DataConfig") -> None:
+    """A MeZO task fixes the objective (classification, or reward for the generation tasks) and needs its files."""
+    from mezo_elastic.tasks.templates import TASKS
+
+    need = "reward" if TASKS[data.task].generation else "classification"
+    if data.objective != need:
+        why = "generation scored by token F1" if need == "reward" else "scored by its candidates"
+        raise ConfigError(f"data.task={data.task} needs data.objective={need} ({why}); got "
+                          f"data.objective={data.objective!r}")
+    if need == "reward" and data.reward != "token_f1":
+        raise ConfigError(f"data.task={data.task} is scored by MeZO's token F1: set data.reward=token_f1 "
+                          f"(got data.reward={data.reward!r})")
+    if not data.path:
+        raise ConfigError(f"data.task={data.task} needs data.path: a local copy of the task's train split "
+                          f"(.jsonl, .parquet or a save_to_disk directory; docs/tasks.md)")
+
+
 @dataclass(kw_only=True)
 class DataConfig:
-    path: str = opt("", "training JSONL file; empty = the built-in synthetic task (made on first use)")
-    eval_path: str = opt("", "eval JSONL file; empty = a held-out split of the built-in task, or none for user data")
+    path: str = opt("", "training JSONL file (data.task: the task's train split as .jsonl/.parquet/save_to_disk dir, "
+                    "docs/tasks.md); empty = the built-in synthetic task (made on first use)")
+    eval_path: str = opt("", "eval JSONL file (data.task: the validation split, which MeZO reports; empty = the "
+                         "'validation' split of a DatasetDict dir at data.path); empty = a held-out split of the "
+                         "built-in task, or none for user data")
     objective: Literal["lm", "classification", "reward"] = opt(
         "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods; "
         "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward)"
@@ -98,7 +119,8 @@ class DataConfig:
     )
     seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
     max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
-    eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation")
+    eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation (not with "
+                             "data.task: data.num_eval)")
     micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
     unk_warn_fraction: float = opt(
         0.01, "rank 0 warns when more than this fraction of the training tokens are the tokenizer's unknown token"
@@ -108,10 +130,47 @@ class DataConfig:
         "model.sglang_share_min_tokens allows); same losses up to float rounding"
     )
 
+    task: str = opt(
+        "", "one of MeZO's tasks, any case: SST2 RTE CB BoolQ WSC WIC MultiRC Copa ReCoRD SQuAD DROP. Rows come "
+        "from data.path/eval_path in the dataset's own HF schema through MeZO's template and sampling "
+        "(docs/tasks.md); empty = JSONL rows"
+    )
+    num_train: int = opt(1000, "data.task: training examples sampled from data.path (MeZO's protocol; 0 = all)")
+    num_dev: int = opt(
+        -1, "data.task: examples of that sample held out as MeZO's dev set, never trained on; -1 = MeZO's "
+        "(500; 100 for CB and Copa)"
+    )
+    num_eval: int = opt(1000, "data.task: eval examples sampled from data.eval_path (0 = all, in file order)")
+    sample_seed: int = opt(0, "data.task: MeZO's train_set_seed, the seed of the permutations that pick train/dev/eval")
+    verbatim: bool = opt(
+        False, "JSONL rows: prompt + candidate (or completion) is the text exactly as written; off = a space goes "
+        "between them. data.task rows are always verbatim"
+    )
+    candidate_score: Literal["auto", "sum", "mean"] = opt(
+        "auto", "classification: a candidate's score is the sum of its tokens' log-likelihoods, or their mean "
+        "(MeZO's length-normalised score, in its loss and its eval); auto = mean with data.task, else sum"
+    )
+
+    class_loss: Literal["auto", "ce", "nll"] = opt(
+        "auto", "classification training loss: ce = cross-entropy over the candidates' scores (MeZO's "
+        "--train_as_classification); nll = mean NLL of the right candidate's tokens only (MeZO's teacher forcing, "
+        "which mezo.sh uses for Copa and ReCoRD); auto = nll for data.task Copa/ReCoRD, else ce. Eval accuracy "
+        "is by the candidates' scores either way"
+    )
+
     def __post_init__(self) -> None:
         _choice("data", "objective", self.objective, ("lm", "classification", "reward"))
         if not self.reward:
             raise ConfigError("data.reward='' is not allowed; name a built-in reward or MODULE:FUNCTION")
+        _choice("data", "candidate_score", self.candidate_score, ("auto", "sum", "mean"))
+        _choice("data", "class_loss", self.class_loss, ("auto", "ce", "nll"))
+        _positive("data", "num_train", self.num_train, zero_ok=True)
+        _positive("data", "num_eval", self.num_eval, zero_ok=True)
+        if self.num_dev < -1:
+            raise ConfigError(f"data.num_dev={self.num_dev} is not allowed; it must be >= 0, or -1 for MeZO's")
+        self.task = canonical_name(self.task)
+        if self.task:
+            _check_task(self)
         _positive("data", "max_length", self.max_length)
         _positive("data", "eval_examples", self.eval_examples, zero_ok=True)
         _positive("data", "micro_batch", self.micro_batch)
@@ -149,6 +208,10 @@ class MezoConfig:
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
     )
+    distribution: Literal["gaussian", "rademacher"] = opt(
+        "gaussian", "z's distribution: gaussian (Philox + Box-Muller, MeZO's) or rademacher (+-1 from one Philox "
+        "bit an element, SPSA's original; cheaper sweeps). Part of the trajectory: resume refuses a change"
+    )
 
     def __post_init__(self) -> None:
         _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
@@ -159,6 +222,7 @@ class MezoConfig:
         if self.perturbations > 1 and self.master_weights == "off":
             raise ConfigError(f"mezo.perturbations={self.perturbations} needs master weights (mezo.master_weights="
                               f"'off' is not allowed with it): only the fp32 master replays a population exactly")
+        _choice("mezo", "distribution", self.distribution, ("gaussian", "rademacher"))
         _positive("mezo", "lr", self.lr, zero_ok=True)
         _positive("mezo", "eps", self.eps)
         _positive("mezo", "weight_decay", self.weight_decay, zero_ok=True)

@@ -3,8 +3,15 @@
 Schemas (one JSON object a line; blank lines are skipped):
   lm              {"prompt": str, "completion": str}
   classification  {"prompt": str, "candidates": [str, str, ...], "label": int}
+                  optional "correct": [int, ...], every right candidate (eval accuracy; ReCoRD)
   reward          {"prompt": str, "answers": [str, ...], any other field}  (the whole row reaches the
                   reward function; answers may be empty for a reward that does not use them)
+
+How a candidate (or completion) joins its prompt: by default a space goes between them (the files'
+convention: {"prompt": "2+2 =", "completion": "4"} is the text "2+2 = 4"). With data.verbatim (and
+always for data.task rows) prompt + candidate is the text as it stands, as MeZO's templates need
+(CB's "...Yes, No, or Maybe?\n" + "Yes"); its tokens are then those of prompt + candidate after the
+prompt's own, the option tokens of MeZO's encode_prompt.
 
 The global batch of step t is a pure function of (data seed, t): example k of the run
 (k = t * batch_size + j) is position k % N of the permutation of epoch k // N. Ranks take
@@ -34,6 +41,7 @@ class Example:
     row: dict | None = field(default=None, compare=False, hash=False)  # reward: the JSONL row as read
     where: str = ""  # "file:line" of the row (for reward errors)
     index: int = 0  # position in its dataset (keys the sampling noise of generation)
+    correct: tuple[int, ...] = ()  # every right candidate when there are several (ReCoRD); () = (label,)
 
     @property
     def n_tokens(self) -> int:
@@ -61,6 +69,11 @@ def _check(path: str, lineno: int, obj: Any, objective: str) -> None:
     label = obj.get("label")
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(cands):
         raise DataError(f"{where}: field 'label' must be an integer in [0, {len(cands)}) (got {label!r})")
+    correct = obj.get("correct", [label])
+    if not isinstance(correct, list) or not correct or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(cands) for i in correct):
+        raise DataError(f"{where}: field 'correct' must be a non-empty list of integers in [0, {len(cands)}) "
+                        f"(got {correct!r})")
 
 
 def read_jsonl(path: str, objective: str, where: list[str] | None = None) -> list[dict]:
@@ -96,9 +109,18 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
+def _candidate_ids(tokenizer, prompt: str, n_prompt: int, text: str, verbatim: bool) -> tuple[int, ...]:
+    if not verbatim:
+        # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
+        return tuple(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+    # MeZO's option tokens: those of the whole text past the prompt's count (encode_prompt's option_len).
+    return tuple(tokenizer(prompt + text, add_special_tokens=True)["input_ids"][n_prompt:])
+
+
 def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
-             where: Sequence[str] | None = None) -> list[Example]:
-    """Tokenise prompt and completions separately (no merges across the boundary), cut from the left.
+             where: Sequence[str] | None = None, verbatim: bool = False) -> list[Example]:
+    """Tokenise prompt and completions (no merges across the boundary; see the module docstring for
+    verbatim), cut from the left.
 
     objective reward: the prompt only (max_length is what the prompt may use), the row kept whole.
     """
@@ -112,13 +134,14 @@ def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
             out.append(Example(prompt[-max_length:], (), 0, row, where[i] if where else f"example {i}", i))
             continue
         texts = [row["completion"]] if objective == "lm" else row["candidates"]
-        # A leading space makes BPE tokenizers produce the word as it appears after the prompt.
-        cands = tuple(tuple(tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in texts)
+        cands = tuple(_candidate_ids(tokenizer, row["prompt"], len(prompt), t, verbatim) for t in texts)
+        if not all(cands):
+            raise DataError(f"example {i}: a candidate of {texts!r} has no tokens after the prompt {row['prompt']!r}")
         longest = max(len(c) for c in cands)
         if longest >= max_length:
             raise DataError(f"a completion has {longest} tokens, not below data.max_length={max_length}")
         prompt = prompt[-(max_length - longest):]
-        out.append(Example(prompt, cands, int(row.get("label", 0)), index=i))
+        out.append(Example(prompt, cands, int(row.get("label", 0)), index=i, correct=tuple(row.get("correct", ()))))
     return out
 
 

@@ -2,7 +2,7 @@
 
 Same z as perturb.z_range for the same (seed, HF name, element index): Philox4x32-10 keyed by
 blake2b(f"{seed}|{name}"), counter = index // 4, lane = index % 4, Box-Muller on lanes (0,1) and
-(2,3). The log is libdevice's (precise: near u1 = 1 the radius is tiny and an approximate log's
+(2,3); rademacher z is the sign bit of each lane's word, bit for bit the CPU path's. The log is libdevice's (precise: near u1 = 1 the radius is tiny and an approximate log's
 absolute error would dominate it); sin and cos use the hardware approximations, |error| < 1e-6
 before scaling by the radius, so z agrees with the torch implementation to ~1e-5 absolute.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mezo_elastic.perturb import ParamSegment, SweepPlan, philox_key
+from mezo_elastic.zgen.types import ParamSegment, SweepPlan, philox_key
 
 try:
     import triton
@@ -38,6 +38,7 @@ VEC: int | None = None
 ALIGN = True  # give aligned segments their own launch with vector-load hints (bench: off to compare)
 MAX_INDEX = 2**33  # HF element indices the kernel handles (counter = index // 4 in 31 bits)
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+DIST_CODE = {"gaussian": 0, "rademacher": 1}  # the kernel's DIST constexpr: gaussian compiles as before
 
 
 def available() -> bool:
@@ -94,8 +95,14 @@ if HAVE_TRITON:
         return r * _cos(th), r * _sin(th)
 
     @triton.jit
-    def _z4(c0, c1, k0, k1, MODE: tl.constexpr):
+    def _sign(x):
+        """Rademacher z of a lane: -1 where bit 31 of its Philox word is set, else +1 (perturb's docstring)."""
+        return tl.where(x.to(tl.int32, bitcast=True) < 0, -1.0, 1.0)
+
+    @triton.jit
+    def _z4(c0, c1, k0, k1, MODE: tl.constexpr, DIST: tl.constexpr):
         """z of lanes 0..3 of each counter (4 tensors shaped like the counters; one Philox call each).
+        DIST: 0 = gaussian (Box-Muller), 1 = rademacher (the sign bit of each lane's word).
 
         MODE is for profiling only (bench/bench_sweep.py), never used for training: 1 = no RNG (z a
         cheap function of the counter: the memory and update floor), 2 = Philox without Box-Muller
@@ -104,6 +111,8 @@ if HAVE_TRITON:
             f = c0.to(tl.float32) * 1.0e-9
             return f, f + 1.0, f + 2.0, f + 3.0
         x0, x1, x2, x3 = _philox(c0, c1, k0, k1)
+        if DIST == 1:
+            return _sign(x0), _sign(x1), _sign(x2), _sign(x3)
         if MODE == 2:
             return _uniform(x0), _uniform(x1), _uniform(x2), _uniform(x3)
         if MODE == 3:
@@ -159,7 +168,8 @@ if HAVE_TRITON:
     @triton.jit
     def _sweep_kernel(blk_seg, seg_first, seg_w, seg_m, seg_numel, seg_off, seg_name, seg_decay, keys, coef,
                       keep, NSEEDS: tl.constexpr, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
-                      BLOCK: tl.constexpr, VEC: tl.constexpr, MODE: tl.constexpr, ALIGNED: tl.constexpr):
+                      BLOCK: tl.constexpr, VEC: tl.constexpr, MODE: tl.constexpr, ALIGNED: tl.constexpr,
+                      DIST: tl.constexpr):
         # The RNG works on counters (4 elements each). VEC = 0 keeps the 4 lanes as separate vectors
         # shaped like the counters: each lane's loads and stores are stride-4 (the 4 lanes cover the
         # same cache lines back to back, but each 32-byte sector is written by 4 partial stores: ncu
@@ -202,7 +212,7 @@ if HAVE_TRITON:
         for k in tl.static_range(NSEEDS):
             kp = keys + (name * NSEEDS + k) * 2
             z0, z1, z2, z3 = _z4(c0, c1, tl.load(kp).to(tl.uint32, bitcast=True),
-                                 tl.load(kp + 1).to(tl.uint32, bitcast=True), MODE)
+                                 tl.load(kp + 1).to(tl.uint32, bitcast=True), MODE, DIST)
             a_pre, a_post, a_show = tl.load(coef + 3 * k), tl.load(coef + 3 * k + 1), tl.load(coef + 3 * k + 2)
             p0, p1, p2, p3 = p0 + a_pre * z0, p1 + a_pre * z1, p2 + a_pre * z2, p3 + a_pre * z3
             q0, q1, q2, q3 = q0 + a_post * z0, q1 + a_post * z1, q2 + a_post * z2, q3 + a_post * z3
@@ -378,5 +388,5 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
                                        HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, MODE=_mode, ALIGNED=g.aligned,
                                        VEC=(1 if g.aligned else 0) if VEC is None else VEC,
-                                       num_warps=NUM_WARPS)
+                                       DIST=DIST_CODE[plan.dist], num_warps=NUM_WARPS)
     return True

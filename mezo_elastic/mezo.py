@@ -105,6 +105,7 @@ class MezoOptimizer:
         self.offset: list[Term] = []  # weights = theta + sum(offset)
 
     def _sweep(self, plan: SweepPlan) -> None:
+        plan.dist = self.cfg.distribution  # every sweep of a run draws z from the run's distribution
         sweep(self.segments, plan, self.cfg.chunk_elems)
 
     def _move(self, new_offset: list[Term]) -> None:

@@ -28,14 +28,16 @@ from mezo_elastic.objectives.shaping import shaped_pairs
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import ForwardRunner, make_runner
 from mezo_elastic.runners.hf import check_model_dir
+from mezo_elastic.tasks.metrics import task_metrics
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
-                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable",
+                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
-                   "generate.temperature", "generate.stop", "generate.eos",
+                   "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
+                   "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
                    "peft.method", "peft.rank", "peft.alpha", "peft.targets")
 
 
@@ -64,7 +66,8 @@ def _get(cfg: Config, dotted: str):
 def trajectory_diff(before: dict, cfg: Config) -> list[str]:
     """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
 
-    A key newer than that run.json counts as its default: the run had the behaviour it stands for.
+    A key newer than the run.json reads as its default: every default keeps the behaviour runs had
+    before the key existed (gaussian z, one seed, no adapter, ...).
     """
     old = {k: before[k] if k in before else _get(Config(), k) for k in TRAJECTORY_KEYS}
     return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
@@ -75,22 +78,32 @@ def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
     root = Path(cfg.train.output_dir) / "builtin"
     model_path = cfg.model.path or str(builtin.ensure_tiny_model(root))
     if cfg.data.path:
+        if cfg.data.task and not cfg.data.eval_path:  # a DatasetDict directory holds the validation split too
+            from mezo_elastic.tasks.loading import is_dataset_dict
+
+            return model_path, cfg.data.path, cfg.data.path if is_dataset_dict(cfg.data.path) else ""
         return model_path, cfg.data.path, cfg.data.eval_path
     train, evalp = builtin.ensure_task(root, cfg.data.objective)
     return model_path, str(train), cfg.data.eval_path or str(evalp)
 
 
-def _read(path: str, tok, cfg: Config) -> list[Example]:
-    """A JSONL file's examples, tokenised (reward: prompts leave room for generate.max_new_tokens)."""
+def _read(path: str, tok, cfg: Config, split: str = "train") -> list[Example]:
+    """A split's examples, tokenised: with data.task MeZO's rows of its `split` (train or eval) of the
+    file, else the JSONL file's (reward: prompts leave room for generate.max_new_tokens)."""
     d, where = cfg.data, []
-    rows = read_jsonl(path, d.objective, where)
+    if d.task:
+        from mezo_elastic.tasks.protocol import Protocol, render_rows
+
+        rows = render_rows(d.task, path, split, Protocol.of(d), where)
+    else:
+        rows = read_jsonl(path, d.objective, where)
     max_len = d.max_length
     if d.objective == "reward":
         max_len -= cfg.generate.max_new_tokens
         if max_len < 1:
             raise ConfigError(f"data.max_length={d.max_length} leaves no room for a prompt beside "
                               f"generate.max_new_tokens={cfg.generate.max_new_tokens}; raise data.max_length")
-    return tokenize(rows, tok, d.objective, max_len, where)
+    return tokenize(rows, tok, d.objective, max_len, where, d.verbatim or bool(d.task))
 
 
 class Trainer:
@@ -120,8 +133,9 @@ class Trainer:
         model_path, train_path, eval_path = resolve_inputs(cfg)
         self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
         tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-        self.data = RunData(_read(train_path, tok, cfg), _read(eval_path, tok, cfg)[: cfg.data.eval_examples]
-                            if eval_path else [], model_path)
+        train = _read(train_path, tok, cfg)
+        evals = _read(eval_path, tok, cfg, "eval") if eval_path else []  # data.task: data.num_eval, not cut
+        self.data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
         self.objective = make_objective(cfg, self.runner, tok)
         self._warn_unknown_tokens(tok, train_path)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
@@ -289,7 +303,10 @@ class Trainer:
             out["eval_reward"] = vals["reward"] / n
         if "correct" in vals and vals.get("nonbinary", 0) == 0:
             out["eval_accuracy"] = vals["correct"] / n
+        out.update(task_metrics(self.cfg.data, out))  # data.task: the metric MeZO reports, by its name
         self.metrics.write("eval", step, **out)
+        log.info("eval step %d%s: %s", step, f" ({self.cfg.data.task})" if self.cfg.data.task else "",
+                 " ".join(f"{k}={v:.4f}" for k, v in out.items()))
         return out
 
     def save(self, steps_done: int) -> None:

@@ -20,3 +20,20 @@ def test_step_benchmark_table_renders_a_saved_run():
     assert "NVIDIA H100" in text.splitlines()[0]
     partial = {k: v for k, v in out.items() if "sglang" not in k and k != "step_ideal_ms"}  # --skip-sglang
     assert "SGLang" not in mod.table(partial).split("\n", 1)[1]
+
+
+def test_cpu_step_benchmark_runs_on_the_builtin_default(tmp_path):
+    """bench/bench_cpu_step.py end to end on the tiny shape (1 repetition): every row, both z."""
+    import subprocess
+    import sys
+
+    from helpers import env
+
+    out = tmp_path / "cpu.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_cpu_step.py"), "--shapes", "default", "--threads",
+                        "1", "--reps", "1", "--out", str(out)], env=env(), capture_output=True, text=True, timeout=300,
+                       cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| step, ours, rademacher |" in r.stdout and "| sweep, reference (torch.normal per tensor) |" in r.stdout
+    rows = json.loads(out.read_text())["shapes"]["default"]["1"]
+    assert all(rows[f"step_ours_{d}_ms"] > 0 for d in ("gaussian", "rademacher"))

@@ -36,16 +36,27 @@ class ScoringObjective:
     """lm and classification through objectives.scoring.example_losses."""
 
     def __init__(self, cfg: Config, runner: ForwardRunner) -> None:
-        self.cfg, self.runner = cfg, runner
+        from mezo_elastic.tasks import TASKS
 
-    def _run(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.cfg, self.runner = cfg, runner
+        d = cfg.data
+        self.length_norm = d.candidate_score == "mean" or (d.candidate_score == "auto" and bool(d.task))
+        self.nll_train = d.objective == "classification" and (d.class_loss == "nll" or (
+            d.class_loss == "auto" and bool(d.task) and TASKS[d.task].teacher_forced))
+
+    def _run(self, examples: Sequence[Example], objective: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
         from mezo_elastic.objectives.scoring import example_losses
 
         d = self.cfg.data
-        return example_losses(self.runner, examples, d.objective, d.micro_batch, d.share_prompt)
+        return example_losses(self.runner, examples, objective or d.objective, d.micro_batch, d.share_prompt,
+                              self.length_norm)
 
     def losses(self, examples: Sequence[Example], step: int) -> torch.Tensor:
-        """Loss per example."""
+        """Loss per example (data.class_loss nll: the lm loss of the right candidate, MeZO's teacher forcing)."""
+        if self.nll_train:
+            from mezo_elastic.objectives.scoring import right_candidate_only
+
+            return self._run(right_candidate_only(examples), "lm")[0]
         return self._run(examples)[0]
 
     def eval_sums(self, examples: Sequence[Example], step: int) -> dict[str, float]:

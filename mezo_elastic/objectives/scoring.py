@@ -8,6 +8,7 @@ import torch
 
 from mezo_elastic.data import Example
 from mezo_elastic.runners.base import ForwardRunner, ScoreRequest
+from mezo_elastic.tasks.metrics import is_correct
 
 
 def _score_all(runner: ForwardRunner, requests: list[ScoreRequest], micro_batch: int) -> torch.Tensor:
@@ -38,12 +39,14 @@ def _candidate_scores(runner: ForwardRunner, examples: Sequence[Example], micro_
 
 
 def example_losses(runner: ForwardRunner, examples: Sequence[Example], objective: str,
-                   micro_batch: int, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   micro_batch: int, share_prompt: bool = True,
+                   length_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(loss per example float64, correct per example for classification else None).
 
     lm: mean NLL of the completion's tokens. classification: cross-entropy over the candidates,
     each candidate scored by the summed log-likelihood of its tokens (MeZO's scoring of options);
     with share_prompt and a runner that has `score_choices`, each prompt is run once for all of them.
+    length_norm: a candidate's score is the mean over its tokens instead (MeZO's, in training and eval).
     """
     if objective == "lm":
         reqs = [ScoreRequest(ex.prompt_ids, ex.candidates[0]) for ex in examples]
@@ -52,6 +55,14 @@ def example_losses(runner: ForwardRunner, examples: Sequence[Example], objective
         return -lp / n, None
     losses, correct = [], []
     for ex, scores in zip(examples, _candidate_scores(runner, examples, micro_batch, share_prompt)):
+        if length_norm:
+            scores = scores / torch.tensor([len(c) for c in ex.candidates], dtype=scores.dtype)
         losses.append(torch.logsumexp(scores, 0) - scores[ex.label])
-        correct.append(int(torch.argmax(scores)) == ex.label)
+        correct.append(is_correct(int(torch.argmax(scores)), ex.label, ex.correct))
     return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64), torch.tensor(correct)
+
+
+def right_candidate_only(examples: Sequence[Example]) -> list[Example]:
+    """Each example as an lm example of its right candidate: the `nll` classification loss
+    (data.class_loss) is the lm objective's loss on these, and scores no other candidate."""
+    return [Example(ex.prompt_ids, (ex.candidates[ex.label],)) for ex in examples]

@@ -67,11 +67,15 @@ def save_random_model(spec: dict, out: Path, seed: int = 0, dtype: torch.dtype =
     return out
 
 
+TRAINED_VOCAB = 512
+
+
 def save_trained_model(spec: dict, out: Path, seed: int = 0, steps: int = 300) -> Path:
     """Like save_random_model, but first trained (AdamW, fp32, on the GPU) on a fixed bigram rule
-    (next = (31 * token + 7) mod vocab) so next-token distributions are peaked, as a trained model's
-    are: a random model's top logits are near-ties everywhere, so two bf16 engines' greedy paths
-    part after a few tokens whatever their correctness."""
+    over the first TRAINED_VOCAB ids (next = (31 * token + 7) mod TRAINED_VOCAB) so next-token
+    distributions are peaked, as a trained model's are: a random model's top logits are near-ties
+    everywhere, so two bf16 engines' greedy paths part after a few tokens whatever their correctness.
+    Prompts of ids below TRAINED_VOCAB stay on the trained part."""
     from transformers import AutoModelForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,7 @@ def save_trained_model(spec: dict, out: Path, seed: int = 0, steps: int = 300) -
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    vocab = config.vocab_size
+    vocab = TRAINED_VOCAB
     g = torch.Generator(device="cuda").manual_seed(seed)
     for _ in range(steps):
         first = torch.randint(0, vocab, (32, 1), device="cuda", generator=g)

@@ -121,3 +121,45 @@ def test_cached_tables_follow_master_buffers():
     m2 = torch.zeros(4096, device=DEV)
     assert kernels.fused_sweep([ParamSegment(w, "w", master=m2)], SweepPlan(post=[(1, 1.0)]))
     assert torch.equal(m1, m2) and m2.abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed,name,offset,count", [
+    (0, "w", 0, 4096), (123456789, "model.layers.0.mlp.up_proj.weight", 3, 1001),
+    (2**62 + 5, "lm_head.weight", 10**9 + 1, 777), (42, "x", 5, 1), (7, "y", 8, 70001),
+])
+def test_kernel_rademacher_z_is_the_cpu_z_bit_for_bit(seed, name, offset, count):
+    """Rademacher z (the sign bit of each lane's Philox word) from the kernel equals the CPU path's
+    exactly, on aligned and unaligned segments."""
+    w = torch.zeros(count, dtype=torch.float32, device=DEV)
+    assert kernels.fused_sweep([ParamSegment(w, name, offset)], SweepPlan(post=[(seed, 1.0)], dist="rademacher"))
+    assert torch.equal(w.cpu(), z_range(seed, name, offset, count, dist="rademacher"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("master", [False, True])
+def test_fused_rademacher_sweep_matches_torch_sweep(dtype, master):
+    """A full rademacher sweep (restore + update + next, decay) against the torch path; with only
+    post terms and no decay the kernel's fp32 result is bit-identical (z = +-1: products are exact)."""
+    plan = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3)], decay=1e-2, show=[(13, 1e-3)] if master else [])
+    a, b = _segments(dtype, master), _segments(dtype, master)
+    sweep(a, SweepPlan(**plan, dist="rademacher"), fused=True)
+    sweep(b, SweepPlan(**plan, dist="rademacher"), fused=False)
+    for sa, sb in zip(a, b):
+        d = (sa.tensor.float() - sb.tensor.float()).abs()
+        ulp = sb.tensor.float().abs() * {torch.float32: 2e-6, torch.bfloat16: 8e-3}[dtype] + 1e-7
+        assert bool((d <= ulp).all()), f"{sa.name} {dtype}: max |d| {d.max().item():.3e}"
+    exact = dict(post=[(21, 1e-3), (22, -5e-4)])
+    a, b = _segments(torch.float32, False), _segments(torch.float32, False)
+    sweep(a, SweepPlan(**exact, dist="rademacher"), fused=True)
+    sweep(b, SweepPlan(**exact, dist="rademacher"), fused=False)
+    assert all(torch.equal(sa.tensor.cpu(), sb.tensor.cpu()) for sa, sb in zip(a, b))
+
+
+def test_gaussian_and_rademacher_differ_and_gaussian_is_unchanged():
+    """The DIST constexpr leaves the gaussian kernel's z as before (within the sin/cos tolerance)."""
+    g = torch.zeros(4096, device=DEV)
+    r = torch.zeros(4096, device=DEV)
+    assert kernels.fused_sweep([ParamSegment(g, "w")], SweepPlan(post=[(9, 1.0)]))
+    assert kernels.fused_sweep([ParamSegment(r, "w")], SweepPlan(post=[(9, 1.0)], dist="rademacher"))
+    assert (g.cpu() - z_range(9, "w", 0, 4096)).abs().max().item() < Z_ATOL
+    assert set(r.unique().tolist()) == {-1.0, 1.0} and not torch.equal(g.sign(), r)

@@ -26,7 +26,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
-from sglang_models import TINY, save_trained_model, sglang_cfg, single_ctx  # noqa: E402
+from sglang_models import TINY, TRAINED_VOCAB, save_trained_model, sglang_cfg, single_ctx  # noqa: E402
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
 from mezo_elastic.mezo import MezoOptimizer  # noqa: E402
@@ -46,7 +46,7 @@ def _prompts(n: int, vocab: int, seed: int) -> list[GenerateRequest]:
 
 @pytest.fixture(scope="module", params=sorted(TINY))
 def gen_pair(request, tmp_path_factory):
-    """(name, HF runner, SGLang runner with decode graphs, vocab) on the same saved random weights."""
+    """(name, HF runner, SGLang runner with decode graphs, the trained ids' count) on the same saved random weights."""
     name = request.param
     path = save_trained_model(TINY[name], tmp_path_factory.mktemp(name), seed=3)
     dev = torch.device("cuda", 0)
@@ -55,7 +55,7 @@ def gen_pair(request, tmp_path_factory):
     cfg.data.objective, cfg.data.micro_batch = "reward", 64
     sg = SGLangRunner(single_ctx(), cfg, dev, str(path))
     assert sg.engine.model_runner.decode_cuda_graph_runner is not None, "decode graphs were not captured"
-    yield name, hf, sg, TINY[name]["vocab_size"]
+    yield name, hf, sg, min(TRAINED_VOCAB, TINY[name]["vocab_size"])
     sg.close()
     hf.close()
     torch.cuda.empty_cache()

@@ -1,0 +1,106 @@
+"""The paper's table from run directories: `python -m mezo_elastic.tasks table RUNS... [--csv FILE]`.
+
+A run directory is any folder with run.json and metrics.jsonl (train.output_dir of a data.task run);
+the arguments may be such folders or folders above them. A row is one (model, mezo.lr) setting, the
+columns are MeZO's tasks in the paper's order (Table 1: classification, multiple choice, generation),
+a cell is the last eval's metric x 100 (accuracy; F1 for SQuAD and DROP), the mean where several
+runs (e.g. seeds) share a cell. The paper picks lr per task on the dev set; this table shows both.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from mezo_elastic.errors import MezoError
+from mezo_elastic.tasks.templates import TASKS
+
+PAPER_NAMES = {"SST2": "SST-2", "Copa": "COPA"}  # the paper's column heads, where they differ
+
+
+def column(task: str) -> str:
+    return PAPER_NAMES.get(task, task)
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Every run directory (holding run.json) at or below the given paths, sorted."""
+    found = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise MezoError(f"{p}: no such directory")
+        found.update(r.parent for r in ([p / "run.json"] if (p / "run.json").is_file() else p.rglob("run.json")))
+    return sorted(found)
+
+
+def read_run(run: Path) -> tuple[str, str, float, int] | None:
+    """(row label, task, metric value, eval step) of one run; None for a run without data.task or eval."""
+    cfg = json.loads((run / "run.json").read_text()).get("config", {})
+    data = cfg.get("data", {})
+    task = data.get("task", "")
+    if task not in TASKS:
+        return None
+    key = f"eval_{TASKS[task].metric}"
+    last = None
+    mfile = run / "metrics.jsonl"
+    for line in (mfile.read_text().splitlines() if mfile.is_file() else []):
+        row = json.loads(line) if line.strip() else {}
+        if row.get("type") == "eval" and key in row:
+            last = row
+    if last is None:
+        return None
+    model = Path(cfg.get("model", {}).get("path") or "builtin-tiny").name
+    return f"{model} lr={cfg.get('mezo', {}).get('lr')}", task, 100.0 * float(last[key]), int(last["step"])
+
+
+def build(runs: list[Path]) -> tuple[list[str], dict[str, dict[str, list[float]]], list[str]]:
+    """(row labels, cells {label: {task: [values]}}, notes on the runs left out)."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    notes = []
+    for run in runs:
+        got = read_run(run)
+        if got is None:
+            notes.append(f"{run}: no data.task or no eval line with its metric yet; left out")
+            continue
+        label, task, value, _ = got
+        cells.setdefault(label, {}).setdefault(task, []).append(value)
+    return sorted(cells), cells, notes
+
+
+def to_csv(labels: list[str], cells: dict[str, dict[str, list[float]]]) -> str:
+    """The table as CSV: a header row (setting, then each task and its metric), a row per setting."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["setting"] + [f"{column(t)} ({s.metric})" for t, s in TASKS.items()])
+    for label in labels:
+        vals = [cells[label].get(t) for t in TASKS]
+        w.writerow([label] + ["" if v is None else f"{sum(v) / len(v):.1f}" for v in vals])
+    return buf.getvalue()
+
+
+def to_text(labels: list[str], cells: dict[str, dict[str, list[float]]]) -> str:
+    """The table aligned for a terminal, '-' for a task without a run."""
+    rows = list(csv.reader(io.StringIO(to_csv(labels, cells))))
+    heads = [rows[0][0]] + [column(t) for t in TASKS]
+    units = [""] + [s.metric for s in TASKS.values()]
+    body = [[c or "-" for c in r] for r in rows[1:]]
+    widths = [max(len(r[i]) for r in [heads, units] + body) for i in range(len(heads))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join(fmt(r) for r in [heads, units] + body) + "\n"
+
+
+def main(paths: list[str], csv_path: str = "", fmt: str = "text") -> int:
+    """Print the table of the runs under `paths` (text or csv) and write the CSV to csv_path if given."""
+    from mezo_elastic.checkpoint import atomic_write_text
+
+    labels, cells, notes = build(find_runs(paths))
+    for n in notes:
+        print(n, file=sys.stderr)
+    if not labels:
+        raise MezoError(f"no data.task run with an eval under {paths}")
+    sys.stdout.write(to_csv(labels, cells) if fmt == "csv" else to_text(labels, cells))
+    if csv_path:
+        atomic_write_text(Path(csv_path), to_csv(labels, cells))
+    return 0
