@@ -64,6 +64,16 @@ def _get(cfg: Config, dotted: str):
     return obj
 
 
+def trajectory_diff(before: dict, cfg: Config) -> list[str]:
+    """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
+
+    A key newer than the run.json reads as its default: every default keeps the behaviour runs had
+    before the key existed (gaussian z, one seed, no adapter, ...).
+    """
+    old = {k: before[k] if k in before else _get(Config(), k) for k in TRAJECTORY_KEYS}
+    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
+
+
 def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
     """(model path, train path, eval path); the built-in model/task are made on first use."""
     root = Path(cfg.train.output_dir) / "builtin"
@@ -164,11 +174,7 @@ class Trainer:
         path = self.out / "run.json"
         now = {k: _get(self.cfg, k) for k in TRAJECTORY_KEYS}
         if path.exists():
-            before = json.loads(path.read_text()).get("trajectory", {})
-            # A key newer than the run.json reads as its default: every default keeps the behaviour runs had
-            # before the key existed (gaussian z, one seed, ...).
-            before = {k: before.get(k, _get(Config(), k)) for k in TRAJECTORY_KEYS}
-            diff = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before[k] != now[k]]
+            diff = trajectory_diff(json.loads(path.read_text()).get("trajectory", {}), self.cfg)
             if diff and self.cfg.checkpoint.resume:
                 raise ConfigError(
                     f"{self.out} holds a run with other trajectory settings ({'; '.join(diff)}); "
