@@ -293,8 +293,9 @@ class SGLangRunner:
                 r = (len(r.prompt_ids) + len(r.completion_ids), 1, len(r.completion_ids) + 1)
             n, q, m = r
             if n > max_tok:
-                raise BackendError(f"request {i} has {n} tokens but the KV pool holds {max_tok}; raise "
-                                   f"model.mem_fraction_static or lower data.max_length")
+                raise BackendError(f"request {i} has {n} tokens (a generation: prompt + generate.max_new_tokens) "
+                                   f"but the KV pool holds {max_tok}; raise model.mem_fraction_static or lower "
+                                   f"data.max_length (or generate.max_new_tokens)")
             if i > lo and (tok + n > max_tok or req + q > max_req or lp + m > max_rows):
                 out.append((lo, i))
                 lo, tok, req, lp = i, 0, 0, 0
