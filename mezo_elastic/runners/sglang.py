@@ -15,6 +15,7 @@ any TP size.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -39,6 +40,8 @@ from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_worl
 from mezo_elastic.runners.sglang_memory import check_mem_fraction
 
 log = logging.getLogger(__name__)
+
+
 def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> Any:
     """SGLang ServerArgs with every field MeZO depends on set explicitly (MeZO's defaults).
 
@@ -158,6 +161,10 @@ class SGLangRunner:
         self._keep: list = []
         port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
         server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
+        # As SGLang measures (get_available_gpu_memory empties the cache first): memory that torch's
+        # allocator caches for tensors already gone, e.g. an earlier engine's in this process, is free.
+        gc.collect()
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)  # before SGLang allocates anything on this GPU
         check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
                            cfg.data.max_length, free, total)
@@ -336,6 +343,8 @@ class SGLangRunner:
         if getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
-        self._segments, self._map = [], []
+        self._segments, self._map, self._pieces_by_rank, self._home = [], [], [], {}
+        self.adapter = None
         self._keep.clear()
+        gc.collect()  # the views above pinned the weights; cycles in SGLang's objects hold the rest
         torch.cuda.empty_cache()
