@@ -12,6 +12,8 @@ Models are built from a config with random weights (no downloads). Rows:
                zo_update (4 sweeps, 2 HF forwards with the loss over full logits); ours on HF and ours
                on SGLang (MezoOptimizer: weights stay perturbed between steps, 2 sweeps a step)
   ideal        2 SGLang forwards + 2 sweeps at copy bandwidth
+  lora         (--lora) ours with a MeZO LoRA adapter (r 8, alpha 16, q/v; docs/lora.md) on HF (peft) and
+               SGLang (its LoRA pool): the sweeps cover the adapter only
 Peak memory: torch.cuda.max_memory_allocated around forward-only and around steps, per backend.
 Prints the measurements as JSON, then as a Markdown table (--out writes the JSON).
 """
@@ -33,7 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 
 from sglang_models import LLAMA_1B, LLAMA_8B, mean_nll, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
 
-from mezo_elastic.config import Config, MezoConfig, ModelConfig  # noqa: E402
+from mezo_elastic.config import Config, MezoConfig, ModelConfig, PeftConfig  # noqa: E402
 from mezo_elastic.mezo import MezoOptimizer, StepRecord  # noqa: E402
 from mezo_elastic.perturb import ParamSegment, SweepPlan, step_seed, sweep  # noqa: E402
 
@@ -210,6 +212,38 @@ def run_sglang(path: Path, reqs, args, out: dict) -> None:
     sg.close()
 
 
+def run_lora(path: Path, reqs, args, out: dict) -> None:
+    """Steps and peak memory with a LoRA adapter as the trainable set, per backend (fp32 adapter master)."""
+    from mezo_elastic.runners.hf import HFRunner
+    from mezo_elastic.runners.sglang import SGLangRunner
+
+    mcfg, peft = MezoConfig(lr=5e-5, eps=1e-2), PeftConfig(method="lora")
+    dev = torch.device("cuda", 0)
+    runners = []
+    if not args.skip_hf:
+        runners.append(("hf", lambda: HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16",
+                                                                          device="cuda"), peft=peft), dev, str(path))))
+    if not args.skip_sglang:
+        def make_sglang():
+            cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction, attention_backend=args.attention,
+                             sglang_load_format="dummy" if args.sglang_dummy else "auto")
+            cfg.data.max_length, cfg.data.micro_batch, cfg.peft = args.seq + 1, args.batch, peft
+            return SGLangRunner(single_ctx(), cfg, dev, str(path))
+        runners.append(("sglang", make_sglang))
+    for name, make in runners:
+        runner = make()
+        opt = MezoOptimizer(runner.segments(), mcfg, master_weights=True)
+        out["lora_params_M"] = sum(s.tensor.numel() for s in runner.segments()) / 1e6
+        counter = iter(range(10**6))
+        out[f"step_lora_{name}_ms"] = timed(lambda: our_step(runner, opt, reqs, next(counter), mcfg), args.reps)
+        out[f"peak_step_lora_{name}_GiB"] = peak(lambda: our_step(runner, opt, reqs, next(counter), mcfg))
+        out[f"sweep_lora_{name}_ms"] = timed(lambda: opt.perturb(step_seed(1, next(counter)), 1.0), args.reps)
+        runner.close()
+        del runner, opt
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def table(out: dict) -> str:
     """The benchmark's rows as a Markdown table (rows whose measurements are missing are left out)."""
     g = out.get
@@ -244,6 +278,12 @@ def table(out: dict) -> str:
         ("peak GiB: SGLang forward / ours SGLang step",
          f"{g('peak_forward_sglang_GiB'):.2f} / {g('peak_step_ours_sglang_GiB'):.2f}"
          if g("peak_step_ours_sglang_GiB") is not None else None),
+        ("LoRA (r 8, q/v): sweep / step on HF (peft)", " / ".join(filter(None, (ms("sweep_lora_hf_ms"), ms(
+            "step_lora_hf_ms", vs_ref=True)))) or None),
+        ("LoRA (r 8, q/v): sweep / step on SGLang (LoRA pool)", " / ".join(filter(None, (ms("sweep_lora_sglang_ms"), ms(
+            "step_lora_sglang_ms", vs_ref=True)))) or None),
+        ("peak GiB, LoRA step: HF / SGLang", " / ".join(f"{g(k):.2f}" if g(k) is not None else "-" for k in (
+            "peak_step_lora_hf_GiB", "peak_step_lora_sglang_GiB")) if g("lora_params_M") is not None else None),
         ("clean loss on the same weights: HF / SGLang",
          f"{g('loss_hf_clean'):.5f} / {g('loss_sglang_clean'):.5f}" if g("loss_sglang_clean") is not None
          and g("loss_hf_clean") is not None else None),
@@ -266,6 +306,7 @@ def main() -> None:
     ap.add_argument("--sglang-dummy", action="store_true", help="SGLang loads random weights itself (no parity)")
     ap.add_argument("--parity", action="store_true", help="also report HF vs SGLang clean loss on the same weights")
     ap.add_argument("--tune", action="store_true", help="time the sweep kernel at other block sizes")
+    ap.add_argument("--lora", action="store_true", help="also time MeZO-LoRA steps (docs/lora.md) on both backends")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-sglang", action="store_true")
     ap.add_argument("--workdir", default="/tmp/mezo_bench")
@@ -289,6 +330,10 @@ def main() -> None:
         torch.cuda.empty_cache()
     if not args.skip_sglang:
         run_sglang(path, reqs, args, out)
+    if args.lora:
+        gc.collect()
+        torch.cuda.empty_cache()
+        run_lora(path, reqs, args, out)
     if "params_B" in out and "forward_sglang_ms" in out:
         sweep_ideal_ms = 2 * out["params_B"] * 1e9 * 2 / (out["copy_TBps"] * 1e12) * 1e3
         out["step_ideal_ms"] = 2 * out["forward_sglang_ms"] + 2 * sweep_ideal_ms

@@ -142,6 +142,10 @@ class DataConfig:
     )
     num_eval: int = opt(1000, "data.task: eval examples sampled from data.eval_path (0 = all, in file order)")
     sample_seed: int = opt(0, "data.task: MeZO's train_set_seed, the seed of the permutations that pick train/dev/eval")
+    eval_dev: bool = opt(
+        True, "data.task: every eval also scores MeZO's dev set (dev_loss, dev_accuracy/dev_f1 in metrics.jsonl); "
+        "MeZO keeps the checkpoint of lowest dev loss, and the table script picks that eval"
+    )
     verbatim: bool = opt(
         False, "JSONL rows: prompt + candidate (or completion) is the text exactly as written; off = a space goes "
         "between them. data.task rows are always verbatim"

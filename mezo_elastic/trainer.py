@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class RunData:
     train: list[Example]
     eval: list[Example]
     model_path: str
+    dev: list[Example] = field(default_factory=list)  # data.task: MeZO's held-out dev set (data.eval_dev)
 
 
 def _get(cfg: Config, dotted: str):
@@ -61,6 +62,16 @@ def _get(cfg: Config, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def trajectory_diff(before: dict, cfg: Config) -> list[str]:
+    """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
+
+    A key newer than the run.json reads as its default: every default keeps the behaviour runs had
+    before the key existed (gaussian z, one seed, no adapter, ...).
+    """
+    old = {k: before[k] if k in before else _get(Config(), k) for k in TRAJECTORY_KEYS}
+    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
 
 
 def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
@@ -96,6 +107,16 @@ def _read(path: str, tok, cfg: Config, split: str = "train") -> list[Example]:
     return tokenize(rows, tok, d.objective, max_len, where, d.verbatim or bool(d.task))
 
 
+def stored_model_path(model_path: str, out: Path) -> str:
+    """The model path as run.json keeps it: relative to the output directory when inside it (so a
+    copied run directory still finds its built-in model), else absolute (any launch directory)."""
+    model = Path(model_path).resolve()
+    try:
+        return str(model.relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(model)
+
+
 class Trainer:
     """One MeZO run on one rank. Build with a RankContext, Config and the data-parallel comm, then run().
 
@@ -126,6 +147,8 @@ class Trainer:
         train = _read(train_path, tok, cfg)
         evals = _read(eval_path, tok, cfg, "eval") if eval_path else []  # data.task: data.num_eval, not cut
         self.data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
+        if cfg.data.task and cfg.data.eval_dev and evals:
+            self.data.dev = _read(train_path, tok, cfg, "dev")
         self.objective = make_objective(cfg, self.runner, tok)
         self._warn_unknown_tokens(tok, train_path)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
@@ -144,14 +167,6 @@ class Trainer:
                         "%s", 100 * frac, train_path, tok.unk_token, self.data.model_path, tok.unk_token,
                         " (the built-in model knows 31 words only)" if not self.cfg.model.path else "")
 
-    def stored_model_path(self) -> str:
-        """The model path as run.json keeps it: relative to the output directory when inside it (so a
-        copied run directory still finds its built-in model), else absolute (any launch directory)."""
-        model = Path(self.data.model_path).resolve()
-        try:
-            return str(model.relative_to(self.out.resolve()))
-        except ValueError:
-            return str(model)
 
     # -- resume ---------------------------------------------------------------------------------
 
@@ -159,11 +174,7 @@ class Trainer:
         path = self.out / "run.json"
         now = {k: _get(self.cfg, k) for k in TRAJECTORY_KEYS}
         if path.exists():
-            before = json.loads(path.read_text()).get("trajectory", {})
-            # A key newer than the run.json reads as its default: every default keeps the behaviour runs had
-            # before the key existed (gaussian z, one seed, ...).
-            before = {k: before.get(k, _get(Config(), k)) for k in TRAJECTORY_KEYS}
-            diff = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in TRAJECTORY_KEYS if before[k] != now[k]]
+            diff = trajectory_diff(json.loads(path.read_text()).get("trajectory", {}), self.cfg)
             if diff and self.cfg.checkpoint.resume:
                 raise ConfigError(
                     f"{self.out} holds a run with other trajectory settings ({'; '.join(diff)}); "
@@ -171,7 +182,7 @@ class Trainer:
                 )
         elif self.ctx.is_main:
             checkpoint.atomic_write_text(path, json.dumps(
-                {"model_path": self.stored_model_path(), "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
+                {"model_path": stored_model_path(self.data.model_path, self.out), "trajectory": now, "config": self.cfg.to_dict()}, indent=1))
 
     def _plan_resume(self) -> dict:
         """Rank 0: which checkpoint to load and which logged steps to replay after it.
@@ -283,20 +294,27 @@ class Trainer:
                          skipped=skipped, loss=(sum(plus) + sum(minus)) / (2 * len(plus)))
         return rec, stop > 0
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Loss (accuracy for classification; mean reward, and accuracy when rewards are 0/1, for the
-        reward objective) on the eval set, split over ranks, on clean weights."""
-        mine = rank_slice(self.data.eval, self.comm.dp_rank, self.comm.dp_size)
+    def _eval_metrics(self, examples: list[Example], step: int, prefix: str) -> dict[str, float]:
+        """`prefix`_loss (and _accuracy, _reward) of `examples`, split over ranks, on clean weights."""
+        mine = rank_slice(examples, self.comm.dp_rank, self.comm.dp_size)
         with self.opt.clean_weights():
             sums = self.objective.eval_sums(mine, step)
         keys = sorted(sums)  # the same keys on every rank: they depend on the objective only
         vals = dict(zip(keys + ["n"], self.comm.all_reduce_sum([sums[k] for k in keys] + [len(mine)])))
         n = max(vals["n"], 1)
-        out = {"eval_loss": vals["loss"] / n}
+        out = {f"{prefix}_loss": vals["loss"] / n}
         if "reward" in vals:
-            out["eval_reward"] = vals["reward"] / n
+            out[f"{prefix}_reward"] = vals["reward"] / n
         if "correct" in vals and vals.get("nonbinary", 0) == 0:
-            out["eval_accuracy"] = vals["correct"] / n
+            out[f"{prefix}_accuracy"] = vals["correct"] / n
+        return out
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Loss (accuracy for classification; mean reward, and accuracy when rewards are 0/1, for the
+        reward objective) on the eval set, and with data.task on MeZO's dev set (dev_*)."""
+        out = self._eval_metrics(self.data.eval, step, "eval")
+        if self.data.dev:
+            out.update(self._eval_metrics(self.data.dev, step, "dev"))
         out.update(task_metrics(self.cfg.data, out))  # data.task: the metric MeZO reports, by its name
         self.metrics.write("eval", step, **out)
         log.info("eval step %d%s: %s", step, f" ({self.cfg.data.task})" if self.cfg.data.task else "",
@@ -310,7 +328,7 @@ class Trainer:
                 state = self.state()  # a TP replica gathers its shards: all of its ranks take part
                 if self.ctx.is_main:
                     checkpoint.save_checkpoint(self.out, steps_done, state, {
-                        "world_size": self.ctx.world_size, "model_path": self.stored_model_path(), "time": time.time(),
+                        "world_size": self.ctx.world_size, "model_path": stored_model_path(self.data.model_path, self.out), "time": time.time(),
                     }, self.cfg.checkpoint.keep)
         self.comm.barrier()
 

@@ -1,7 +1,8 @@
 """launch/slurm/mezo_table.sbatch's own logic, run by bash as SLURM would run one array element: the
 element's task and lr, its data paths, the paper's hyperparameters, and its errors. The training step it
 hands over to (torchrun.sbatch, tested on a real cluster in tests/slurm) is replaced by one that records
-its arguments, since no SLURM runs here."""
+its arguments here; tests/slurm/test_mezo_table_array.py runs the whole script for real, as a job array
+on the one-node cluster."""
 
 import subprocess
 

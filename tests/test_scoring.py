@@ -117,5 +117,5 @@ def test_sglang_chunks_respect_kv_request_and_logprob_limits():
     assert chunks([(1, 1, 8)] * 4) == [(0, 2), (2, 4)]  # log-prob rows: 2 x 8 of 20
     reqs = [ScoreRequest((1,) * 30, (2,) * 9)] * 3  # 39 tokens, 10 rows each
     assert chunks(reqs) == [(0, 2), (2, 3)]
-    with pytest.raises(BackendError, match="request 1 has 101 tokens but the KV pool holds 100"):
+    with pytest.raises(BackendError, match=r"request 1 has 101 tokens \(prompt \+ completion; prompt \+ generate.max_new_tokens when generating\) but the KV pool holds 100"):
         chunks([(1, 1, 1), (101, 1, 1)])

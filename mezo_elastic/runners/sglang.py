@@ -15,6 +15,7 @@ any TP size.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from mezo_elastic.config import Config
-from mezo_elastic.errors import BackendError, ConfigError
+from mezo_elastic.errors import BackendError
 from mezo_elastic.perturb import ParamSegment
 from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners import sglang_compat as compat
@@ -34,44 +35,11 @@ from mezo_elastic.runners import sglang_layout as lay
 from mezo_elastic.runners import sglang_lora
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.sampling import cut_at_eos
-from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world, layout  # noqa: F401 (public)
+from mezo_elastic.runners.sglang_checks import DTYPES, SUPPORTED_ARCHS, layout, validate_mezo_config  # noqa: F401 (public)
+from mezo_elastic.runners.sglang_dist import init_mezo_distributed, init_tp_world  # noqa: F401 (public)
 from mezo_elastic.runners.sglang_memory import check_mem_fraction
 
 log = logging.getLogger(__name__)
-SUPPORTED_ARCHS = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Qwen3ForCausalLM")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
-    """Check what the sglang backend needs before any GPU work.
-
-    Raises:
-        ConfigError: a config value the backend cannot use (names it and what is allowed).
-        BackendError: no CUDA device, or sglang missing / outside the supported versions.
-    """
-    m = cfg.model
-    if m.backend != "sglang":
-        raise ConfigError(f"model.backend={m.backend!r}: these checks are for model.backend='sglang'")
-    if m.device == "cpu":
-        raise ConfigError("model.device='cpu' is not allowed with model.backend=sglang; use 'auto' or 'cuda' "
-                          "(SGLang's CPU engine needs an sgl-kernel CPU build; use model.backend=hf on CPU)")
-    if m.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={m.dtype!r} is not allowed with model.backend=sglang; choose one of {list(DTYPES)}")
-    if not 0 <= m.sglang_port <= 65535 - cfg.dist.port_attempts * 64:
-        raise ConfigError(f"model.sglang_port={m.sglang_port} must be 0 (derived) or a port <= "
-                          f"{65535 - cfg.dist.port_attempts * 64}, leaving room for one candidate range per replica")
-    if m.path and not (Path(m.path) / "config.json").is_file():
-        raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json)")
-    if cfg.peft.method == "lora":
-        sglang_lora.check_targets(cfg.peft.target_list())
-    if ctx is not None:
-        layout(ctx, m.tp_size)
-    if not torch.cuda.is_available():
-        raise BackendError(f"model.backend=sglang needs a CUDA GPU; torch {torch.__version__} sees none "
-                           f"(use model.backend=hf on CPU)")
-    if ctx is not None and m.tp_size > torch.cuda.device_count() and ctx.local_world_size > torch.cuda.device_count():
-        raise BackendError(f"{ctx.local_world_size} ranks on this node but only {torch.cuda.device_count()} GPU(s)")
-    compat.check_version()
 
 
 def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> Any:
@@ -193,6 +161,10 @@ class SGLangRunner:
         self._keep: list = []
         port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
         server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
+        # As SGLang measures (get_available_gpu_memory empties the cache first): memory that torch's
+        # allocator caches for tensors already gone, e.g. an earlier engine's in this process, is free.
+        gc.collect()
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)  # before SGLang allocates anything on this GPU
         check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
                            cfg.data.max_length, free, total)
@@ -293,8 +265,9 @@ class SGLangRunner:
                 r = (len(r.prompt_ids) + len(r.completion_ids), 1, len(r.completion_ids) + 1)
             n, q, m = r
             if n > max_tok:
-                raise BackendError(f"request {i} has {n} tokens but the KV pool holds {max_tok}; raise "
-                                   f"model.mem_fraction_static or lower data.max_length")
+                raise BackendError(f"request {i} has {n} tokens (prompt + completion; prompt + generate.max_new_tokens "
+                                   f"when generating) but the KV pool holds {max_tok}; raise model.mem_fraction_static or lower "
+                                   f"data.max_length (or generate.max_new_tokens)")
             if i > lo and (tok + n > max_tok or req + q > max_req or lp + m > max_rows):
                 out.append((lo, i))
                 lo, tok, req, lp = i, 0, 0, 0
@@ -370,6 +343,8 @@ class SGLangRunner:
         if getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
-        self._segments, self._map = [], []
+        self._segments, self._map, self._pieces_by_rank, self._home = [], [], [], {}
+        self.adapter = None
         self._keep.clear()
+        gc.collect()  # the views above pinned the weights; cycles in SGLang's objects hold the rest
         torch.cuda.empty_cache()

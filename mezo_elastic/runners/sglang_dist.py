@@ -23,8 +23,9 @@ import torch.distributed as dist
 
 from mezo_elastic.config import Config
 from mezo_elastic.distributed import agree_on_port, joined_a_group, select_device
-from mezo_elastic.errors import BackendError, ConfigError
+from mezo_elastic.errors import BackendError
 from mezo_elastic.rank_context import RankContext
+from mezo_elastic.runners.sglang_checks import layout, validate_mezo_config  # noqa: F401 (layout: public here too)
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT_OFFSET = 100  # sglang ports start at MASTER_PORT + this when model.sglang_port = 0
@@ -89,22 +90,6 @@ class MezoDist:
         """Drop the DP group and the stores (SGLang's default group goes with the runner)."""
         self.dp_group = None
         self._keep.clear()
-
-
-def layout(ctx: RankContext, tp_size: int) -> tuple[int, int, int, int]:
-    """(tp_rank, tp_size, dp_rank, dp_size) of this rank; TP ranks are consecutive and on one node.
-
-    Raises:
-        ConfigError: tp_size does not divide the world size or the ranks on one node.
-    """
-    if ctx.world_size % tp_size:
-        raise ConfigError(f"model.tp_size={tp_size} must divide the world size {ctx.world_size} "
-                          f"(replicas = world / tp_size); use a tp_size among "
-                          f"{[d for d in range(1, ctx.world_size + 1) if ctx.world_size % d == 0]}")
-    if ctx.local_world_size % tp_size:
-        raise ConfigError(f"model.tp_size={tp_size} must divide the ranks per node ({ctx.local_world_size}): "
-                          f"a TP group never spans nodes")
-    return ctx.rank % tp_size, tp_size, ctx.rank // tp_size, ctx.world_size // tp_size
 
 
 def tp_first_port(ctx: RankContext, cfg: Config) -> int:
@@ -183,8 +168,6 @@ def init_mezo_distributed(ctx: RankContext, cfg: Config) -> MezoDist:
     Raises:
         ConfigError, BackendError, LaunchEnvError, PortError: with the value at fault and what is allowed.
     """
-    from mezo_elastic.runners.sglang import validate_mezo_config
-
     validate_mezo_config(cfg, ctx)
     device = select_device(ctx, "cuda")
     tp_rank, tp, dp_rank, dp = layout(ctx, cfg.model.tp_size)

@@ -20,11 +20,11 @@ def metric_name(task: str) -> str:
 
 
 def task_metrics(data, out: dict[str, float]) -> dict[str, float]:
-    """Eval values to add under the name of the task's metric (`data`: the DataConfig): `eval_f1`, the
-    mean token F1 reward, for SQuAD and DROP; classification tasks report `eval_accuracy` already."""
-    if data.task and metric_name(data.task) == "f1" and "eval_reward" in out:
-        return {"eval_f1": out["eval_reward"]}
-    return {}
+    """Eval values to add under the name of the task's metric (`data`: the DataConfig): `eval_f1` and
+    `dev_f1`, the mean token F1 reward, for SQuAD and DROP; classification tasks report `*_accuracy`."""
+    if not data.task or metric_name(data.task) != "f1":
+        return {}
+    return {f"{p}_f1": out[f"{p}_reward"] for p in ("eval", "dev") if f"{p}_reward" in out}
 
 
 def is_correct(predicted: int, label: int, correct: Sequence[int] = ()) -> bool:

@@ -3,8 +3,10 @@
 A run directory is any folder with run.json and metrics.jsonl (train.output_dir of a data.task run);
 the arguments may be such folders or folders above them. A row is one (model, mezo.lr) setting, the
 columns are MeZO's tasks in the paper's order (Table 1: classification, multiple choice, generation),
-a cell is the last eval's metric x 100 (accuracy; F1 for SQuAD and DROP), the mean where several
-runs (e.g. seeds) share a cell. The paper picks lr per task on the dev set; this table shows both.
+a cell is the eval metric x 100 (accuracy; F1 for SQuAD and DROP) of the eval MeZO reports: the one of
+lowest dev loss after step 0 (MeZO's --load_best_model_at_end over its evals), else the last; the mean
+where several runs (e.g. seeds) share a cell. A row "MODEL lr by dev" takes, per task, the lr of the
+best dev metric (the paper's grid search on dev).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import io
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from mezo_elastic.errors import MezoError
@@ -35,37 +38,70 @@ def find_runs(paths: list[str]) -> list[Path]:
     return sorted(found)
 
 
-def read_run(run: Path) -> tuple[str, str, float, int] | None:
-    """(row label, task, metric value, eval step) of one run; None for a run without data.task or eval."""
+@dataclass(frozen=True)
+class RunResult:
+    """One run's cell: its setting, task, the reported eval metric (x 100) and the dev metric beside it."""
+
+    model: str
+    lr: str
+    task: str
+    value: float
+    dev: float | None
+    step: int
+
+
+def _pick(evals: list[dict], metric: str) -> dict:
+    """The eval MeZO reports: of the evals after step 0, the one of lowest dev loss (its
+    --load_best_model_at_end; the first of equals), or the last eval when there is no dev set."""
+    with_dev = [e for e in evals if e["step"] > 0 and "dev_loss" in e and f"dev_{metric}" in e]
+    return min(with_dev, key=lambda e: e["dev_loss"]) if with_dev else evals[-1]
+
+
+def read_run(run: Path) -> RunResult | None:
+    """The cell of one run; None for a run without data.task or without an eval of its metric yet."""
     cfg = json.loads((run / "run.json").read_text()).get("config", {})
-    data = cfg.get("data", {})
-    task = data.get("task", "")
+    task = cfg.get("data", {}).get("task", "")
     if task not in TASKS:
         return None
-    key = f"eval_{TASKS[task].metric}"
-    last = None
+    metric = TASKS[task].metric
     mfile = run / "metrics.jsonl"
-    for line in (mfile.read_text().splitlines() if mfile.is_file() else []):
-        row = json.loads(line) if line.strip() else {}
-        if row.get("type") == "eval" and key in row:
-            last = row
-    if last is None:
+    rows = [json.loads(line) for line in (mfile.read_text().splitlines() if mfile.is_file() else []) if line.strip()]
+    evals = [r for r in rows if r.get("type") == "eval" and f"eval_{metric}" in r]
+    if not evals:
         return None
-    model = Path(cfg.get("model", {}).get("path") or "builtin-tiny").name
-    return f"{model} lr={cfg.get('mezo', {}).get('lr')}", task, 100.0 * float(last[key]), int(last["step"])
+    best = _pick(evals, metric)
+    dev = best.get(f"dev_{metric}")
+    return RunResult(Path(cfg.get("model", {}).get("path") or "builtin-tiny").name, str(cfg.get("mezo", {}).get("lr")),
+                     task, 100.0 * float(best[f"eval_{metric}"]), None if dev is None else 100.0 * float(dev),
+                     int(best["step"]))
+
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
 
 
 def build(runs: list[Path]) -> tuple[list[str], dict[str, dict[str, list[float]]], list[str]]:
-    """(row labels, cells {label: {task: [values]}}, notes on the runs left out)."""
-    cells: dict[str, dict[str, list[float]]] = {}
-    notes = []
+    """(row labels, cells {label: {task: [values]}}, notes on the runs left out).
+
+    A row per (model, lr); and per model with dev metrics, a row "MODEL lr by dev" whose cell is the
+    (model, lr) cell of the best mean dev metric for that task: the grid search on dev.
+    """
+    results, notes = [], []
     for run in runs:
         got = read_run(run)
         if got is None:
             notes.append(f"{run}: no data.task or no eval line with its metric yet; left out")
-            continue
-        label, task, value, _ = got
-        cells.setdefault(label, {}).setdefault(task, []).append(value)
+        else:
+            results.append(got)
+    cells: dict[str, dict[str, list[float]]] = {}
+    devs: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in results:
+        cells.setdefault(f"{r.model} lr={r.lr}", {}).setdefault(r.task, []).append(r.value)
+        if r.dev is not None:
+            devs.setdefault((r.model, r.task), {}).setdefault(r.lr, []).append(r.dev)
+    for (model, task), by_lr in devs.items():
+        lr = max(by_lr, key=lambda k: _mean(by_lr[k]))
+        cells.setdefault(f"{model} lr by dev", {})[task] = cells[f"{model} lr={lr}"][task]
     return sorted(cells), cells, notes
 
 

@@ -162,7 +162,7 @@ def _choice_examples(vocab: int, seed: int, lengths: tuple[int, ...]) -> list:
 def test_shared_prompt_scoring_matches_separate_sequences(pair, lengths):
     """SGLang's score_choices (prompt KV computed once, candidates extend its slots) gives the
     candidates' summed log-probs of one-sequence-per-candidate scoring, and HF's shared scoring."""
-    from mezo_elastic.objective import example_losses
+    from mezo_elastic.objectives.scoring import example_losses
 
     name, hf, sg = pair
     sg.cfg.model.sglang_share_min_tokens = 0  # always share (these batches save few positions)

@@ -207,12 +207,9 @@ def test_one_job_per_output_directory(tmp_path, tiny_inputs):
     relaunch = train(out, *tiny_inputs, *FAST, "--train.steps=1")
     _quote(_line(relaunch.stderr, "taking over the lock"), tmp_path)
     assert f"pid {first.pid} on this host is gone" in relaunch.stderr and not (out / ".lock").exists()
-    # another host's lock: refused while its heartbeat is fresh, taken over once it is stale
-    lock = dict(holder, host="node-elsewhere", pid=4242, run_id="slurm-99.0", heartbeat=time.time())
+    # another host's lock is taken over once its heartbeat is stale (fresh: refused, tests/test_run_lock.py)
+    lock = dict(holder, host="node-elsewhere", pid=4242, run_id="slurm-99.0", heartbeat=time.time() - 30)
     (out / ".lock").write_text(json.dumps(lock))
-    fresh = train(out, *tiny_inputs, *FAST, "--train.steps=1", check=False)
-    assert fresh.returncode == 1 and "host node-elsewhere, pid 4242, run id 'slurm-99.0'" in fresh.stderr
-    (out / ".lock").write_text(json.dumps(dict(lock, heartbeat=time.time() - 30)))
     stale = train(out, *tiny_inputs, *FAST, "--train.steps=1", "--checkpoint.lock_stale_s=10")
     _quote(_line(stale.stderr, "taking over the lock"), tmp_path)
 
@@ -220,36 +217,39 @@ def test_one_job_per_output_directory(tmp_path, tiny_inputs):
 # -- items 6, 7: corrupt checkpoints and a step log corrupted in the middle --------------------------
 
 
-def test_corrupt_checkpoint_moved_aside_and_never_kept_over_a_valid_one(tmp_path, tiny_inputs):
-    out, args = tmp_path / "run", [*tiny_inputs, *FAST, "--train.batch_size=8", "--checkpoint.keep=2"]
-    train(out, *args, "--train.steps=25", "--checkpoint.every=10")
-    newest = out / "checkpoints" / "step-20" / "model.safetensors"
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    res = train(out, *args, "--train.steps=35", "--checkpoint.every=10")  # 10 + 15 replayed, saves 30
-    assert "resumed at step 25 (checkpoint 10 + 15 replayed steps)" in res.stderr
-    _quote(_line(res.stderr, " aside to "), tmp_path)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["corrupt-step-20", "step-10", "step-30"]
-
-
-def test_step_log_corrupt_in_the_middle_resumes_from_the_newer_checkpoint(tmp_path, tiny_inputs):
-    args = [*tiny_inputs, *FAST, "--train.batch_size=8", "--checkpoint.every=10", "--checkpoint.keep=3"]
-    out, ref = tmp_path / "run", tmp_path / "ref"
-    train(out, *args, "--train.steps=25")
-    shutil.copytree(out, ref)  # resumed undamaged: checkpoint 20 + the same 5 replayed steps
-    ref_job = _start(TRAIN + [f"--train.output_dir={ref}", *args, "--train.steps=30"])
-    lines = (out / "steps.jsonl").read_text().splitlines(keepends=True)
+def test_damaged_checkpoint_or_step_log_resume_on_the_same_trajectory(tmp_path, tiny_inputs):
+    """Item 6: a corrupt checkpoint is moved aside and never kept over a valid one. Item 7: a step log
+    corrupt in the middle resumes from the newer checkpoint; export refuses exactly the lost steps."""
+    args = [*tiny_inputs, *FAST, "--train.batch_size=8", "--checkpoint.every=10", "--checkpoint.keep=2"]
+    first = tmp_path / "first"
+    train(first, *args, "--train.steps=25")  # checkpoints 10, 20; log 0..24
+    ck, log_damaged, ref = (tmp_path / n for n in ("job", "run", "ref"))
+    for d in (ck, log_damaged, ref):  # ref: resumed undamaged (checkpoint 20 + the same 5 replayed steps)
+        shutil.copytree(first, d)
+    w = ck / "checkpoints" / "step-20" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    lines = (log_damaged / "steps.jsonl").read_text().splitlines(keepends=True)
     lines[12] = lines[12][:40] + "#corrupt#\n"  # the record of step 12 (the 13th line)
-    (out / "steps.jsonl").write_text("".join(lines))
-    res = train(out, *args, "--train.steps=30")
-    _quote(_line(res.stderr, "are lost"), tmp_path)
-    assert "resumed at step 25 (checkpoint 20 + 5 replayed steps)" in res.stderr
-    log = StepLog(out / "steps.jsonl")
+    (log_damaged / "steps.jsonl").write_text("".join(lines))
+    jobs = {d: _start(TRAIN + [f"--train.output_dir={d}", *args, f"--train.steps={35 if d == ck else 30}"])
+            for d in (ck, log_damaged, ref)}
+    err = {}
+    for d, p in jobs.items():
+        rc, err[d] = _done(p)
+        assert rc == 0, err[d][-3000:]
+    # item 6: resumed from 10 (+15 replayed), saved 30; keep=2 kept the valid 10, not the corrupt 20
+    assert "resumed at step 25 (checkpoint 10 + 15 replayed steps)" in err[ck]
+    _quote(_line(err[ck], " aside to "), tmp_path)
+    assert sorted(p.name for p in (ck / "checkpoints").iterdir()) == ["corrupt-step-20", "step-10", "step-30"]
+    # item 7: resumed from 20 with the 5 records after the corrupt line; the same weights as undamaged
+    _quote(_line(err[log_damaged], "are lost"), tmp_path)
+    assert "resumed at step 25 (checkpoint 20 + 5 replayed steps)" in err[log_damaged]
+    log = StepLog(log_damaged / "steps.jsonl")
     assert [r.step for r in log.read()] == [*range(12), *range(20, 30)] and log.gaps == [(12, 20)]
-    assert _done(ref_job)[0] == 0
-    assert max_abs_diff(final_weights(out), final_weights(ref)) == 0.0  # the lost records changed nothing
-    jobs = [_start([sys.executable, "-m", "mezo_elastic.export", "--run", str(out), "--step", str(step), "--out",
-                    str(tmp_path / f"e{step}")]) for step in (15, 12)]
-    (rc15, err15), (rc12, err12) = _done(jobs[0]), _done(jobs[1])
+    assert max_abs_diff(final_weights(log_damaged), final_weights(ref)) == 0.0  # the lost records changed nothing
+    exports = [_start([sys.executable, "-m", "mezo_elastic.export", "--run", str(log_damaged), "--step", str(step),
+                       "--out", str(tmp_path / f"e{step}")]) for step in (15, 12)]
+    (rc15, err15), (rc12, err12) = _done(exports[0]), _done(exports[1])
     assert rc15 == 1 and not (tmp_path / "e15").exists()
     _quote(PREFIX.sub("", err15.strip()), tmp_path)
     assert rc12 == 0, err12[-2000:]

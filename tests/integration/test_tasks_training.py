@@ -42,7 +42,9 @@ def test_sst2_from_save_to_disk_and_copa_from_jsonl_report_accuracy(tmp_path, ti
                 "--data.num_train=24", "--data.num_dev=8", "--data.num_eval=16", *STEPS)
     evals = [m for m in _metrics(out) if m["type"] == "eval"]
     assert [e["step"] for e in evals] == [0, 2, 4] and all(0 <= e["eval_accuracy"] <= 1 for e in evals)
+    assert all(0 <= e["dev_accuracy"] <= 1 and e["dev_loss"] > 0 for e in evals)  # MeZO's dev set, held out
     assert "eval step 4 (SST2): eval_loss=" in res.stderr and "eval_accuracy=" in res.stderr
+    assert "dev_accuracy=" in res.stderr
     assert json.loads((out / "run.json").read_text())["config"]["data"]["task"] == "SST2"
 
     # Copa trains on the right choice's tokens (teacher forcing, as mezo.sh) and evaluates by choices.
@@ -60,8 +62,11 @@ def test_sst2_from_save_to_disk_and_copa_from_jsonl_report_accuracy(tmp_path, ti
     from mezo_elastic.tasks.__main__ import main as tasks_main
 
     assert tasks_main(["table", str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv")]) == 0
-    row = (tmp_path / "t.csv").read_text().splitlines()[1].split(",")
-    acc = lambda o: f"{100 * [m for m in _metrics(o) if m['type'] == 'eval'][-1]['eval_accuracy']:.1f}"  # noqa: E731
+    row = (tmp_path / "t.csv").read_text().splitlines()[2].split(",")  # [1]: the "lr by dev" row
+    def acc(o):  # the eval of lowest dev loss after step 0, as the table reports it
+        best = min((m for m in _metrics(o) if m["type"] == "eval" and m["step"] > 0), key=lambda m: m["dev_loss"])
+        return f"{100 * best['eval_accuracy']:.1f}"
+
     assert row[0] == "tiny-model lr=0.001" and row[1] == acc(out) and row[8] == acc(out2)
     printed = capsys.readouterr().out
     assert "SST-2" in printed and "COPA" in printed and acc(out) in printed
@@ -81,6 +86,7 @@ def test_squad_from_parquet_trains_with_the_token_f1_reward(tmp_path, tiny_input
                 "--generate.max_new_tokens=3", *STEPS)
     evals = [m for m in _metrics(out) if m["type"] == "eval"]
     assert len(evals) == 3 and all(e["eval_f1"] == e["eval_reward"] and 0 <= e["eval_f1"] <= 1 for e in evals)
+    assert all(e["dev_f1"] == e["dev_reward"] for e in evals)
     assert "eval step 4 (SQuAD):" in res.stderr and "eval_f1=" in res.stderr
     bad = train(tmp_path / "bad", tiny_inputs[0], "--data.task=squad", f"--data.path={path}", check=False)
     assert bad.returncode == 2 and "data.task=SQuAD needs data.objective=reward" in bad.stderr

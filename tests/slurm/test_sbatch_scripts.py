@@ -92,21 +92,23 @@ def test_srun_sbatch_with_a_held_master_port_moves_every_task(slurm_cluster: Clu
 
 @pytest.mark.parametrize("script", ["torchrun.sbatch", "srun.sbatch"])
 def test_two_jobs_at_once_do_not_collide(slurm_cluster: Cluster, tiny_inputs, tmp_path: Path, script: str):
-    # Both share the node's CPUs (--oversubscribe) so they really run at the same time.
+    # Both share the node's CPUs (--oversubscribe) so they really run at the same time. Long enough to
+    # see the overlap at 0.2 s polls: 20 steps took 0.3 s once the CPU sweep got fast (issue 18).
+    steps = 10 * STEPS
     jobs = []
     for i in range(2):
         d = tmp_path / f"job{i}"
         d.mkdir()
         extra = {"NPROC_PER_NODE": "2"} if script == "torchrun.sbatch" else {}
         over = cpu_overrides(cpus_per_task=2) if script == "torchrun.sbatch" else cpu_overrides(tasks_per_node=2)
-        jobs.append(submit(slurm_cluster, script, d, over, [*tiny_inputs, *FAST, f"--train.steps={STEPS}"],
+        jobs.append(submit(slurm_cluster, script, d, over, [*tiny_inputs, *FAST, f"--train.steps={steps}"],
                            **CPU, **extra))
     both_running = False
     while any(j.proc.poll() is None for j in jobs):  # see them overlap: both have training steps logged
-        both_running |= all(0 < steps_logged(j.output_dir) < STEPS for j in jobs)
+        both_running |= all(0 < steps_logged(j.output_dir) < steps for j in jobs)
         time.sleep(0.2)
     for j in jobs:
-        assert_trained(j, j.wait())
+        assert_trained(j, j.wait(), steps=steps)
     assert both_running, "the two jobs never trained at the same time; the test proves nothing"
     ports = {derived_port(j.job_id) for j in jobs}
     assert len(ports) == 2
