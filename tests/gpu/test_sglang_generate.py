@@ -69,6 +69,7 @@ def test_greedy_completions_agree_with_hf(gen_pair):
     same = [x == y for x, y in zip(a, b)]
     rate = sum(same) / len(same)
     print(f"\n{name}: greedy SGLang == HF token for token on {sum(same)}/{len(same)} requests ({rate:.1%})")
+    print(f"{name}: HF logit gaps at the first diverging token: {_divergence_gaps(hf, reqs, a, b)}")
     assert all(len(x) == 24 for x in a + b)
     assert rate >= AGREE
     reward = load_reward("token_f1")
@@ -76,6 +77,21 @@ def test_greedy_completions_agree_with_hf(gen_pair):
     ra = compute_rewards(reward, [" ".join(map(str, x)) for x in a], rows, ["hf"] * len(a))
     rb = compute_rewards(reward, [" ".join(map(str, y)) for y in b], rows, ["sg"] * len(b))
     assert all(p == q for p, q, s in zip(ra, rb, same) if s)
+
+
+@torch.no_grad()
+def _divergence_gaps(hf, reqs, a, b) -> list[float]:
+    """For each request whose paths part: HF's logit of its own token minus its logit of SGLang's token,
+    on the common prefix (a near-tie when small against the logits' spread), rounded for the report."""
+    gaps = []
+    for r, x, y in zip(reqs, a, b):
+        j = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None)
+        if j is None:
+            continue
+        ids = torch.tensor([list(r.prompt_ids) + list(x[:j])], device=hf.device)
+        logits = hf.model(input_ids=ids).logits[0, -1].float()
+        gaps.append(round(float(logits[x[j]] - logits[y[j]]), 4))
+    return gaps
 
 
 def test_graph_replay_after_sweep_equals_eager(gen_pair):
