@@ -1,5 +1,6 @@
 # The Makefile mirrors CI: .ci/run calls `make test`.
 #   make run    install (CPU torch pinned) and train the built-in tiny default on 2 CPU processes
+#   make run-reward  the same for the built-in reward task (configs/reward_builtin.toml: generated text, exact_match)
 #   make test   install dev extras and run the default suite (unit, torchrun integration, real SLURM;
 #               GPU tests skip with their reason on a machine without CUDA)
 #   make docs   regenerate docs/configuration.md from the config tree
@@ -13,7 +14,7 @@ NPROC ?= 2
 RUN_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit docs bench gpu-suite
+.PHONY: install run run-reward test test-unit docs bench gpu-suite
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
@@ -21,6 +22,9 @@ install:
 
 run: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m mezo_elastic.train $(RUN_ARGS)
+
+run-reward: install
+	OMP_NUM_THREADS=1 $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m mezo_elastic.train --config configs/reward_builtin.toml $(RUN_ARGS)
 
 test: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
