@@ -256,11 +256,14 @@ def _check_master(sec: Section, ctx: RankContext, cfg: Config | None, timeout_s:
     if ctx.launcher == "torchrun" and holder is not None and holder in _ancestor_pids():
         sec.lines.append(f"MASTER_PORT {port}: {what}: this job's torchrun agent store (expected)")
     elif not free and ctx.rank == 0 and ctx.launcher != "torchrun":
+        # A given MASTER_PORT is the first candidate of the package's port agreement: training moves every
+        # rank to the next free candidate together, so a held one is worth a warning, not a failure.
         sec.lines.append(f"MASTER_PORT {port}: {what}")
         sec.problems.append(Problem(
-            "master-port-held", f"MASTER_PORT={port} on {addr} is {what}; rank 0 cannot host the store there "
-            f"(init_process_group would fail with 'address already in use')",
-            f"pick a free port, e.g. MASTER_PORT={free_port()}, or stop {what.removeprefix('held by ')}"))
+            "master-port-held", f"MASTER_PORT={port} on {addr} is {what}; the ranks will agree on the next free "
+            f"candidate port instead", f"give the job a free port, e.g. MASTER_PORT={free_port()}, or stop "
+            f"{what.removeprefix('held by ')}", "warning"))
+        _check_candidates(sec, ctx, cfg)
     elif not free and ctx.launcher == "torchrun":
         sec.lines.append(f"MASTER_PORT {port}: {what}, not an ancestor of this worker")
         sec.problems.append(Problem(
