@@ -97,3 +97,19 @@ def test_sigkill_worker_with_reward_objective_ends_on_the_same_weights(tmp_path)
     diff = max_abs_diff(final_weights(out), final_weights(reference))
     print(f"reward objective, SIGKILL + restart: max abs diff vs undisturbed = {diff:.3g}")
     assert diff <= 1e-6
+
+
+def test_multi_seed_population_logs_k_seeds_per_rank_and_exports_the_same_weights(tmp_path):
+    """multi_seed with K=2 on 2 ranks: 4 seeds a step (rank r's are slots 2r, 2r+1); replaying the log
+    (export) gives the run's final weights."""
+    out = tmp_path / "run"
+    train(out, *QUICK, "--train.steps=5", "--mezo.mode=multi_seed", "--mezo.perturbations=2",
+          "--mezo.reward_shaping=centered_rank", "--mezo.lr=1e-4", nproc=2)
+    recs = StepLog(out / "steps.jsonl").read()
+    assert len(recs) == 5 and all(len(r.seeds) == 4 and len(r.grads) == 4 for r in recs)
+    from mezo_elastic.export import main as export_main
+
+    assert export_main(["--run", str(out), "--out", str(tmp_path / "exported")]) == 0
+    from safetensors.torch import load_file
+
+    assert max_abs_diff(load_file(str(tmp_path / "exported" / "model.safetensors")), final_weights(out)) == 0.0
