@@ -239,7 +239,7 @@ def run_lora(path: Path, reqs, args, out: dict) -> None:
         out[f"peak_step_lora_{name}_GiB"] = peak(lambda: our_step(runner, opt, reqs, next(counter), mcfg))
         out[f"sweep_lora_{name}_ms"] = timed(lambda: opt.perturb(step_seed(1, next(counter)), 1.0), args.reps)
         runner.close()
-        del runner, opt
+        runner = opt = None  # not del: the lambdas above close over these names (ruff F821)
         gc.collect()
         torch.cuda.empty_cache()
 
