@@ -61,6 +61,11 @@ class ModelConfig:
     sglang_logprob_tokens: int = opt(
         8192, "sglang: most completion positions scored in one forward (bounds the fp32 vocab-wide logits buffer)"
     )
+    sglang_prefill_graphs: bool = opt(
+        False, "sglang: run scoring forwards (EXTEND batches) through SGLang's prefill CUDA graphs (its breakable "
+        "backend; capture adds ~40 s at start-up). Off: this package's GPU tests of it (tests/gpu/"
+        "test_sglang_prefill_graphs.py) have not run yet; a probe on an H200 measured 1 x 8 tokens 5.2 ms vs 12.2 eager"
+    )
     sglang_share_min_tokens: int = opt(
         4096, "sglang: share a classification prompt between candidates (data.share_prompt) only where it saves "
         "at least this many token positions in a forward; a shared forward is two engine forwards, and each "

@@ -40,10 +40,14 @@ for s in $stages; do
       # The generation tests run in a process of their own: an engine that captured decode graphs keeps
       # ~0.3 of the GPU after close(), so a later engine in the same process fails its memory check.
       python3 -m pytest tests/gpu -m gpu -q -s -rA -p no:cacheprovider --ignore=tests/gpu/test_sglang_generate.py \
+        --ignore=tests/gpu/test_sglang_prefill_graphs.py \
         2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|error|NLL|corr|PASSED|FAILED|ERROR" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
       python3 -m pytest tests/gpu/test_sglang_generate.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
         tee "$OUT/gen_tests.log" | grep -E "passed|failed|error|greedy|graph|KV free|sampled|PASSED|FAILED|ERROR" | tail -20
+      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+      python3 -m pytest tests/gpu/test_sglang_prefill_graphs.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
+        tee "$OUT/prefill_graph_tests.log" | grep -E "passed|failed|error|sign|PASSED|FAILED|ERROR" | tail -20
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
     sweep)
       log "sweep kernel: layouts and profiling modes (1B shape)"

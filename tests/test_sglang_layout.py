@@ -212,3 +212,26 @@ def test_row_sums_drop_each_requests_last_row():
     flat = torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -0.5])
     sums = Engine._row_sums(flat, [2, 1, 3, 1])
     assert sums.dtype == torch.float64 and sums.tolist() == [-1.0, 0.0, -9.0, 0.0]
+
+
+def test_server_args_turn_on_only_the_graphs_each_objective_uses(monkeypatch):
+    """Scoring: no CUDA graphs (unless model.sglang_prefill_graphs); reward: decode graphs at 1, 2, 4, ...
+    up to data.micro_batch and no prefill graphs. The fields are what ServerArgs receives."""
+    from mezo_elastic.config import Config
+    from mezo_elastic.runners import sglang as sg
+
+    monkeypatch.setattr(sg.compat, "make_server_args", lambda fields: fields)
+    ctx = None
+    cfg = Config()
+    cfg.model.backend = "sglang"
+    scoring = sg.create_mezo_server_args(ctx, cfg, "/m")
+    assert scoring["disable_cuda_graph"] is True and "cuda_graph_bs_decode" not in scoring
+    cfg.data.objective, cfg.data.micro_batch = "reward", 24
+    reward = sg.create_mezo_server_args(ctx, cfg, "/m")
+    assert reward["disable_cuda_graph"] is False and reward["disable_prefill_cuda_graph"] is True
+    assert reward["disable_decode_cuda_graph"] is False
+    assert reward["cuda_graph_bs_decode"] == [1, 2, 4, 8, 16, 32] and reward["cuda_graph_max_bs_decode"] == 32
+    cfg.data.objective, cfg.model.sglang_prefill_graphs = "lm", True
+    prefill = sg.create_mezo_server_args(ctx, cfg, "/m")
+    assert prefill["disable_cuda_graph"] is False and prefill["disable_prefill_cuda_graph"] is False
+    assert prefill["disable_decode_cuda_graph"] is True

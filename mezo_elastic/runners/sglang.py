@@ -47,9 +47,10 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
 
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
     custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). CUDA
-    graphs: none for the scoring objectives (prefill shapes vary); decode graphs for the reward
-    objective, captured at batch sizes 1, 2, 4, ... up to data.micro_batch (a smaller batch is padded
-    to the next one); a replay reads the weights' storage, which every sweep updates in place.
+    graphs: none for the scoring objectives by default (model.sglang_prefill_graphs turns SGLang's
+    prefill graphs on); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
+    to data.micro_batch (a smaller batch is padded to the next one); a replay reads the weights'
+    storage, which every sweep updates in place.
     Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
     their prompts.
     """
@@ -59,14 +60,18 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
         model_path=model_path, skip_tokenizer_init=True, load_format=m.sglang_load_format, dtype=m.dtype,
         trust_remote_code=m.trust_remote_code, tp_size=m.tp_size, dp_size=1, pp_size=1,
         mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
-        sampling_backend="pytorch", disable_cuda_graph=not generating, disable_radix_cache=True,
+        sampling_backend="pytorch", disable_cuda_graph=not (generating or m.sglang_prefill_graphs),
+        disable_radix_cache=True,
         disable_overlap_schedule=True, disable_custom_all_reduce=True,
         context_length=cfg.data.max_length + 1, max_running_requests=2 * max(cfg.data.micro_batch, 1) + 1,
         random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
     )
     if generating:
         sizes = decode_graph_sizes(cfg.data.micro_batch)
-        fields.update(disable_prefill_cuda_graph=True, cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
+        fields.update(cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
+    if generating or m.sglang_prefill_graphs:
+        # Each phase's graphs only where they are asked for: decode for generation, prefill by the option.
+        fields.update(disable_prefill_cuda_graph=not m.sglang_prefill_graphs, disable_decode_cuda_graph=not generating)
     if cfg.peft.method == "lora":
         fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)

@@ -14,6 +14,7 @@ an adapter that was never run is worse than a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 from array import array
@@ -85,6 +86,7 @@ class Engine:
     # The last logprob_sums batch, still allocated: MeZO scores the same batch twice a step (theta +
     # eps z, theta - eps z), and building it again costs ~2 ms of host time on the 1B bench batch.
     _kept: tuple | None = None
+    graph_forwards: int = 0  # forwards that replayed a captured CUDA graph (decode, or prefill when enabled)
     # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang_lora.py);
     # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
     lora_id: str | None = None
@@ -127,10 +129,27 @@ class Engine:
         req.set_extend_range(len(req.prefix_indices), len(req.origin_input_ids))
         return req
 
+    def _run(self, fb: Any) -> Any:
+        """ModelRunner.forward of a ForwardBatch -> its LogitsProcessorOutput (counts graph replays)."""
+        out = self.model_runner.forward(fb)
+        self.graph_forwards += bool(out.can_run_graph)
+        return out.logits_output
+
+    @contextlib.contextmanager
+    def eager(self):
+        """Within the block every forward runs eagerly, without the captured graphs (tests compare)."""
+        mr = self.model_runner
+        saved = mr.decode_cuda_graph_runner, mr.prefill_cuda_graph_runner
+        mr.decode_cuda_graph_runner = mr.prefill_cuda_graph_runner = None
+        try:
+            yield
+        finally:
+            mr.decode_cuda_graph_runner, mr.prefill_cuda_graph_runner = saved
+
     def _forward(self, reqs: list) -> tuple[Any, Any]:
         """Run one EXTEND batch of `reqs`; (ScheduleBatch, LogitsProcessorOutput). Slots stay allocated."""
         batch, fb = self._prepare(reqs)
-        return batch, self.model_runner.forward(fb).logits_output
+        return batch, self._run(fb)
 
     def _prepare(self, reqs: list) -> tuple[Any, Any]:
         """(ScheduleBatch, ForwardBatch) of one EXTEND batch of `reqs`, its KV and request slots allocated."""
@@ -190,7 +209,7 @@ class Engine:
             else:
                 self.clear()
                 _, fb = self._prepare([self._req(i, ids, start) for i, (ids, start) in enumerate(zip(seqs, starts))])
-            out = self.model_runner.forward(fb).logits_output
+            out = self._run(fb)
             self._kept = (key, fb)
             return self._row_sums(out.input_token_logprobs, [len(ids) - s for ids, s in zip(seqs, starts)])
         except BaseException:
@@ -250,19 +269,21 @@ class Engine:
         tokens past its EOS are dropped by the caller), so each decode step has the batch size the
         decode CUDA graph was captured for; every 8 tokens one host sync checks whether all rows hit
         an EOS. The graph replays read the parameters' storage, which the sweeps update in place.
-        `eager` runs the decode steps without the graph (tests compare both); `logits`, when a list,
+        `eager` runs every forward without the graphs (tests compare both); `logits`, when a list,
         receives each step's next-token logits. Every KV and request slot is free again on return.
         """
         from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 
+        if eager:
+            with self.eager():
+                return self.generate(prompts, max_new, temperature, seeds, eos_ids, logits=logits)
         mr = self.model_runner
-        graph, mr.decode_cuda_graph_runner = mr.decode_cuda_graph_runner, (None if eager else mr.decode_cuda_graph_runner)
         self.clear()
         try:
             seed_t = torch.tensor(list(seeds), dtype=torch.int64, device=mr.device) if temperature > 0 else None
             eos = torch.tensor(list(eos_ids) or [-1], dtype=torch.int64, device=mr.device)
             batch, fb = self._prepare([self._req(i, ids, None) for i, ids in enumerate(prompts)])
-            nxt = self._next_tokens(mr.forward(fb).logits_output, fb, temperature, seed_t, 0, logits)
+            nxt = self._next_tokens(self._run(fb), fb, temperature, seed_t, 0, logits)
             toks = [nxt]
             for pos in range(1, max_new):
                 if eos_ids and pos % 8 == 0 and bool(torch.isin(torch.stack(toks, 1), eos).any(1).all()):
@@ -270,11 +291,10 @@ class Engine:
                 batch.input_ids = nxt.to(torch.int64)
                 batch.prepare_for_decode()
                 fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
-                nxt = self._next_tokens(mr.forward(fb).logits_output, fb, temperature, seed_t, pos, logits)
+                nxt = self._next_tokens(self._run(fb), fb, temperature, seed_t, pos, logits)
                 toks.append(nxt)
             return torch.stack(toks, 1).cpu().tolist()
         finally:
-            mr.decode_cuda_graph_runner = graph
             self.clear()
 
     def close(self) -> None:
