@@ -107,19 +107,24 @@ def max_drift(model_or_state, w0: dict[str, torch.Tensor]) -> float:
     return max(float((p.detach().float() - w0[n].float()).abs().max()) for n, p in model_or_state.items())
 
 
+def time_generation(runner, vocab: int, name: str, args, out: dict, warmup: int):
+    """Time the generate rows of `runner` (out[generate_<name>_ms / _tok_s]); return the population's
+    evaluate(): the mean token reward of one generation of the population prompts."""
+    reqs = prompts(args.batch, args.prompt, vocab, seed=0)
+    settings = GenerationSettings(max_new_tokens=args.new)
+    ms = timed(lambda: runner.generate(reqs, settings), args.reps, warmup=warmup)
+    out[f"generate_{name}_ms"], out[f"generate_{name}_tok_s"] = ms, args.batch * args.new / (ms * 1e-3)
+    pop = prompts(args.pop_batch, args.pop_prompt, vocab, seed=1)
+    return lambda: token_reward(runner.generate(pop, settings), vocab)
+
+
 def run_hf(path: Path, args, out: dict) -> None:
     from mezo_elastic.runners.hf import HFRunner
 
     dev = torch.device("cuda", 0)
     hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda")), dev, str(path))
-    vocab = hf.model.config.vocab_size
-    reqs = prompts(args.batch, args.prompt, vocab, seed=0)
-    settings = GenerationSettings(max_new_tokens=args.new)
-    ms = timed(lambda: hf.generate(reqs, settings), args.reps, warmup=1)
-    out["generate_hf_ms"], out["generate_hf_tok_s"] = ms, args.batch * args.new / (ms * 1e-3)
+    ev = time_generation(hf, hf.model.config.vocab_size, "hf", args, out, warmup=1)
     if args.population:
-        pop = prompts(args.pop_batch, args.pop_prompt, vocab, seed=1)
-        ev = lambda: token_reward(hf.generate(pop, settings), vocab)  # noqa: E731
         ref = ReferenceES(hf.model)
         seeds = list(range(args.k))
         out["population_reference_s"] = timed(lambda: ref.step(seeds, ev), 1, warmup=0) / 1e3
@@ -144,14 +149,8 @@ def run_sglang(path: Path, args, out: dict) -> None:
     t0 = time.perf_counter()
     sg = SGLangRunner(single_ctx(), cfg, torch.device("cuda", 0), str(path))
     out["sglang_start_s"] = time.perf_counter() - t0
-    vocab = sg.engine.model_runner.model_config.vocab_size
-    reqs = prompts(args.batch, args.prompt, vocab, seed=0)
-    settings = GenerationSettings(max_new_tokens=args.new)
-    ms = timed(lambda: sg.generate(reqs, settings), args.reps, warmup=2)
-    out["generate_sglang_ms"], out["generate_sglang_tok_s"] = ms, args.batch * args.new / (ms * 1e-3)
+    ev = time_generation(sg, sg.engine.model_runner.model_config.vocab_size, "sglang", args, out, warmup=2)
     if args.population:
-        pop = prompts(args.pop_batch, args.pop_prompt, vocab, seed=1)
-        ev = lambda: token_reward(sg.generate(pop, settings), vocab)  # noqa: E731
         mcfg = MezoConfig(lr=ALPHA * SIGMA, eps=SIGMA, perturbations=args.k, reward_shaping="zscore")
         opt = MezoOptimizer(sg.segments(), mcfg, master_weights=True)
         out["population_ours_s"] = timed(lambda: our_population_step(sg, opt, 0, args.k, ev, mcfg), 1, warmup=1) / 1e3

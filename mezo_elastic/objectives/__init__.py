@@ -17,6 +17,7 @@ import torch
 
 from mezo_elastic.config import Config
 from mezo_elastic.data import Example
+from mezo_elastic.objectives.scoring import example_losses
 from mezo_elastic.runners.base import ForwardRunner
 
 
@@ -45,8 +46,6 @@ class ScoringObjective:
             d.class_loss == "auto" and bool(d.task) and TASKS[d.task].teacher_forced))
 
     def _run(self, examples: Sequence[Example], objective: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
-        from mezo_elastic.objectives.scoring import example_losses
-
         d = self.cfg.data
         return example_losses(self.runner, examples, objective or d.objective, d.micro_batch, d.share_prompt,
                               self.length_norm)
