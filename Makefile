@@ -33,7 +33,7 @@ test-unit: install
 	$(PYTHON) -m pytest -m "not gpu and not integration and not slurm" $(PYTEST_ARGS)
 
 docs:
-	$(PYTHON) -m mezo_elastic.docs_gen
+	$(PYTHON) -m mezo_elastic.config.docs
 
 bench:
 	$(PYTHON) bench/bench_step.py

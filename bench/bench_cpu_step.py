@@ -3,7 +3,7 @@
     python bench/bench_cpu_step.py                                  # both shapes, 1 and 2 threads
     python bench/bench_cpu_step.py --shapes default --threads 1 --reps 20 --out cpu.json
 
-Shapes: `default` = the built-in tiny Llama (mezo_elastic.builtin) with its batch (32 examples of
+Shapes: `default` = the built-in tiny Llama (mezo_elastic.data.builtin) with its batch (32 examples of
 7 prompt + 1 completion tokens); `110m` = a Llama of 110 M parameters (12 x 768, MLP 2048, 32000
 vocab, tied), random fp32 weights, batch 4 x 32 tokens (28 + 4). The reference is princeton-nlp/MeZO's
 zo_step + zo_update as bench/bench_step.py reimplements it (torch.manual_seed per sweep, torch.normal
@@ -34,11 +34,11 @@ sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests" / "gpu")]
 from bench_step import ReferenceMeZO, fresh_segments, our_step, reference_inputs  # noqa: E402
 from sglang_models import random_requests, save_random_model  # noqa: E402
 
-from mezo_elastic import builtin  # noqa: E402
 from mezo_elastic.config import Config, MezoConfig, ModelConfig  # noqa: E402
-from mezo_elastic.mezo import MezoOptimizer  # noqa: E402
-from mezo_elastic.perturb import SweepPlan, native_status, sweep  # noqa: E402
-from mezo_elastic.runners.hf import HFRunner  # noqa: E402
+from mezo_elastic.data import builtin  # noqa: E402
+from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
+from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
+from mezo_elastic.zo.perturb import SweepPlan, native_status, sweep  # noqa: E402
 
 LLAMA_110M = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=768,
                   intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,

@@ -38,9 +38,14 @@ from bench_step import SHAPES, timed  # noqa: E402
 from sglang_models import save_random_model, sglang_cfg, single_ctx  # noqa: E402
 
 from mezo_elastic.config import Config, MezoConfig, ModelConfig  # noqa: E402
-from mezo_elastic.mezo import MezoOptimizer, StepRecord, projected_grad, seeds_for_step  # noqa: E402
-from mezo_elastic.objectives.shaping import shaped_pairs  # noqa: E402
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings  # noqa: E402
+from mezo_elastic.zo.optimizer import (  # noqa: E402
+    MezoOptimizer,
+    StepRecord,
+    projected_grad,
+    seeds_for_step,
+)
+from mezo_elastic.zo.shaping import shaped_pairs  # noqa: E402
 
 SIGMA, ALPHA = 1e-3, 5e-4  # the ES paper's sigma and alpha
 
@@ -119,7 +124,7 @@ def time_generation(runner, vocab: int, name: str, args, out: dict, warmup: int)
 
 
 def run_hf(path: Path, args, out: dict) -> None:
-    from mezo_elastic.runners.hf import HFRunner
+    from mezo_elastic.runners.hf.runner import HFRunner
 
     dev = torch.device("cuda", 0)
     hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda")), dev, str(path))
@@ -141,7 +146,7 @@ def run_hf(path: Path, args, out: dict) -> None:
 
 
 def run_sglang(path: Path, args, out: dict) -> None:
-    from mezo_elastic.runners.sglang import SGLangRunner
+    from mezo_elastic.runners.sglang.runner import SGLangRunner
 
     cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction)
     cfg.data.objective, cfg.data.micro_batch = "reward", max(args.batch, args.pop_batch)

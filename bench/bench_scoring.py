@@ -28,9 +28,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 from sglang_models import save_random_model, sglang_cfg, single_ctx  # noqa: E402  (shared with the tests)
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
-from mezo_elastic.data import Example  # noqa: E402
+from mezo_elastic.data.jsonl import Example  # noqa: E402
 from mezo_elastic.objectives.scoring import example_losses  # noqa: E402
-from mezo_elastic.runners.hf import HFRunner  # noqa: E402
+from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
 
 # (name, prompt tokens, candidate lengths): SST-2-like verbalizers, a 3-way NLI, multi-token options.
 TASKS = [
@@ -49,7 +49,7 @@ def build(args):
                     num_attention_heads=args.hidden // 64, num_key_value_heads=max(1, args.hidden // 256))
         save_random_model(spec, out, seed=0, dtype=torch.float32)
     if args.backend == "sglang":
-        from mezo_elastic.runners.sglang import SGLangRunner
+        from mezo_elastic.runners.sglang.runner import SGLangRunner
 
         cfg = sglang_cfg(out, dtype=args.dtype, sglang_share_min_tokens=0)  # time the shared path everywhere
         cfg.data.micro_batch = args.batch * 4

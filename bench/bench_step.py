@@ -33,11 +33,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 
-from sglang_models import LLAMA_1B, LLAMA_8B, mean_nll, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+from sglang_models import (  # noqa: E402
+    LLAMA_1B,
+    LLAMA_8B,
+    mean_nll,
+    random_requests,
+    save_random_model,
+    sglang_cfg,
+    single_ctx,
+)
 
 from mezo_elastic.config import Config, MezoConfig, ModelConfig, PeftConfig  # noqa: E402
-from mezo_elastic.mezo import MezoOptimizer, StepRecord  # noqa: E402
-from mezo_elastic.perturb import ParamSegment, SweepPlan, step_seed, sweep  # noqa: E402
+from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord  # noqa: E402
+from mezo_elastic.zo.perturb import ParamSegment, SweepPlan, step_seed, sweep  # noqa: E402
 
 SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
 TUNE = False  # --tune: also time other kernel block sizes and keep the fastest for the steps
@@ -147,7 +155,7 @@ def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -
     out["sweep_ours_1seed_TBps"] = 2 * n_bytes / (ours1 * 1e-3) / 1e12
     out["sweep_ours_2seed_TBps"] = 2 * n_bytes / (ours2 * 1e-3) / 1e12
     if TUNE:
-        from mezo_elastic import kernels
+        from mezo_elastic.zo import triton_sweep as kernels
 
         best = (ours2, kernels.BLOCK_C, kernels.NUM_WARPS)
         for blk, warps in ((256, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)):
@@ -161,7 +169,7 @@ def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -
 
 
 def run_hf(path: Path, reqs, args, out: dict) -> None:
-    from mezo_elastic.runners.hf import HFRunner
+    from mezo_elastic.runners.hf.runner import HFRunner
 
     dev = torch.device("cuda", 0)
     hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda")), dev, str(path))
@@ -194,7 +202,7 @@ def run_hf(path: Path, reqs, args, out: dict) -> None:
 
 
 def run_sglang(path: Path, reqs, args, out: dict) -> None:
-    from mezo_elastic.runners.sglang import SGLangRunner
+    from mezo_elastic.runners.sglang.runner import SGLangRunner
 
     cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction, attention_backend=args.attention,
                      sglang_load_format="dummy" if args.sglang_dummy else "auto")
@@ -214,8 +222,8 @@ def run_sglang(path: Path, reqs, args, out: dict) -> None:
 
 def run_lora(path: Path, reqs, args, out: dict) -> None:
     """Steps and peak memory with a LoRA adapter as the trainable set, per backend (fp32 adapter master)."""
-    from mezo_elastic.runners.hf import HFRunner
-    from mezo_elastic.runners.sglang import SGLangRunner
+    from mezo_elastic.runners.hf.runner import HFRunner
+    from mezo_elastic.runners.sglang.runner import SGLangRunner
 
     mcfg, peft = MezoConfig(lr=5e-5, eps=1e-2), PeftConfig(method="lora")
     dev = torch.device("cuda", 0)

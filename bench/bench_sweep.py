@@ -34,8 +34,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 
 from sglang_models import LLAMA_1B, LLAMA_8B, hf_config  # noqa: E402
 
-from mezo_elastic import kernels  # noqa: E402
-from mezo_elastic.perturb import ParamSegment, SweepPlan  # noqa: E402
+from mezo_elastic.zo import triton_sweep as kernels  # noqa: E402
+from mezo_elastic.zo.perturb import ParamSegment, SweepPlan  # noqa: E402
 
 SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
 # (label, kernels.VEC, profiling MODE, kernels.ALIGN)

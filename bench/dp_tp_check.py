@@ -23,11 +23,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 
 from sglang_models import random_requests, sglang_cfg  # noqa: E402
 
+from mezo_elastic.cluster.rank_context import detect  # noqa: E402
 from mezo_elastic.config import MezoConfig  # noqa: E402
-from mezo_elastic.mezo import MezoOptimizer, StepRecord  # noqa: E402
-from mezo_elastic.perturb import step_seed  # noqa: E402
-from mezo_elastic.rank_context import detect  # noqa: E402
-from mezo_elastic.runners.sglang import SGLangRunner, init_mezo_distributed  # noqa: E402
+from mezo_elastic.runners.sglang.runner import SGLangRunner, init_mezo_distributed  # noqa: E402
+from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord  # noqa: E402
+from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
 
 def main() -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from mezo_elastic import builtin
 from mezo_elastic.config import MezoConfig, parse_args
-from mezo_elastic.mezo import MezoOptimizer, StepRecord
-from mezo_elastic.perturb import step_seed
-from mezo_elastic.runners.hf import HFRunner
+from mezo_elastic.data import builtin
+from mezo_elastic.runners.hf.runner import HFRunner
+from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord
+from mezo_elastic.zo.perturb import step_seed
 
 
 def drift(model_dir: Path, dtype: str, master: bool, steps: int, eps: float) -> tuple[float, float, int]:

@@ -27,7 +27,7 @@ from bench_step import timed  # noqa: E402  (median wall ms, synchronised)
 from sglang_models import random_requests, sglang_cfg, single_ctx  # noqa: E402
 
 from mezo_elastic.runners.base import ScoreRequest  # noqa: E402
-from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
+from mezo_elastic.runners.sglang.runner import SGLangRunner  # noqa: E402
 
 
 def phases(eng, reqs: list[ScoreRequest], n: int = 10) -> dict[str, float]:
@@ -66,8 +66,8 @@ def step_gaps(sg, reqs: list[ScoreRequest], steps: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from mezo_elastic.config import MezoConfig
-    from mezo_elastic.mezo import MezoOptimizer, StepRecord
-    from mezo_elastic.perturb import step_seed
+    from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord
+    from mezo_elastic.zo.perturb import step_seed
 
     mcfg = MezoConfig(lr=1e-7, eps=1e-3)
     opt = MezoOptimizer(sg.segments(), mcfg, master_weights=False)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from mezo_elastic import checkpoint
 from mezo_elastic.config import from_dict
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
-from mezo_elastic.mezo import MezoOptimizer, use_master_weights
-from mezo_elastic.runners.hf import HFRunner
+from mezo_elastic.runners.hf.runner import HFRunner
+from mezo_elastic.state import checkpoint
+from mezo_elastic.zo.optimizer import MezoOptimizer, use_master_weights
 
 
 def model_path_of(run_dir: Path, stored: str) -> str:

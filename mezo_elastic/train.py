@@ -19,10 +19,10 @@ import time
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from mezo_elastic import distributed
+from mezo_elastic.cluster import distributed
+from mezo_elastic.cluster.rank_context import detect
 from mezo_elastic.config import parse_args
 from mezo_elastic.errors import MezoError
-from mezo_elastic.rank_context import detect
 
 log = logging.getLogger("mezo_elastic")
 ERROR_GRACE_S = 1.0  # not a setting: how long a failed rank waits so that its peers' reports are not cut off
@@ -37,7 +37,7 @@ def _init(ctx, cfg) -> distributed.DataParallel:
     """Bring up devices and groups for the backend: the world group (hf), or DP x TP (sglang)."""
     if cfg.model.backend == "sglang":
         # SGLang needs the default group to be its own TP world: MeZO's DP traffic gets a separate group.
-        from mezo_elastic.runners.sglang_dist import init_mezo_distributed
+        from mezo_elastic.runners.sglang.dist import init_mezo_distributed
 
         comm = init_mezo_distributed(ctx, cfg)
         log.info("%s device=%s tp=%d/%d dp=%d/%d", ctx.describe(), comm.device, comm.tp_rank, comm.tp_size,
@@ -71,7 +71,7 @@ def _exit_without_teardown(e: Exception) -> None:
 @record
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, bring up the rank, train, tear down. Returns the process exit code."""
-    from mezo_elastic.trainer import StopRequested, Trainer
+    from mezo_elastic.training.trainer import StopRequested, Trainer
 
     try:
         cfg = parse_args(argv)

@@ -42,7 +42,7 @@ COMMON=(--model.path=$M --model.dtype=bfloat16 --train.batch_size=32 --train.eva
         --train.progress=false --mezo.lr=1e-4 --mezo.eps=1e-3 --data.max_length=32)
 summ() { python3 - "$@" <<'PY'
 import json, sys
-from mezo_elastic.checkpoint import StepLog
+from mezo_elastic.state.checkpoint import StepLog
 out = {}
 for d in sys.argv[1:]:
     recs = StepLog(f"{d}/steps.jsonl").read()
@@ -75,7 +75,7 @@ for stage in ${*:-one}; do
       run $T2 --train.steps=20 --train.output_dir=/tmp/e2e/tp2res "${COMMON[@]}"
       python3 - <<'PY' | tee "$OUT/two.txt"
 # bf16 weights with the fp32 master (auto): the step-20 checkpoints must hold every TP rank's exact theta
-from mezo_elastic.checkpoint import newest_valid_checkpoint
+from mezo_elastic.state.checkpoint import newest_valid_checkpoint
 (sa, a), (sb, b) = newest_valid_checkpoint("/tmp/e2e/tp2ref"), newest_valid_checkpoint("/tmp/e2e/tp2res")
 print("steps", sa, sb, "fp32 tensors", sum(t.dtype.is_floating_point and t.element_size() == 4 for t in a.values()), "of", len(a))
 print("tp=2 resumed vs uninterrupted: max abs diff", max((a[k].double() - b[k].double()).abs().max().item() for k in a))

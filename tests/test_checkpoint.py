@@ -1,7 +1,7 @@
 import torch
 
-from mezo_elastic import checkpoint
-from mezo_elastic.mezo import StepRecord
+from mezo_elastic.state import checkpoint
+from mezo_elastic.zo.optimizer import StepRecord
 
 
 def _rec(t):

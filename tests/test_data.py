@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mezo_elastic.data import BatchSchedule, rank_slice, read_jsonl, tokenize
+from mezo_elastic.data.jsonl import BatchSchedule, rank_slice, read_jsonl, tokenize
 from mezo_elastic.errors import DataError
 
 

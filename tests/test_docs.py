@@ -10,18 +10,18 @@ from helpers import REPO, env
 
 
 def docs_gen(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mezo_elastic.docs_gen", *args], env=env(), cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "mezo_elastic.config.docs", *args], env=env(), cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
 def test_configuration_md_is_current():
     r = docs_gen("--check")
-    assert r.returncode == 0, f"\n{r.stderr}\nRun `python -m mezo_elastic.docs_gen` and commit docs/configuration.md."
+    assert r.returncode == 0, f"\n{r.stderr}\nRun `python -m mezo_elastic.config.docs` and commit docs/configuration.md."
 
 
 def test_configuration_md_lists_every_field_with_its_default():
     from mezo_elastic.config import iter_fields
-    from mezo_elastic.docs_gen import toml_value
+    from mezo_elastic.config.docs import toml_value
 
     text = (REPO / "docs" / "configuration.md").read_text()
     for key, _typ, default, hlp in iter_fields():
@@ -35,7 +35,7 @@ def test_check_reports_stale_file_and_regenerate_command(tmp_path: Path):
     out.write_text(out.read_text().replace("`--mezo.lr`", "`--mezo.learning_rate`"))
     r = docs_gen("--check", "--out", str(out))
     assert r.returncode == 1
-    assert "is stale" in r.stderr and f"python -m mezo_elastic.docs_gen --out {out}" in r.stderr
+    assert "is stale" in r.stderr and f"python -m mezo_elastic.config.docs --out {out}" in r.stderr
     out.unlink()
     r = docs_gen("--check", "--out", str(out))
     assert r.returncode == 1 and "is missing" in r.stderr

@@ -8,16 +8,21 @@ import math
 import pytest
 import torch
 
-from mezo_elastic import builtin
 from mezo_elastic.config import Config, MezoConfig
-from mezo_elastic.data import load_tokenizer
-from mezo_elastic.mezo import SEEDS_PER_SWEEP, MezoOptimizer, StepRecord, seeds_for_step
+from mezo_elastic.data import builtin
+from mezo_elastic.data.jsonl import load_tokenizer
 from mezo_elastic.objectives.generation import cut_at_stop, sample_seed
-from mezo_elastic.objectives.shaping import shape, shaped_pairs
-from mezo_elastic.perturb import ParamSegment, step_seed
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings
-from mezo_elastic.runners.hf import HFRunner
+from mezo_elastic.runners.hf.runner import HFRunner
 from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
+from mezo_elastic.zo.optimizer import (
+    SEEDS_PER_SWEEP,
+    MezoOptimizer,
+    StepRecord,
+    seeds_for_step,
+)
+from mezo_elastic.zo.perturb import ParamSegment, step_seed
+from mezo_elastic.zo.shaping import shape, shaped_pairs
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +115,7 @@ def test_a_large_population_update_is_split_the_same_way_live_and_in_replay():
     replay.replay(rec)
     assert torch.equal(live.segments[0].master, replay.segments[0].master)
     # and it is the update: theta (1 - lr wd) - lr/k sum g z, up to fp32 rounding
-    from mezo_elastic.perturb import z_range
+    from mezo_elastic.zo.perturb import z_range
 
     want = w.double() * (1 - 1e-3) - sum(1e-2 / k * g * z_range(s, "w", 0, 5000).double() for s, g in zip(seeds, rec.grads))
     assert float((replay.segments[0].master.double() - want).abs().max()) < 1e-5

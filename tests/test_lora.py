@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mezo_elastic import builtin, lora
 from mezo_elastic.config import parse_args
+from mezo_elastic.data import builtin
 from mezo_elastic.errors import BackendError, ConfigError
-from mezo_elastic.mezo import MezoOptimizer, StepRecord, use_master_weights
+from mezo_elastic.runners import lora
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
-from mezo_elastic.runners.hf import HFRunner
+from mezo_elastic.runners.hf.runner import HFRunner
+from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord, use_master_weights
 
 REQS = [ScoreRequest((4, 5, 20, 28), (29,)), ScoreRequest((12, 6, 28), (30,))]
 
@@ -108,7 +109,7 @@ def test_bad_peft_values_name_the_field(argv, words):
 
 def test_run_json_without_peft_keys_is_a_peft_none_run_and_other_lora_settings_differ():
     """A run.json written before the peft keys existed is a full-weight run: it resumes as one."""
-    from mezo_elastic.trainer import TRAJECTORY_KEYS, _get, trajectory_diff
+    from mezo_elastic.training.trainer import TRAJECTORY_KEYS, _get, trajectory_diff
 
     lora_cfg = parse_args(["--peft.method=lora"])
     saved = {k: _get(lora_cfg, k) for k in TRAJECTORY_KEYS}
@@ -137,7 +138,7 @@ def test_generate_runs_through_the_adapter(tiny):
     r, base = _runner(tiny), HFRunner(parse_args([f"--model.path={tiny}"]), torch.device("cpu"), str(tiny))
     reqs, settings = [GenerateRequest(q.prompt_ids) for q in REQS] * 4, GenerationSettings(max_new_tokens=4)
     assert r.generate(reqs, settings) == base.generate(reqs, settings)
-    from mezo_elastic.perturb import SweepPlan, sweep
+    from mezo_elastic.zo.perturb import SweepPlan, sweep
 
     sweep([s for s in r.segments() if "lora_B" in s.name], SweepPlan(post=[(3, 2.0)]))
     assert r.generate(reqs, settings) != base.generate(reqs, settings)

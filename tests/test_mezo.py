@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
+from mezo_elastic.cluster.distributed import WorldComm
+from mezo_elastic.cluster.rank_context import detect
 from mezo_elastic.config import MezoConfig, parse_args
-from mezo_elastic.distributed import WorldComm
-from mezo_elastic.mezo import MezoOptimizer, lr_at, projected_grad
-from mezo_elastic.perturb import ParamSegment, SweepCounter, step_seed, z_range
-from mezo_elastic.rank_context import detect
-from mezo_elastic.trainer import Trainer
+from mezo_elastic.training.trainer import Trainer
+from mezo_elastic.zo.optimizer import MezoOptimizer, lr_at, projected_grad
+from mezo_elastic.zo.perturb import ParamSegment, SweepCounter, step_seed, z_range
 
 
 def test_estimator_points_along_the_autograd_gradient_fp64():

@@ -7,7 +7,6 @@ on the one-node cluster."""
 import subprocess
 
 import pytest
-
 from helpers import REPO, env
 
 SCRIPT = REPO / "launch" / "slurm" / "mezo_table.sbatch"

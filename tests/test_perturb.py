@@ -1,6 +1,13 @@
 import torch
 
-from mezo_elastic.perturb import ParamSegment, SweepPlan, philox4x32, step_seed, sweep, z_range
+from mezo_elastic.zo.perturb import (
+    ParamSegment,
+    SweepPlan,
+    philox4x32,
+    step_seed,
+    sweep,
+    z_range,
+)
 
 
 def test_philox_known_answer():

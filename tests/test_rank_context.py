@@ -1,7 +1,11 @@
 import pytest
 
+from mezo_elastic.cluster.rank_context import (
+    detect,
+    expand_nodelist,
+    slurm_port_from_job,
+)
 from mezo_elastic.errors import LaunchEnvError
-from mezo_elastic.rank_context import detect, expand_nodelist, slurm_port_from_job
 
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "abc", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
             "GROUP_RANK": "0", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RESTART_COUNT": "2"}
@@ -58,8 +62,8 @@ def test_bad_env_one_clear_error(env, words):
 def test_half_set_rank_or_world_size_names_the_missing_variable():
     import pytest
 
+    from mezo_elastic.cluster.rank_context import detect
     from mezo_elastic.errors import LaunchEnvError
-    from mezo_elastic.rank_context import detect
 
     with pytest.raises(LaunchEnvError, match="RANK=1 is set but WORLD_SIZE is not"):
         detect({"RANK": "1"})

@@ -12,9 +12,21 @@ from fractions import Fraction
 import pytest
 
 from mezo_elastic.errors import ConfigError, RewardError
-from mezo_elastic.objectives.rewards import (BUILTINS, Reward, blocks, compute_rewards, countdown,
-                                             countdown_format, exact_match, last_number, load_reward,
-                                             normalize_answer, numeric, safe_arithmetic, token_f1)
+from mezo_elastic.objectives.rewards import (
+    BUILTINS,
+    Reward,
+    blocks,
+    compute_rewards,
+    countdown,
+    countdown_format,
+    exact_match,
+    last_number,
+    load_reward,
+    normalize_answer,
+    numeric,
+    safe_arithmetic,
+    token_f1,
+)
 
 ALLOWED = ("a built-in ['countdown', 'exact_match', 'numeric', 'token_f1'] or MODULE:FUNCTION, "
            "a function (completion, example) -> float")

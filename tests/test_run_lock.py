@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from mezo_elastic.run_lock import Holder, _process_started, judge
+from mezo_elastic.state.lock import Holder, _process_started, judge
 
 NOW = 1_000_000.0
 

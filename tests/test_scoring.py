@@ -10,12 +10,12 @@ import random
 
 import pytest
 import torch
-
 from gpu.sglang_models import save_random_model
+
 from mezo_elastic.config import Config, ModelConfig
-from mezo_elastic.data import Example
+from mezo_elastic.data.jsonl import Example
 from mezo_elastic.objectives.scoring import _candidate_scores, example_losses
-from mezo_elastic.runners.hf import HFRunner
+from mezo_elastic.runners.hf.runner import HFRunner
 
 SPECS = {  # tiny random models of two architectures (GQA, tied and untied, qkv bias)
     "llama": dict(model_type="llama", vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -89,7 +89,7 @@ def test_a_runner_without_score_choices_is_scored_per_sequence(runner: HFRunner)
 def test_sglang_saved_positions_counts_what_sharing_skips():
     """saved_positions (the sglang runner's rule for when to share) = positions of one sequence per
     candidate minus those of the two shared forwards (prompt - 1, then last prompt token + candidate)."""
-    from mezo_elastic.runners.sglang import saved_positions
+    from mezo_elastic.runners.sglang.runner import saved_positions
 
     prompts = [[1] * 64, [2] * 7, [3], [4] * 20]
     choices = [[[5], [6]], [[5, 6, 7], [8], [9, 9]], [[5], [6]], [[5, 6]]]
@@ -107,7 +107,7 @@ def test_sglang_chunks_respect_kv_request_and_logprob_limits():
 
     from mezo_elastic.errors import BackendError
     from mezo_elastic.runners.base import ScoreRequest
-    from mezo_elastic.runners.sglang import SGLangRunner
+    from mezo_elastic.runners.sglang.runner import SGLangRunner
 
     fake = SimpleNamespace(engine=SimpleNamespace(max_tokens=100, max_requests=5),
                            cfg=SimpleNamespace(model=SimpleNamespace(sglang_logprob_tokens=20)))

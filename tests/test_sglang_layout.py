@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config, ModelConfig
 from mezo_elastic.errors import BackendError, ConfigError
-from mezo_elastic.perturb import SweepPlan, sweep, z_range
-from mezo_elastic.rank_context import RankContext
-from mezo_elastic.runners import sglang_compat as compat
-from mezo_elastic.runners import sglang_layout as lay
-from mezo_elastic.runners.sglang_dist import layout
+from mezo_elastic.runners.sglang import engine as compat
+from mezo_elastic.runners.sglang import layout as lay
+from mezo_elastic.runners.sglang.dist import layout
+from mezo_elastic.zo.perturb import SweepPlan, sweep, z_range
 
 
 def _shard(full: dict[str, torch.Tensor], pieces: list[lay.Piece], local_shape) -> torch.Tensor:
@@ -173,7 +173,7 @@ def test_dp_tp_layout():
 
 
 def test_validate_mezo_config_errors_name_the_field(tmp_path):
-    from mezo_elastic.runners.sglang import validate_mezo_config
+    from mezo_elastic.runners.sglang.runner import validate_mezo_config
 
     with pytest.raises(ConfigError, match="model.dtype='float32'"):
         validate_mezo_config(Config(model=ModelConfig(backend="sglang", dtype="float32")))
@@ -192,8 +192,8 @@ def test_wrong_size_default_group_is_a_clear_error():
     """torchrun's whole-world group under the sglang backend: our error, not SGLang's assert."""
     import torch.distributed as dist
 
-    from mezo_elastic.distributed import free_port
-    from mezo_elastic.runners.sglang_dist import init_tp_world
+    from mezo_elastic.cluster.distributed import free_port
+    from mezo_elastic.runners.sglang.dist import init_tp_world
 
     store = dist.TCPStore("127.0.0.1", free_port(), world_size=1, is_master=True)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
@@ -207,7 +207,7 @@ def test_wrong_size_default_group_is_a_clear_error():
 
 def test_row_sums_drop_each_requests_last_row():
     """SGLang returns completion + 1 log-prob rows per request; the last predicts past the end."""
-    from mezo_elastic.runners.sglang_compat import Engine
+    from mezo_elastic.runners.sglang.engine import Engine
 
     flat = torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -0.5])
     sums = Engine._row_sums(flat, [2, 1, 3, 1])
@@ -218,7 +218,7 @@ def test_server_args_turn_on_only_the_graphs_each_objective_uses(monkeypatch):
     """Scoring: no CUDA graphs (unless model.sglang_prefill_graphs); reward: decode graphs at 1, 2, 4, ...
     up to data.micro_batch and no prefill graphs. The fields are what ServerArgs receives."""
     from mezo_elastic.config import Config
-    from mezo_elastic.runners import sglang as sg
+    from mezo_elastic.runners.sglang import runner as sg
 
     monkeypatch.setattr(sg.compat, "make_server_args", lambda fields: fields)
     ctx = None

@@ -12,11 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mezo_elastic import builtin, lora
 from mezo_elastic.config import PeftConfig
+from mezo_elastic.data import builtin
 from mezo_elastic.errors import ConfigError
-from mezo_elastic.runners import sglang_layout as lay
-from mezo_elastic.runners.sglang_lora import Geometry, check_targets, peft_name, slot_pieces
+from mezo_elastic.runners import lora
+from mezo_elastic.runners.sglang import layout as lay
+from mezo_elastic.runners.sglang.lora import (
+    Geometry,
+    check_targets,
+    peft_name,
+    slot_pieces,
+)
 
 ALL = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 HEADS, KV_HEADS, HEAD, INTER = 4, 2, 16, 128  # builtin.TINY_LLAMA
@@ -112,7 +118,7 @@ def test_targets_sglang_cannot_stack_are_one_line_config_errors(targets, words):
 
 def test_the_sglang_backend_checks_lora_targets_before_any_gpu_work():
     from mezo_elastic.config import parse_args
-    from mezo_elastic.runners.sglang import validate_mezo_config
+    from mezo_elastic.runners.sglang.runner import validate_mezo_config
 
     cfg = parse_args(["--model.backend=sglang", "--model.dtype=bfloat16", "--peft.method=lora", "--peft.targets=q_proj"])
     with pytest.raises(ConfigError, match="needs both q_proj and v_proj"):

@@ -7,10 +7,16 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_troubleshooting_doc import assert_quoted
 
 from mezo_elastic.errors import ConfigError
-from mezo_elastic.runners.sglang_memory import GiB, check_mem_fraction, kv_bytes_per_token, min_mem_fraction, weight_elements
-from test_troubleshooting_doc import assert_quoted
+from mezo_elastic.runners.sglang.memory import (
+    GiB,
+    check_mem_fraction,
+    kv_bytes_per_token,
+    min_mem_fraction,
+    weight_elements,
+)
 
 # Llama-3.2-1B's attention shape: 16 layers, 8 KV heads of 64
 CONFIG = dict(num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, hidden_size=2048, head_dim=64)

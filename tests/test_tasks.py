@@ -7,12 +7,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import REPO, env
-from mezo_elastic.errors import ConfigError, DataError
-from mezo_elastic.tasks import TASKS, canonical_name
+
 from mezo_elastic.config import DataConfig
-from mezo_elastic.tasks.protocol import Protocol, eval_indices, render_rows, sample_subset, train_dev_indices
+from mezo_elastic.data.tasks import TASKS, canonical_name
+from mezo_elastic.data.tasks.protocol import (
+    Protocol,
+    eval_indices,
+    render_rows,
+    sample_subset,
+    train_dev_indices,
+)
+from mezo_elastic.errors import ConfigError, DataError
 
 MEZO = Protocol.of(DataConfig())  # the config's defaults: MeZO's 1000 / 500 (100 for CB, Copa) / 1000, seed 0
 
@@ -190,7 +196,7 @@ def test_verbatim_tokenize_takes_mezos_option_tokens():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from mezo_elastic.data import tokenize
+    from mezo_elastic.data.jsonl import tokenize
 
     core = Tokenizer(models.WordLevel({"[UNK]": 0, "Maybe?": 1, "Yes": 2, "No": 3}, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -216,10 +222,17 @@ def test_tokens_are_mezos_for_every_classification_task(tmp_path):
     """With a byte-level BPE tokenizer (GPT-2/OPT's kind, trained here on the fixtures' text), the tokens
     of prompt + candidate are MeZO's encoding of its verbalize string, and the candidate's tokens are its
     option tokens (utils.encode_prompt: option_len = len(encode(verbalized)) - len(encode(encoded)))."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
-    from mezo_elastic.data import tokenize
+    from mezo_elastic.data.jsonl import tokenize
 
     rows = {t: render_rows(t, _jsonl(tmp_path / f"{t}.jsonl", [ex]), "all", MEZO)[0]
             for t, (ex, _) in FIXTURES.items() if not TASKS[t].generation}

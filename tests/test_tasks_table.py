@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from mezo_elastic.data.tasks.__main__ import main
 from mezo_elastic.errors import MezoError
-from mezo_elastic.tasks.__main__ import main
 
 
 def _run(root, name, task, lr, evals, model="/models/opt-13b"):
@@ -53,5 +53,5 @@ def test_table_without_runs_is_an_error(tmp_path, capsys):
     assert main(["table", str(tmp_path)]) == 2
     assert "no data.task run" in capsys.readouterr().err
     with pytest.raises(MezoError):
-        from mezo_elastic.tasks.table import find_runs
+        from mezo_elastic.data.tasks.table import find_runs
         find_runs([str(tmp_path / "missing")])

@@ -12,7 +12,6 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-
 from helpers import REPO
 
 DOC = (REPO / "docs" / "troubleshooting.md").read_text()
@@ -41,15 +40,15 @@ def _error(fn, *args, **kw) -> str:
     {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_TASKS_PER_NODE": "4(x2"},
 ])
 def test_rank_context_errors_are_quoted(env):
-    from mezo_elastic.rank_context import detect
+    from mezo_elastic.cluster.rank_context import detect
 
     assert_quoted(_error(detect, env))
 
 
 def test_device_and_backend_errors_are_quoted():
+    from mezo_elastic.cluster.distributed import backend_for, select_device
+    from mezo_elastic.cluster.rank_context import detect
     from mezo_elastic.config import DistConfig
-    from mezo_elastic.distributed import backend_for, select_device
-    from mezo_elastic.rank_context import detect
 
     assert_quoted(_error(backend_for, torch.device("cpu"), DistConfig(backend="nccl")))
     if not torch.cuda.is_available():  # on a GPU host this message cannot occur; the others still run
@@ -57,9 +56,9 @@ def test_device_and_backend_errors_are_quoted():
 
 
 def test_tp_layout_and_default_group_errors_are_quoted():
+    from mezo_elastic.cluster.rank_context import detect
     from mezo_elastic.config import Config, ModelConfig
-    from mezo_elastic.rank_context import detect
-    from mezo_elastic.runners.sglang_dist import init_tp_world, layout
+    from mezo_elastic.runners.sglang.dist import init_tp_world, layout
 
     world8 = {"RANK": "0", "WORLD_SIZE": "8", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "8",
               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
@@ -74,9 +73,9 @@ def test_tp_layout_and_default_group_errors_are_quoted():
 
 
 def test_missing_rank_and_port_errors_are_quoted():
+    from mezo_elastic.cluster.distributed import agree_on_port, wait_for_world
+    from mezo_elastic.cluster.rank_context import detect
     from mezo_elastic.config import DistConfig
-    from mezo_elastic.distributed import agree_on_port, wait_for_world
-    from mezo_elastic.rank_context import detect
 
     ctx = detect({"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                   "MASTER_PORT": "29500"})
@@ -93,8 +92,8 @@ def test_missing_rank_and_port_errors_are_quoted():
 
 def test_doctor_master_port_held_fix_is_quoted():
     # The doctor's own wording for the most common port problem, as the page shows it.
-    from mezo_elastic.doctor_checks import Section, _check_master
-    from mezo_elastic.rank_context import detect
+    from mezo_elastic.cluster.rank_context import detect
+    from mezo_elastic.doctor.checks import Section, _check_master
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))

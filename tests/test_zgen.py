@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-
 import zref
-from mezo_elastic.perturb import ParamSegment, SweepPlan, sweep, z_range
-from mezo_elastic.zgen import native, philox_torch
+
+from mezo_elastic.zo.perturb import ParamSegment, SweepPlan, sweep, z_range
+from mezo_elastic.zo.zgen import native, philox_torch
 
 HAVE_CC = native.library() is not None
 PATHS = [pytest.param(True, marks=pytest.mark.skipif(not HAVE_CC, reason=f"no compiled path: {native.why_not()}")),
@@ -75,7 +75,7 @@ def _segments(dtype, master: bool, ref: bool, sizes=(1, 3, 4, 5, 1000, 4097, 700
 @pytest.mark.parametrize("chunk", [1 << 20, 1000, 37])
 def test_sweep_is_bit_identical_to_the_definition(use_native, dtype, master, chunk, monkeypatch):
     """restore + update + next perturbation with decay, every dtype, batched or not, both paths."""
-    from mezo_elastic.zgen import cpu_sweep
+    from mezo_elastic.zo import cpu_sweep
 
     monkeypatch.setattr(cpu_sweep.native, "library", (lambda: native._STATE.get("lib")) if use_native else lambda: None)
     terms = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3), (11, 0.0)], decay=1e-2,
@@ -93,7 +93,7 @@ def test_sweep_is_bit_identical_to_the_definition(use_native, dtype, master, chu
 def test_forced_torch_path_env_gives_the_same_sweep_in_a_fresh_process(tmp_path):
     """MEZO_ELASTIC_NATIVE=0, a machine whose compiler fails (CC=/bin/false) and the default give the
     same weights; the first two say why they use torch ops."""
-    code = ("import torch,sys;from mezo_elastic.perturb import *;from mezo_elastic.zgen import native;"
+    code = ("import torch,sys;from mezo_elastic.zo.perturb import *;from mezo_elastic.zo.zgen import native;"
             "w=torch.zeros(100003);sweep([ParamSegment(w,'w',3)],SweepPlan(post=[(5,1.0),(6,-.5)],decay=.1));"
             "torch.save(w,sys.argv[1]);print(native.why_not())")
     outs = []

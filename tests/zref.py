@@ -1,5 +1,5 @@
 """The torch sweep as it was before the batched/compiled path (frozen: the definition the tests hold
-the new paths to, bit for bit). Copied from mezo_elastic/perturb.py at commit aa55d0c, the Triton
+the new paths to, bit for bit). Copied from mezo_elastic/zo/perturb.py at commit aa55d0c, the Triton
 dispatch removed; not used by the package."""
 from __future__ import annotations
 

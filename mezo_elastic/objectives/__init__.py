@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 import torch
 
 from mezo_elastic.config import Config
-from mezo_elastic.data import Example
+from mezo_elastic.data.jsonl import Example
 from mezo_elastic.objectives.scoring import example_losses
 from mezo_elastic.runners.base import ForwardRunner
 
@@ -37,7 +37,7 @@ class ScoringObjective:
     """lm and classification through objectives.scoring.example_losses."""
 
     def __init__(self, cfg: Config, runner: ForwardRunner) -> None:
-        from mezo_elastic.tasks import TASKS
+        from mezo_elastic.data.tasks import TASKS
 
         self.cfg, self.runner = cfg, runner
         d = cfg.data

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from mezo_elastic.config import Config
-from mezo_elastic.data import Example
+from mezo_elastic.data.jsonl import Example
 from mezo_elastic.objectives.rewards import Reward, compute_rewards
 from mezo_elastic.runners.base import ForwardRunner, GenerateRequest, GenerationSettings
 

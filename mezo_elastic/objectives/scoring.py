@@ -6,9 +6,9 @@ from typing import Sequence
 
 import torch
 
-from mezo_elastic.data import Example
+from mezo_elastic.data.jsonl import Example
+from mezo_elastic.data.tasks.metrics import is_correct
 from mezo_elastic.runners.base import ForwardRunner, ScoreRequest
-from mezo_elastic.tasks.metrics import is_correct
 
 
 def _score_all(runner: ForwardRunner, requests: list[ScoreRequest], micro_batch: int) -> torch.Tensor:

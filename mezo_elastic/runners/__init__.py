@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mezo_elastic.runners.base import ForwardRunner, GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.base import (
+    ForwardRunner,
+    GenerateRequest,
+    GenerationSettings,
+    ScoreRequest,
+)
 
 if TYPE_CHECKING:
     import torch
 
+    from mezo_elastic.cluster.rank_context import RankContext
     from mezo_elastic.config import Config
-    from mezo_elastic.rank_context import RankContext
 
 __all__ = ["ForwardRunner", "GenerateRequest", "GenerationSettings", "ScoreRequest", "make_runner"]
 
@@ -24,11 +29,11 @@ def make_runner(ctx: "RankContext", cfg: "Config", device: "torch.device", model
         BackendError: the backend's package is missing or unsupported, or the model cannot load.
     """
     if cfg.model.backend == "hf":
-        from mezo_elastic.runners.hf import HFRunner
+        from mezo_elastic.runners.hf.runner import HFRunner
 
         return HFRunner(cfg, device, model_path)
     if cfg.model.backend == "sglang":
-        from mezo_elastic.runners.sglang import SGLangRunner
+        from mezo_elastic.runners.sglang.runner import SGLangRunner
 
         return SGLangRunner(ctx, cfg, device, model_path)
     raise AssertionError(f"unreachable: model.backend={cfg.model.backend!r} passed config validation")

@@ -8,7 +8,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-from mezo_elastic.perturb import ParamSegment
+from mezo_elastic.zo.perturb import ParamSegment
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config, ModelConfig
-from mezo_elastic.rank_context import RankContext
 from mezo_elastic.runners.base import ScoreRequest
 
 # Llama-3.2-1B's conventions (tied embeddings, 128256 vocab, llama3 rope scaling, GQA 4:1, head_dim 64),

@@ -10,8 +10,14 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("triton", reason="needs triton")
 
-from mezo_elastic import kernels  # noqa: E402
-from mezo_elastic.perturb import ParamSegment, SweepCounter, SweepPlan, sweep, z_range  # noqa: E402
+from mezo_elastic.zo import triton_sweep as kernels  # noqa: E402
+from mezo_elastic.zo.perturb import (  # noqa: E402
+    ParamSegment,
+    SweepCounter,
+    SweepPlan,
+    sweep,
+    z_range,
+)
 
 DEV = torch.device("cuda", 0)
 Z_ATOL = 2e-5  # approximate sin/cos (|err| < 1e-6) times the Box-Muller radius (< 6)

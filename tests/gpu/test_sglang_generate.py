@@ -26,15 +26,21 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
-from sglang_models import TINY, TRAINED_VOCAB, save_trained_model, sglang_cfg, single_ctx  # noqa: E402
+from sglang_models import (  # noqa: E402
+    TINY,
+    TRAINED_VOCAB,
+    save_trained_model,
+    sglang_cfg,
+    single_ctx,
+)
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
-from mezo_elastic.mezo import MezoOptimizer  # noqa: E402
 from mezo_elastic.objectives.rewards import compute_rewards, load_reward  # noqa: E402
-from mezo_elastic.perturb import step_seed  # noqa: E402
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings  # noqa: E402
-from mezo_elastic.runners.hf import HFRunner  # noqa: E402
-from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
+from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
+from mezo_elastic.runners.sglang.runner import SGLangRunner  # noqa: E402
+from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
+from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
 AGREE = 0.95
 

@@ -21,13 +21,20 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
-from sglang_models import TINY, mean_nll, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+from sglang_models import (  # noqa: E402
+    TINY,
+    mean_nll,
+    random_requests,
+    save_random_model,
+    sglang_cfg,
+    single_ctx,
+)
 from test_sglang_parity import MEAN_TOL, _assert_same_losses, _mezo_grads  # noqa: E402
 
 from mezo_elastic.config import Config, ModelConfig, PeftConfig  # noqa: E402
-from mezo_elastic.perturb import SweepPlan, step_seed, sweep  # noqa: E402
-from mezo_elastic.runners.hf import HFRunner  # noqa: E402
-from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
+from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
+from mezo_elastic.runners.sglang.runner import SGLangRunner  # noqa: E402
+from mezo_elastic.zo.perturb import SweepPlan, step_seed, sweep  # noqa: E402
 
 TARGETS = {"qv": "q_proj,v_proj", "all": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"}
 CASES = [("llama32_tied", "qv"), ("llama_untied", "all"), ("qwen2_tied", "qv")]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import FAST, train
 
 pytestmark = pytest.mark.gpu

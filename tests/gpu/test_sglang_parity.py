@@ -19,13 +19,20 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
-from sglang_models import TINY, mean_nll, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+from sglang_models import (  # noqa: E402
+    TINY,
+    mean_nll,
+    random_requests,
+    save_random_model,
+    sglang_cfg,
+    single_ctx,
+)
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
-from mezo_elastic.perturb import SweepPlan, step_seed, sweep  # noqa: E402
 from mezo_elastic.runners.base import ScoreRequest  # noqa: E402
-from mezo_elastic.runners.hf import HFRunner  # noqa: E402
-from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
+from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
+from mezo_elastic.runners.sglang.runner import SGLangRunner  # noqa: E402
+from mezo_elastic.zo.perturb import SweepPlan, step_seed, sweep  # noqa: E402
 
 MEAN_TOL, REQ_TOL = 2e-2, 6e-2
 
@@ -150,7 +157,7 @@ def _choice_examples(vocab: int, seed: int, lengths: tuple[int, ...]) -> list:
     """Classification examples: prompts of 1 (no shared prefix) to 60 tokens, candidates of `lengths`."""
     import random
 
-    from mezo_elastic.data import Example
+    from mezo_elastic.data.jsonl import Example
 
     rng = random.Random(seed)
     tok = lambda k: tuple(rng.randrange(vocab) for _ in range(k))  # noqa: E731

@@ -18,12 +18,18 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
-from sglang_models import TINY, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+from sglang_models import (  # noqa: E402
+    TINY,
+    random_requests,
+    save_random_model,
+    sglang_cfg,
+    single_ctx,
+)
 
 from mezo_elastic.config import Config  # noqa: E402
-from mezo_elastic.mezo import MezoOptimizer  # noqa: E402
-from mezo_elastic.perturb import step_seed  # noqa: E402
-from mezo_elastic.runners.sglang import SGLangRunner  # noqa: E402
+from mezo_elastic.runners.sglang.runner import SGLangRunner  # noqa: E402
+from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
+from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
 NAME = "llama32_tied"  # one engine a process (see docs/sglang.md); the other shapes via -k on a copy
 

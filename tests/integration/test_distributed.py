@@ -10,7 +10,6 @@ import time
 
 import pytest
 import torch.distributed as dist
-
 from helpers import REPO, env, excerpt, torchrun
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from helpers import REPO, env, final_weights, max_abs_diff, torchrun, train
-from mezo_elastic.checkpoint import StepLog
+
+from mezo_elastic.state.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
 STEPS = 60
@@ -92,7 +92,7 @@ def test_sigkill_worker_restarts_and_ends_on_the_same_weights(tmp_path, referenc
 def test_resize_two_agents_to_one(tmp_path, reference):
     """Two torchrun agents (--nnodes=1:2, c10d) on this machine; the second is killed mid-run and the
     first continues alone at world size 1. Same global batches, so it ends on the same weights."""
-    from mezo_elastic.distributed import free_port
+    from mezo_elastic.cluster.distributed import free_port
 
     out, port = tmp_path / "resize", free_port()
     rdzv = ["--nnodes=1:2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import FAST, REPO, env, final_weights, max_abs_diff, torchrun, train
-from mezo_elastic.checkpoint import StepLog
 from test_troubleshooting_doc import assert_quoted
+
+from mezo_elastic.state.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
 TRAIN = [sys.executable, "-m", "mezo_elastic.train"]

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, env, excerpt, final_weights, max_abs_diff
 
 pytestmark = pytest.mark.integration
@@ -75,7 +74,7 @@ def test_single_node_stop_and_resume_matches_an_uninterrupted_run(tiny_inputs, t
 
 
 def test_multi_node_two_agents_meet_on_the_given_endpoint(tiny_inputs, tmp_path: Path):
-    from mezo_elastic.distributed import free_port
+    from mezo_elastic.cluster.distributed import free_port
 
     endpoint = f"127.0.0.1:{free_port()}"
     agents = [launch(MULTI, tmp_path / "out", [f"--rdzv-endpoint={endpoint}", "--nnodes", "2", "--nproc-per-node=1",

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, max_abs_diff, train
 from safetensors.torch import load_file
 
-from helpers import REPO, max_abs_diff, train
-from mezo_elastic import builtin
-from mezo_elastic.checkpoint import StepLog
+from mezo_elastic.data import builtin
 from mezo_elastic.export import main as export_main
+from mezo_elastic.state.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
 LORA = ["--peft.method=lora", "--train.batch_size=8", "--train.eval_every=0", "--train.progress=false",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import FAST, final_weights, max_abs_diff, train
-from mezo_elastic.checkpoint import newest_valid_checkpoint
+
+from mezo_elastic.state.checkpoint import newest_valid_checkpoint
 
 pytestmark = pytest.mark.integration
 RAD = ["--mezo.distribution=rademacher", *FAST, "--checkpoint.every=5"]

@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import REPO, env, excerpt
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import json
 import signal
 
 import pytest
+from helpers import REPO, final_weights, max_abs_diff, train
 from test_elastic import _finish, _launch, _wait_for_steps, _workers
 
-from helpers import REPO, final_weights, max_abs_diff, train
-from mezo_elastic.checkpoint import StepLog
+from mezo_elastic.state.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
 PRESET = f"--config={REPO / 'configs' / 'reward_builtin.toml'}"

@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import REPO, env, excerpt
 
-from mezo_elastic.distributed import free_port
+from mezo_elastic.cluster.distributed import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import random
-import pytest
 
+import pytest
 from helpers import train
-from mezo_elastic import builtin
+
+from mezo_elastic.data import builtin
 
 pytestmark = pytest.mark.integration
 STEPS = ["--train.steps=4", "--train.batch_size=8", "--train.eval_every=2", "--train.progress=false",
@@ -59,7 +60,7 @@ def test_sst2_from_save_to_disk_and_copa_from_jsonl_report_accuracy(tmp_path, ti
     assert len(evals) == 3 and all("eval_accuracy" in e for e in evals)
 
     # The paper's table from these run directories (a row per model and lr, a column per task).
-    from mezo_elastic.tasks.__main__ import main as tasks_main
+    from mezo_elastic.data.tasks.__main__ import main as tasks_main
 
     assert tasks_main(["table", str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv")]) == 0
     row = (tmp_path / "t.csv").read_text().splitlines()[2].split(",")  # [1]: the "lr by dev" row

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
-
 from helpers import FAST, REPO, final_weights, max_abs_diff, train
-from mezo_elastic.checkpoint import StepLog
+
+from mezo_elastic.state.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def test_user_model_and_classification_data(tmp_path):
     """A user's HF causal LM (a GPT-2 built here from a config) on their own JSONL, classification."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mezo_elastic import builtin
+    from mezo_elastic.data import builtin
 
     model_dir = tmp_path / "gpt2"
     builtin._save_tokenizer(model_dir)
@@ -93,7 +93,7 @@ def test_bfloat16_master_weights_run(tmp_path):
 def test_bfloat16_master_checkpoints_are_fp32_theta_and_resume_exactly(tmp_path):
     """With an fp32 master, a checkpoint holds theta exactly (fp32, not the bf16 weights), so a run
     stopped at step 5 and continued to 10 ends where the uninterrupted run does, bit for bit."""
-    from mezo_elastic.checkpoint import newest_valid_checkpoint
+    from mezo_elastic.state.checkpoint import newest_valid_checkpoint
 
     args = ["--model.dtype=bfloat16", "--mezo.master_weights=on", *FAST, "--checkpoint.every=5"]  # later wins
     train(tmp_path / "a", *args, "--train.steps=10")
@@ -117,7 +117,7 @@ def test_a_rank_that_joined_a_group_skips_interpreter_finalization(tiny_inputs, 
     (site / "sitecustomize.py").write_text(  # every Python process of the job registers a marker at exit
         "import atexit, os, sys\n"
         "def _mark():\n"
-        "    kind = 'worker' if 'mezo_elastic.trainer' in sys.modules else 'other'\n"
+        "    kind = 'worker' if 'mezo_elastic.training.trainer' in sys.modules else 'other'\n"
         "    open(os.path.join(os.environ['MARK_DIR'], f'{kind}-{os.getpid()}'), 'w').close()\n"
         "atexit.register(_mark)\n")
     out = tmp_path / "run"

@@ -3,10 +3,11 @@
 import os
 import sys
 
-from mezo_elastic import distributed
+from mezo_elastic.cluster import distributed
+from mezo_elastic.cluster.rank_context import detect
 from mezo_elastic.config import DistConfig
 from mezo_elastic.errors import MezoError
-from mezo_elastic.rank_context import detect
+
 
 def main() -> int:
     try:

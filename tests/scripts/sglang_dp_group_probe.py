@@ -2,10 +2,12 @@
 import os
 
 import torch
-from mezo_elastic import distributed
+
+from mezo_elastic.cluster import distributed
+from mezo_elastic.cluster.rank_context import detect
 from mezo_elastic.config import Config, ModelConfig
-from mezo_elastic.rank_context import detect
-from mezo_elastic.runners.sglang_dist import MezoDist, _dp_group, layout
+from mezo_elastic.runners.sglang.dist import MezoDist, _dp_group, layout
+
 ctx = detect()
 cfg = Config(model=ModelConfig(backend="sglang", dtype="bfloat16", tp_size=1))
 tp_rank, tp, dp_rank, dp = layout(ctx, 1)

@@ -5,10 +5,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-from mezo_elastic import distributed
+from mezo_elastic.cluster import distributed
+from mezo_elastic.cluster.rank_context import detect
 from mezo_elastic.config import Config, ModelConfig
-from mezo_elastic.rank_context import detect
-from mezo_elastic.runners.sglang_dist import init_tp_world
+from mezo_elastic.runners.sglang.dist import init_tp_world
 
 ctx = detect()
 cfg = Config(model=ModelConfig(backend="sglang", dtype="bfloat16", tp_size=int(sys.argv[1]), sglang_port=int(sys.argv[2])))

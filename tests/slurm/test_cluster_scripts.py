@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
 from slurm_helpers import Cluster
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
 from slurm_helpers import Cluster, job_env
 

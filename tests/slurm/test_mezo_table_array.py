@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
 from slurm_helpers import cpu_overrides, job_env
 

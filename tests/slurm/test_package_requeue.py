@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, final_weights, max_abs_diff, train
 from slurm_helpers import FAST, Cluster, job_env, steps_logged
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-
 from slurm_helpers import FAST, Cluster, cpu_overrides, steps_logged, submit
 
 pytestmark = pytest.mark.slurm

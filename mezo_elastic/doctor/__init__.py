@@ -1,0 +1,3 @@
+"""`python -m mezo_elastic.doctor`: main.py (the command), checks.py (one check a concern, each with its fix),
+report.py (rendering and the verdict). May import: cluster, config, errors, runners.sglang (version checks).
+"""

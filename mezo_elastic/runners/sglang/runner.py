@@ -1,0 +1,365 @@
+"""The `sglang` backend: SGLang's ModelRunner in-process as the forward engine (GPU only).
+
+Scoring is one EXTEND batch per call (split only to fit the KV pool), with return_logprob and
+logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; no KV is reused
+between forwards (the last batch stays prepared for MeZO's second forward of the same tokens, which
+recomputes its KV) and no CUDA graphs are captured. Classification candidates share their prompt's KV
+within a forward (`score_choices`: the prompts first, then every candidate extends its prompt's
+slots). The weights are perturbed in place through segments keyed by HF name and element index
+(runners/sglang_layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
+any TP size.
+
+    torchrun --nproc_per_node=4 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2 \
+        --model.dtype=bfloat16 --model.path=/models/Llama-3.2-1B
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from mezo_elastic.cluster.rank_context import RankContext
+from mezo_elastic.config import Config
+from mezo_elastic.errors import BackendError
+from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.sampling import cut_at_eos
+from mezo_elastic.runners.sglang import engine as compat
+from mezo_elastic.runners.sglang import layout as lay
+from mezo_elastic.runners.sglang import lora as sglang_lora
+from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
+    DTYPES,
+    SUPPORTED_ARCHS,
+    layout,
+    validate_mezo_config,
+)
+from mezo_elastic.runners.sglang.dist import init_mezo_distributed, init_tp_world  # noqa: F401 (public)
+from mezo_elastic.runners.sglang.memory import check_mem_fraction
+from mezo_elastic.zo.perturb import ParamSegment
+
+log = logging.getLogger(__name__)
+
+
+def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> Any:
+    """SGLang ServerArgs with every field MeZO depends on set explicitly (MeZO's defaults).
+
+    No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
+    custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). CUDA
+    graphs: none for the scoring objectives by default (model.sglang_prefill_graphs turns SGLang's
+    prefill graphs on); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
+    to data.micro_batch (a smaller batch is padded to the next one); a replay reads the weights'
+    storage, which every sweep updates in place.
+    Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
+    their prompts.
+    """
+    m = cfg.model
+    generating = cfg.data.objective == "reward"
+    fields = dict(
+        model_path=model_path, skip_tokenizer_init=True, load_format=m.sglang_load_format, dtype=m.dtype,
+        trust_remote_code=m.trust_remote_code, tp_size=m.tp_size, dp_size=1, pp_size=1,
+        mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
+        sampling_backend="pytorch", disable_cuda_graph=not (generating or m.sglang_prefill_graphs),
+        disable_radix_cache=True,
+        disable_overlap_schedule=True, disable_custom_all_reduce=True,
+        context_length=cfg.data.max_length + 1, max_running_requests=2 * max(cfg.data.micro_batch, 1) + 1,
+        random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
+    )
+    if generating:
+        sizes = decode_graph_sizes(cfg.data.micro_batch)
+        fields.update(cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
+    if generating or m.sglang_prefill_graphs:
+        # Each phase's graphs only where they are asked for: decode for generation, prefill by the option.
+        fields.update(disable_prefill_cuda_graph=not m.sglang_prefill_graphs, disable_decode_cuda_graph=not generating)
+    if cfg.peft.method == "lora":
+        fields.update(sglang_lora.lora_server_fields(cfg))
+    return compat.make_server_args(fields)
+
+
+def decode_graph_sizes(micro_batch: int) -> list[int]:
+    """Decode batch sizes to capture: powers of two up to the first >= micro_batch."""
+    sizes = [1]
+    while sizes[-1] < micro_batch:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def _module_pieces(mod: torch.nn.Module, pname: str, full: str, p: torch.Tensor, rank: int | None = None) -> list[lay.Piece]:
+    """Pieces of one SGLang parameter on TP rank `rank` (default: this rank), read off SGLang's layer.
+
+    Every TP rank's shard of a parameter has the same local shape, so rank r's pieces describe the
+    tensor all_gather returns from rank r.
+    """
+    from sglang.srt.layers.linear import (
+        ColumnParallelLinear,
+        MergedColumnParallelLinear,
+        QKVParallelLinear,
+        ReplicatedLinear,
+        RowParallelLinear,
+    )
+    from sglang.srt.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    rest = tuple(p.shape[1:])
+    if isinstance(mod, VocabParallelEmbedding):
+        si = mod.shard_indices
+        if rank is not None and mod.tp_size > 1:
+            si = mod._get_indices(mod.num_embeddings_padded, mod.org_vocab_size_padded, mod.num_embeddings,
+                                  mod.org_vocab_size, rank, mod.tp_size)
+        return lay.vocab_pieces(full, mod.org_vocab_size, p.shape[1], si.org_vocab_start_index, si.org_vocab_end_index)
+    if isinstance(mod, ReplicatedLinear) or type(mod).__name__.endswith("RMSNorm") or isinstance(mod, torch.nn.LayerNorm):
+        return lay.replicated_pieces(full, tuple(p.shape))
+    if not hasattr(mod, "tp_rank"):
+        raise BackendError(f"SGLang parameter {full} belongs to {type(mod).__name__}, whose layout this backend "
+                           f"does not map to HF names; supported architectures: {list(SUPPORTED_ARCHS)}")
+    r, tp = (mod.tp_rank if rank is None else rank), mod.tp_size
+    if isinstance(mod, QKVParallelLinear):
+        return lay.qkv_pieces(full, total_heads=mod.total_num_heads, total_kv_heads=mod.total_num_kv_heads,
+                              head_size=mod.head_size, v_head_size=mod.v_head_size, tp_rank=r, tp_size=tp, rest=rest)
+    if isinstance(mod, MergedColumnParallelLinear):
+        return lay.merged_pieces(full, list(mod.output_sizes), rest, r, tp)
+    if isinstance(mod, ColumnParallelLinear):
+        return lay.column_pieces(full, p.shape[0] * tp, rest, r, tp)
+    if isinstance(mod, RowParallelLinear):
+        if pname == "bias":  # added after the all-reduce: whole on every rank
+            return lay.replicated_pieces(full, tuple(p.shape))
+        return lay.row_parallel_pieces(full, p.shape[0], p.shape[1], r, tp)
+    raise BackendError(f"SGLang parameter {full} belongs to {type(mod).__name__}, whose layout this backend "
+                       f"does not map to HF names; supported architectures: {list(SUPPORTED_ARCHS)}")
+
+
+def param_map(model: torch.nn.Module) -> list[tuple[str, torch.Tensor, list[lay.Piece]]]:
+    """(SGLang name, live tensor, pieces) for every parameter of a loaded SGLang model.
+
+    named_modules/named_parameters drop duplicates, so tied embeddings appear once (embed_tokens).
+    """
+    out = []
+    for mname, mod in model.named_modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            out.append((full, p.data, _module_pieces(mod, pname, full, p)))
+    return out
+
+
+def rank_pieces(model: torch.nn.Module, sg_name: str, t: torch.Tensor, rank: int) -> list[lay.Piece]:
+    """Pieces of SGLang parameter `sg_name` as TP rank `rank` holds it."""
+    mname, _, pname = sg_name.rpartition(".")
+    return _module_pieces(model.get_submodule(mname), pname, sg_name, t, rank)
+
+
+def saved_positions(prompts: Sequence[Sequence[int]], choices: Sequence[Sequence[Sequence[int]]]) -> int:
+    """Token positions SGLangRunner.score_choices saves over one sequence per candidate: a prompt of P
+    tokens with k candidates of lengths L_j costs sum_j (P + L_j) apart, P - 1 + sum_j (L_j + 1) shared:
+    (k - 1)(P - 1) fewer."""
+    return sum((len(cs) - 1) * (len(p) - 1) for p, cs in zip(prompts, choices) if cs)
+
+
+class SGLangRunner:
+    """ForwardRunner on SGLang's ModelRunner (see the module docstring)."""
+
+    def __init__(self, ctx: RankContext, cfg: Config, device: torch.device, model_path: str) -> None:
+        validate_mezo_config(cfg, ctx)
+        self.device, self.cfg, self.model_path = device, cfg, Path(model_path)
+        if not (self.model_path / "config.json").is_file():
+            raise BackendError(f"model path {model_path!r} is not an HF model directory (no config.json)")
+        arch = (json.loads((self.model_path / "config.json").read_text()).get("architectures") or ["?"])[0]
+        if arch not in SUPPORTED_ARCHS:
+            raise BackendError(f"{model_path}: architecture {arch} is not supported by model.backend=sglang; "
+                               f"supported: {list(SUPPORTED_ARCHS)} (use model.backend=hf)")
+        self.tp_rank, self.tp_size, _, _ = layout(ctx, cfg.model.tp_size)
+        torch.cuda.set_device(device)
+        self._keep: list = []
+        port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
+        server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
+        # As SGLang measures (get_available_gpu_memory empties the cache first): memory that torch's
+        # allocator caches for tensors already gone, e.g. an earlier engine's in this process, is free.
+        gc.collect()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)  # before SGLang allocates anything on this GPU
+        check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
+                           cfg.data.max_length, free, total)
+        self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
+        self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
+        self.adapter: sglang_lora.PoolAdapter | None = None
+        if cfg.peft.method == "lora":  # the trainable set is the adapter's slot in SGLang's LoRA pool
+            self.adapter = sglang_lora.PoolAdapter(self.engine, cfg, str(self.model_path), self.tp_rank, self.tp_size)
+            self._map, self._pieces_by_rank = self.adapter.entries, self.adapter.pieces_by_rank
+        else:
+            self._map = param_map(self.engine.model)
+            # Every rank's pieces of every tensor (a TP gather is assembled with them), computed once.
+            self._pieces_by_rank = [[pieces if r == self.tp_rank else rank_pieces(self.engine.model, sg_name, t, r)
+                                     for r in range(self.tp_size)] for sg_name, t, pieces in self._map]
+        pattern = re.compile(cfg.model.trainable)
+        # Decided from all ranks' pieces, so every TP rank gathers the same tensors in the same dtype.
+        self._trainable = [any(pattern.search(pc.hf_name) for ps in by_rank for pc in ps)
+                           for by_rank in self._pieces_by_rank]
+        self._home: dict[int, int] = {}  # id(segment) -> index of its tensor in _map
+        self._segments = self._build_segments(pattern)
+
+    def _build_segments(self, pattern: re.Pattern) -> list[ParamSegment]:
+        segs: list[ParamSegment] = []
+        for i, (_, t, pieces) in enumerate(self._map):
+            for pc in pieces:
+                if pattern.search(pc.hf_name):
+                    # As the hf backend: decay only matrices, never biases and norm weights.
+                    for seg in lay.piece_segments(t, pc, decay=len(pc.hf_shape) >= 2):
+                        self._home[id(seg)] = i
+                        segs.append(seg)
+        if not segs:
+            raise BackendError(f"model.trainable={self.cfg.model.trainable!r} matches no parameter of {self.model_path}")
+        return segs
+
+    def segments(self) -> list[ParamSegment]:
+        """Trainable weights under HF names and offsets (the same list object on every call)."""
+        return self._segments
+
+    def hf_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF name -> shape of every exported tensor."""
+        return {pc.hf_name: tuple(pc.hf_shape) for _, _, pieces in self._map for pc in pieces}
+
+    @torch.no_grad()
+    def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of completion log-probs float64, completion lengths int64), in request order."""
+        for i, r in enumerate(requests):
+            if not r.prompt_ids:
+                raise ValueError(f"request {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        total = torch.zeros(len(requests), dtype=torch.float64)
+        for lo, hi in self._chunks(requests):
+            seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests[lo:hi]]
+            starts = [len(r.prompt_ids) - 1 for r in requests[lo:hi]]
+            total[lo:hi] = self.engine.logprob_sums(seqs, starts)
+        return total, torch.tensor([len(r.completion_ids) for r in requests], dtype=torch.int64)
+
+    @torch.no_grad()
+    def score_choices(self, prompts: Sequence[Sequence[int]],
+                      choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt's KV is
+        computed once and every candidate extends it (sglang_compat.Engine.shared_prompt_sums)."""
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        if saved_positions(prompts, choices) < self.cfg.model.sglang_share_min_tokens:
+            # Too little to save to pay for a second engine forward: one sequence per candidate.
+            flat, _ = self.score([ScoreRequest(tuple(p), tuple(c)) for p, cs in zip(prompts, choices) for c in cs])
+            return list(flat.split([len(cs) for cs in choices]))
+        # Per prompt: KV tokens (prompt - 1 shared, then last prompt token + candidate per candidate),
+        # request slots (1 + candidates) and log-prob rows (candidate + 1 each).
+        need = [(len(p) - 1 + sum(len(c) + 1 for c in cs), 1 + len(cs), sum(len(c) + 1 for c in cs))
+                for p, cs in zip(prompts, choices)]
+        out: list[torch.Tensor] = []
+        for lo, hi in self._chunks(need):
+            out += self.engine.shared_prompt_sums(prompts[lo:hi], choices[lo:hi])
+        return out
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerateRequest], settings: GenerationSettings) -> list[tuple[int, ...]]:
+        """Completions (token ids, cut before EOS) through SGLang's prefill + decode, in request order."""
+        for i, r in enumerate(requests):
+            if not r.prompt_ids:
+                raise ValueError(f"request {i}: empty prompt_ids; generation needs a prompt token")
+        need = [(len(r.prompt_ids) + settings.max_new_tokens, 1, 0) for r in requests]
+        out: list[tuple[int, ...]] = []
+        for lo, hi in self._chunks(need):
+            rows = self.engine.generate([r.prompt_ids for r in requests[lo:hi]], settings.max_new_tokens,
+                                        settings.temperature, [r.seed for r in requests[lo:hi]], settings.eos_ids)
+            out += [cut_at_eos(row, settings.eos_ids) for row in rows]
+        return out
+
+    def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:
+        """Consecutive ranges whose (KV tokens, request slots, log-prob rows) fit the KV pool, the request
+        pool and model.sglang_logprob_tokens; a ScoreRequest needs (prompt+completion, 1, completion+1)."""
+        max_tok, max_req, max_rows = self.engine.max_tokens, self.engine.max_requests, self.cfg.model.sglang_logprob_tokens
+        out, lo, tok, req, lp = [], 0, 0, 0, 0
+        for i, r in enumerate(need):
+            if isinstance(r, ScoreRequest):
+                r = (len(r.prompt_ids) + len(r.completion_ids), 1, len(r.completion_ids) + 1)
+            n, q, m = r
+            if n > max_tok:
+                raise BackendError(f"request {i} has {n} tokens (prompt + completion; prompt + generate.max_new_tokens "
+                                   f"when generating) but the KV pool holds {max_tok}; raise model.mem_fraction_static or lower "
+                                   f"data.max_length (or generate.max_new_tokens)")
+            if i > lo and (tok + n > max_tok or req + q > max_req or lp + m > max_rows):
+                out.append((lo, i))
+                lo, tok, req, lp = i, 0, 0, 0
+            tok, req, lp = tok + n, req + q, lp + m
+        if lo < len(need):
+            out.append((lo, len(need)))
+        return out
+
+    def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """The same SGLang tensor from every TP rank, in rank order (itself when tp_size = 1)."""
+        if self.tp_size == 1:
+            return [t]
+        parts = [torch.empty_like(t) for _ in range(self.tp_size)]
+        dist.all_gather(parts, t.contiguous())
+        return parts
+
+    @torch.no_grad()
+    def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Every weight under its HF name and shape on CPU (tied embeddings once, as the hf backend).
+
+        Every TP rank must call it (the shards are gathered). With `master` (this rank's (segment,
+        fp32 theta) pairs), the trainable tensors come back in fp32 holding every rank's master values:
+        each rank gathers an fp32 copy of its shard with its masters written in.
+        """
+        dtype = self.engine.model_runner.model_config.dtype
+        exact = master is not None
+        fp32 = {pc.hf_name for i, by_rank in enumerate(self._pieces_by_rank) if exact and self._trainable[i]
+                for ps in by_rank for pc in ps}
+        out = {n: torch.empty(s, dtype=torch.float32 if n in fp32 else dtype) for n, s in self.hf_shapes().items()}
+        mine: dict[int, list[tuple[ParamSegment, torch.Tensor]]] = {}
+        for seg, m in master or ():
+            mine.setdefault(self._home[id(seg)], []).append((seg, m))
+        for i, (_, t, _) in enumerate(self._map):
+            src = lay.with_master(t, mine.get(i, [])) if exact and self._trainable[i] else t
+            lay.assemble(self._gather(src), self._pieces_by_rank[i], out)
+        return out
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite every weight in place from HF-named tensors (lm_head.weight ignored when tied)."""
+        shapes = self.hf_shapes()
+        missing = sorted(set(shapes) - set(state))
+        if missing:
+            raise BackendError(f"state is missing {len(missing)} parameter(s), e.g. {missing[:3]}")
+        for name, shape in shapes.items():
+            if tuple(state[name].shape) != shape:
+                raise BackendError(f"{name}: shape {tuple(state[name].shape)} does not match model {shape}")
+        for _, t, pieces in self._map:
+            for pc in pieces:
+                lay.read_piece(t, pc).copy_(lay.hf_slice(state[pc.hf_name], pc).to(t.device, t.dtype))
+
+    def save_pretrained(self, out_dir: Path) -> None:
+        """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files; with
+        LoRA a peft adapter directory (adapter_config.json + adapter_model.safetensors)."""
+        from safetensors.torch import save_file
+
+        state = self.hf_state_dict()  # every TP rank takes part in the gather
+        if self.tp_rank != 0:
+            return
+        out_dir = Path(out_dir)
+        if self.adapter is not None:  # LoRA: the peft adapter directory the hf backend writes too
+            sglang_lora.save_adapter(out_dir, state, self.cfg, str(self.model_path))
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / "model.safetensors"),
+                  metadata={"format": "pt"})
+        for f in self.model_path.iterdir():
+            if f.is_file() and (f.suffix in (".json", ".model", ".txt", ".jinja")) and not f.name.endswith(".index.json"):
+                shutil.copy2(f, out_dir / f.name)
+
+    def close(self) -> None:
+        """Free the engine (model, KV pool) and SGLang's process groups."""
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
+            self.engine = None
+        self._segments, self._map, self._pieces_by_rank, self._home = [], [], [], {}
+        self.adapter = None
+        self._keep.clear()
+        gc.collect()  # the views above pinned the weights; cycles in SGLang's objects hold the rest
+        torch.cuda.empty_cache()
