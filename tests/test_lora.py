@@ -109,7 +109,7 @@ def test_bad_peft_values_name_the_field(argv, words):
 
 def test_run_json_without_peft_keys_is_a_peft_none_run_and_other_lora_settings_differ():
     """A run.json written before the peft keys existed is a full-weight run: it resumes as one."""
-    from mezo_elastic.training.trainer import TRAJECTORY_KEYS, _get, trajectory_diff
+    from mezo_elastic.training.resume import TRAJECTORY_KEYS, _get, trajectory_diff
 
     lora_cfg = parse_args(["--peft.method=lora"])
     saved = {k: _get(lora_cfg, k) for k in TRAJECTORY_KEYS}

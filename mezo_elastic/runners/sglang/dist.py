@@ -29,7 +29,7 @@ from mezo_elastic.cluster.distributed import (
 from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
-from mezo_elastic.runners.sglang.checks import layout, validate_mezo_config  # noqa: F401 (layout: public here too)
+from mezo_elastic.runners.sglang.checks import layout, validate_mezo_config
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT_OFFSET = 100  # sglang ports start at MASTER_PORT + this when model.sglang_port = 0

@@ -4,7 +4,9 @@ The sequence mirrors sglang's own `sglang/benchmark/one_batch.py` (`bench_one_ba
 of the same release: ModelConfig.from_server_args -> ParallelState -> ModelRunner ->
 alloc_memory_pool -> init_attention_backends; an EXTEND batch is Req -> ScheduleBatch.init_new ->
 prepare_for_extend -> ForwardBatch.init_new -> ModelRunner.forward; KV slots are freed by clearing
-both pools. Only what differs between releases lives here; runners/sglang.py sees `Engine`.
+both pools. Only what differs between releases lives here and in generate.py (Engine.generate's
+prefill + decode loop, split out to keep Engine small; it names SGLang internals too); runner.py sees
+`Engine`.
 
 Supported: sglang >= 0.5.17, < 0.5.18 (the API generation where ModelRunner takes a ParallelState and
 initialises torch.distributed itself). 0.5.23's generation (publish(server_args, role=...) and
@@ -18,13 +20,15 @@ import contextlib
 import importlib.metadata
 import logging
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from mezo_elastic.errors import BackendError
+from mezo_elastic.runners.sglang.generate import generate as generate_tokens
 
 SUPPORTED = ((0, 5, 17), (0, 5, 18))  # [lo, hi)
 INSTALL = 'pip install "sglang==0.5.17"  (or: pip install "mezo_elastic[sglang]")'
@@ -75,6 +79,20 @@ class _NoTreeCache(SimpleNamespace):
 
     def evict(self, params: Any) -> None:
         pass
+
+
+def row_sums(flat: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Per request, the sum of its `rows` log-prob rows but the last (which predicts past the end).
+
+    One device-to-host copy and the sums on the CPU (a few thousand values): no extra kernels or
+    host syncs after the forward, and a fixed summation order (float64 index_add_ on the GPU is not).
+    """
+    vals = flat.cpu().double()
+    lens = torch.tensor(rows, dtype=torch.int64)
+    keep = torch.ones_like(vals)
+    keep[lens.cumsum(0) - 1] = 0.0
+    seq_of = torch.repeat_interleave(torch.arange(len(rows)), lens)
+    return torch.zeros(len(rows), dtype=torch.float64).index_add_(0, seq_of, vals * keep)
 
 
 @dataclass
@@ -180,19 +198,8 @@ class Engine:
 
         return ForwardBatch.init_new(batch, self.model_runner, return_hidden_states_before_norm=False)
 
-    @staticmethod
-    def _row_sums(flat: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        """Per request, the sum of its `rows` log-prob rows but the last (which predicts past the end).
-
-        One device-to-host copy and the sums on the CPU (a few thousand values): no extra kernels or
-        host syncs after the forward, and a fixed summation order (float64 index_add_ on the GPU is not).
-        """
-        vals = flat.cpu().double()
-        lens = torch.tensor(rows, dtype=torch.int64)
-        keep = torch.ones_like(vals)
-        keep[lens.cumsum(0) - 1] = 0.0
-        seq_of = torch.repeat_interleave(torch.arange(len(rows)), lens)
-        return torch.zeros(len(rows), dtype=torch.float64).index_add_(0, seq_of, vals * keep)
+    # Kept as a static method: tests and bench/profile_forward.py call Engine._row_sums.
+    _row_sums = staticmethod(row_sums)
 
     @torch.no_grad()
     def logprob_sums(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
@@ -247,82 +254,50 @@ class Engine:
         finally:
             self.clear()
 
-    def _next_tokens(self, out: Any, fb: Any, temperature: float, seeds: torch.Tensor | None, position: int,
-                     logits: list | None) -> torch.Tensor:
-        """Next token of every row: the runner's sampler when greedy, else Gumbel-max keyed by seeds."""
-        if logits is not None:
-            logits.append(out.next_token_logits.float().clone())
-        if temperature == 0:
-            return self.model_runner.sample(out, fb)
-        from mezo_elastic.runners.sampling import gumbel_argmax
-
-        vocab = self.model_runner.model_config.vocab_size  # the LM head may be padded past it
-        return gumbel_argmax(out.next_token_logits[:, :vocab], temperature, seeds, position)
-
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], max_new: int, temperature: float = 0.0,
                  seeds: Sequence[int] = (), eos_ids: Sequence[int] = (), eager: bool = False,
                  logits: list | None = None) -> list[list[int]]:
         """Generate up to `max_new` tokens per prompt: one EXTEND (prefill) forward, then DECODE forwards.
 
-        As one_batch.py's extend()/decode(): the batch keeps every row to the end (a finished row's
-        tokens past its EOS are dropped by the caller), so each decode step has the batch size the
-        decode CUDA graph was captured for; every 8 tokens one host sync checks whether all rows hit
-        an EOS. The graph replays read the parameters' storage, which the sweeps update in place.
         `eager` runs every forward without the graphs (tests compare both); `logits`, when a list,
         receives each step's next-token logits. Every KV and request slot is free again on return.
+        The loop lives in generate.py (generate.generate).
         """
-        from sglang.srt.model_executor.forward_batch_info import ForwardBatch
-
-        if eager:
-            with self.eager():
-                return self.generate(prompts, max_new, temperature, seeds, eos_ids, logits=logits)
-        mr = self.model_runner
-        self.clear()
-        try:
-            seed_t = torch.tensor(list(seeds), dtype=torch.int64, device=mr.device) if temperature > 0 else None
-            eos = torch.tensor(list(eos_ids) or [-1], dtype=torch.int64, device=mr.device)
-            batch, fb = self._prepare([self._req(i, ids, None) for i, ids in enumerate(prompts)])
-            nxt = self._next_tokens(self._run(fb), fb, temperature, seed_t, 0, logits)
-            toks = [nxt]
-            for pos in range(1, max_new):
-                if eos_ids and pos % 8 == 0 and bool(torch.isin(torch.stack(toks, 1), eos).any(1).all()):
-                    break
-                batch.input_ids = nxt.to(torch.int64)
-                batch.prepare_for_decode()
-                fb = ForwardBatch.init_new(batch, mr, return_hidden_states_before_norm=False)
-                nxt = self._next_tokens(self._run(fb), fb, temperature, seed_t, pos, logits)
-                toks.append(nxt)
-            return torch.stack(toks, 1).cpu().tolist()
-        finally:
-            self.clear()
+        return generate_tokens(self, prompts, max_new, temperature, seeds, eos_ids, eager, logits)
 
     def close(self) -> None:
         """Drop the model and SGLang's process groups (the default group included)."""
-        from sglang.srt.distributed.parallel_state import (
-            destroy_distributed_environment,
-            destroy_model_parallel,
-        )
+        close_engine(self)
 
-        self._kept = None
-        mr, self.model_runner = self.model_runner, None
-        if mr is not None:
-            # Captured graphs hold their memory pool and the KV buffers they read: drop them, or the next
-            # engine in this process finds ~47 GiB still in use (seen on an H200 with decode graphs on).
-            mr.decode_cuda_graph_runner = mr.prefill_cuda_graph_runner = mr.eager_runner = None
-        del mr
-        destroy_model_parallel()
-        destroy_distributed_environment()
-        # SGLang pools its CUDA-graph input buffers process-wide by (name, size, dtype); a later engine
-        # in the same process (tests, benchmarks) would capture on this one's stale contents (slot
-        # indices past its own KV pool: a device-side assert in store_cache, seen on an H200).
-        from sglang.srt.model_executor import input_buffers
 
-        input_buffers._forward_input_buffer_pool.clear()
-        import gc
+def close_engine(engine: Engine) -> None:
+    """Engine.close: drop the engine's ModelRunner and SGLang's process-wide state (process groups, the
+    default group included; CUDA-graph input buffers), then return the freed GPU memory to the driver."""
+    from sglang.srt.distributed.parallel_state import (
+        destroy_distributed_environment,
+        destroy_model_parallel,
+    )
 
-        gc.collect()  # the runner's reference cycles hold GPU tensors until collected
-        torch.cuda.empty_cache()
+    engine._kept = None
+    mr, engine.model_runner = engine.model_runner, None
+    if mr is not None:
+        # Captured graphs hold their memory pool and the KV buffers they read: drop them, or the next
+        # engine in this process finds ~47 GiB still in use (seen on an H200 with decode graphs on).
+        mr.decode_cuda_graph_runner = mr.prefill_cuda_graph_runner = mr.eager_runner = None
+    del mr
+    destroy_model_parallel()
+    destroy_distributed_environment()
+    # SGLang pools its CUDA-graph input buffers process-wide by (name, size, dtype); a later engine
+    # in the same process (tests, benchmarks) would capture on this one's stale contents (slot
+    # indices past its own KV pool: a device-side assert in store_cache, seen on an H200).
+    from sglang.srt.model_executor import input_buffers
+
+    input_buffers._forward_input_buffer_pool.clear()
+    import gc
+
+    gc.collect()  # the runner's reference cycles hold GPU tensors until collected
+    torch.cuda.empty_cache()
 
 
 def make_server_args(fields: dict[str, Any]) -> Any:

@@ -57,8 +57,8 @@ def lora_server_fields(cfg: Config) -> dict[str, Any]:
     Two slots: the pool keeps one for the base model (LoRAManager.init_memory_pool) and a pinned
     adapter must leave one unpinned (validate_new_adapter).
     """
-    return dict(enable_lora=True, max_lora_rank=cfg.peft.rank, lora_target_modules=cfg.peft.target_list(),
-                max_loras_per_batch=2, lora_paths=None, enable_lora_overlap_loading=False)
+    return {"enable_lora": True, "max_lora_rank": cfg.peft.rank, "lora_target_modules": cfg.peft.target_list(),
+            "max_loras_per_batch": 2, "lora_paths": None, "enable_lora_overlap_loading": False}
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config
@@ -34,6 +34,7 @@ from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang import engine as compat
 from mezo_elastic.runners.sglang import layout as lay
 from mezo_elastic.runners.sglang import lora as sglang_lora
+from mezo_elastic.runners.sglang import weights
 from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
     DTYPES,
     SUPPORTED_ARCHS,
@@ -61,16 +62,16 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     """
     m = cfg.model
     generating = cfg.data.objective == "reward"
-    fields = dict(
-        model_path=model_path, skip_tokenizer_init=True, load_format=m.sglang_load_format, dtype=m.dtype,
-        trust_remote_code=m.trust_remote_code, tp_size=m.tp_size, dp_size=1, pp_size=1,
-        mem_fraction_static=m.mem_fraction_static, attention_backend=m.attention_backend,
-        sampling_backend="pytorch", disable_cuda_graph=not (generating or m.sglang_prefill_graphs),
-        disable_radix_cache=True,
-        disable_overlap_schedule=True, disable_custom_all_reduce=True,
-        context_length=cfg.data.max_length + 1, max_running_requests=2 * max(cfg.data.micro_batch, 1) + 1,
-        random_seed=cfg.seed, base_gpu_id=0, log_level="error", enable_p2p_check=False,
-    )
+    fields = {
+        "model_path": model_path, "skip_tokenizer_init": True, "load_format": m.sglang_load_format, "dtype": m.dtype,
+        "trust_remote_code": m.trust_remote_code, "tp_size": m.tp_size, "dp_size": 1, "pp_size": 1,
+        "mem_fraction_static": m.mem_fraction_static, "attention_backend": m.attention_backend,
+        "sampling_backend": "pytorch", "disable_cuda_graph": not (generating or m.sglang_prefill_graphs),
+        "disable_radix_cache": True,
+        "disable_overlap_schedule": True, "disable_custom_all_reduce": True,
+        "context_length": cfg.data.max_length + 1, "max_running_requests": 2 * max(cfg.data.micro_batch, 1) + 1,
+        "random_seed": cfg.seed, "base_gpu_id": 0, "log_level": "error", "enable_p2p_check": False,
+    }
     if generating:
         sizes = decode_graph_sizes(cfg.data.micro_batch)
         fields.update(cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
@@ -159,6 +160,29 @@ def saved_positions(prompts: Sequence[Sequence[int]], choices: Sequence[Sequence
     return sum((len(cs) - 1) * (len(p) - 1) for p, cs in zip(prompts, choices) if cs)
 
 
+def chunk_ranges(need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest], max_tok: int, max_req: int,
+                 max_rows: int) -> list[tuple[int, int]]:
+    """Consecutive ranges whose (KV tokens, request slots, log-prob rows) fit `max_tok` (the KV pool),
+    `max_req` (the request pool) and `max_rows` (model.sglang_logprob_tokens); a ScoreRequest needs
+    (prompt+completion, 1, completion+1). An item over `max_tok` alone is a BackendError."""
+    out, lo, tok, req, lp = [], 0, 0, 0, 0
+    for i, r in enumerate(need):
+        if isinstance(r, ScoreRequest):
+            r = (len(r.prompt_ids) + len(r.completion_ids), 1, len(r.completion_ids) + 1)
+        n, q, m = r
+        if n > max_tok:
+            raise BackendError(f"request {i} has {n} tokens (prompt + completion; prompt + generate.max_new_tokens "
+                               f"when generating) but the KV pool holds {max_tok}; raise model.mem_fraction_static or lower "
+                               f"data.max_length (or generate.max_new_tokens)")
+        if i > lo and (tok + n > max_tok or req + q > max_req or lp + m > max_rows):
+            out.append((lo, i))
+            lo, tok, req, lp = i, 0, 0, 0
+        tok, req, lp = tok + n, req + q, lp + m
+    if lo < len(need):
+        out.append((lo, len(need)))
+    return out
+
+
 class SGLangRunner:
     """ForwardRunner on SGLang's ModelRunner (see the module docstring)."""
 
@@ -220,7 +244,7 @@ class SGLangRunner:
 
     def hf_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF name -> shape of every exported tensor."""
-        return {pc.hf_name: tuple(pc.hf_shape) for _, _, pieces in self._map for pc in pieces}
+        return weights.hf_shapes(self._map)
 
     @torch.no_grad()
     def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,33 +295,8 @@ class SGLangRunner:
         return out
 
     def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:
-        """Consecutive ranges whose (KV tokens, request slots, log-prob rows) fit the KV pool, the request
-        pool and model.sglang_logprob_tokens; a ScoreRequest needs (prompt+completion, 1, completion+1)."""
-        max_tok, max_req, max_rows = self.engine.max_tokens, self.engine.max_requests, self.cfg.model.sglang_logprob_tokens
-        out, lo, tok, req, lp = [], 0, 0, 0, 0
-        for i, r in enumerate(need):
-            if isinstance(r, ScoreRequest):
-                r = (len(r.prompt_ids) + len(r.completion_ids), 1, len(r.completion_ids) + 1)
-            n, q, m = r
-            if n > max_tok:
-                raise BackendError(f"request {i} has {n} tokens (prompt + completion; prompt + generate.max_new_tokens "
-                                   f"when generating) but the KV pool holds {max_tok}; raise model.mem_fraction_static or lower "
-                                   f"data.max_length (or generate.max_new_tokens)")
-            if i > lo and (tok + n > max_tok or req + q > max_req or lp + m > max_rows):
-                out.append((lo, i))
-                lo, tok, req, lp = i, 0, 0, 0
-            tok, req, lp = tok + n, req + q, lp + m
-        if lo < len(need):
-            out.append((lo, len(need)))
-        return out
-
-    def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
-        """The same SGLang tensor from every TP rank, in rank order (itself when tp_size = 1)."""
-        if self.tp_size == 1:
-            return [t]
-        parts = [torch.empty_like(t) for _ in range(self.tp_size)]
-        dist.all_gather(parts, t.contiguous())
-        return parts
+        """chunk_ranges against this engine's KV pool and request pool and model.sglang_logprob_tokens."""
+        return chunk_ranges(need, self.engine.max_tokens, self.engine.max_requests, self.cfg.model.sglang_logprob_tokens)
 
     @torch.no_grad()
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
@@ -305,34 +304,15 @@ class SGLangRunner:
 
         Every TP rank must call it (the shards are gathered). With `master` (this rank's (segment,
         fp32 theta) pairs), the trainable tensors come back in fp32 holding every rank's master values:
-        each rank gathers an fp32 copy of its shard with its masters written in.
+        each rank gathers an fp32 copy of its shard with its masters written in (weights.export_hf_state).
         """
-        dtype = self.engine.model_runner.model_config.dtype
-        exact = master is not None
-        fp32 = {pc.hf_name for i, by_rank in enumerate(self._pieces_by_rank) if exact and self._trainable[i]
-                for ps in by_rank for pc in ps}
-        out = {n: torch.empty(s, dtype=torch.float32 if n in fp32 else dtype) for n, s in self.hf_shapes().items()}
-        mine: dict[int, list[tuple[ParamSegment, torch.Tensor]]] = {}
-        for seg, m in master or ():
-            mine.setdefault(self._home[id(seg)], []).append((seg, m))
-        for i, (_, t, _) in enumerate(self._map):
-            src = lay.with_master(t, mine.get(i, [])) if exact and self._trainable[i] else t
-            lay.assemble(self._gather(src), self._pieces_by_rank[i], out)
-        return out
+        return weights.export_hf_state(self._map, self._pieces_by_rank, self._trainable, self._home,
+                                       self.engine.model_runner.model_config.dtype, self.tp_size, master)
 
     @torch.no_grad()
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Overwrite every weight in place from HF-named tensors (lm_head.weight ignored when tied)."""
-        shapes = self.hf_shapes()
-        missing = sorted(set(shapes) - set(state))
-        if missing:
-            raise BackendError(f"state is missing {len(missing)} parameter(s), e.g. {missing[:3]}")
-        for name, shape in shapes.items():
-            if tuple(state[name].shape) != shape:
-                raise BackendError(f"{name}: shape {tuple(state[name].shape)} does not match model {shape}")
-        for _, t, pieces in self._map:
-            for pc in pieces:
-                lay.read_piece(t, pc).copy_(lay.hf_slice(state[pc.hf_name], pc).to(t.device, t.dtype))
+        weights.load_hf_state(self._map, state)
 
     def save_pretrained(self, out_dir: Path) -> None:
         """HF-loadable directory: config, safetensors weights (TP rank 0 writes), tokenizer files; with

@@ -1,0 +1,115 @@
+"""Resume: run.json's trajectory check, and (newest valid checkpoint + the step log after it) -> the next step."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mezo_elastic.config import Config
+from mezo_elastic.errors import CheckpointError, ConfigError
+from mezo_elastic.state import checkpoint
+from mezo_elastic.training.inputs import stored_model_path
+from mezo_elastic.zo.optimizer import StepRecord
+
+log = logging.getLogger(__name__)
+# Config keys that shape the trajectory: a resume with other values would not continue the same run.
+TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
+                   "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
+                   "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
+                   "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
+                   "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
+                   "peft.method", "peft.rank", "peft.alpha", "peft.targets")
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def trajectory_diff(before: dict, cfg: Config) -> list[str]:
+    """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
+
+    A key newer than the run.json reads as its default: every default keeps the behaviour runs had
+    before the key existed (gaussian z, one seed, no adapter, ...).
+    """
+    old = {k: before[k] if k in before else _get(Config(), k) for k in TRAJECTORY_KEYS}
+    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
+
+
+def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool) -> None:
+    """Refuse a resume with other trajectory settings; a new run's rank 0 writes run.json."""
+    path = out / "run.json"
+    if path.exists():
+        diff = trajectory_diff(json.loads(path.read_text()).get("trajectory", {}), cfg)
+        if diff and cfg.checkpoint.resume:
+            raise ConfigError(f"{out} holds a run with other trajectory settings ({'; '.join(diff)}); "
+                              f"use another train.output_dir or the same settings")
+    elif is_main:
+        now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
+        checkpoint.atomic_write_text(path, json.dumps({"model_path": stored_model_path(model_path, out),
+                                                       "trajectory": now, "config": cfg.to_dict()}, indent=1))
+
+
+class ResumePlan:
+    """Rank 0's reading of the output directory: which checkpoint to load and which logged steps to replay.
+
+    A log that ends (torn or corrupt) before the newest valid checkpoint loses the records in
+    between, not the weights: resume from the checkpoint, replay the records after it (also those
+    past the corrupt line), and write the lost stretch into the log as a gap that export refuses.
+    """
+
+    def __init__(self, out: Path, steplog: checkpoint.StepLog) -> None:
+        records = steplog.read()
+        gaps = list(steplog.gaps)
+        self.ck = checkpoint.newest_valid_checkpoint(out, quarantine=True)  # verified and loaded: kept
+        ck_step = self.ck[0] if self.ck else 0
+        end = records[-1].step + 1 if records else (gaps[-1][1] if gaps else 0)
+        if ck_step > end:
+            tail = steplog.records_from(ck_step)
+            gaps.append((end, ck_step))
+            log.warning("%s: the records of steps %d..%d are lost (the log is corrupt or cut before checkpoint "
+                        "step-%d); resuming from that checkpoint, which holds their result, and %d logged steps "
+                        "after it. export cannot rebuild the weights after %d..%d steps (written into the log as "
+                        "a gap)", steplog.path, end, ck_step - 1, ck_step, len(tail), end + 1, ck_step - 1)
+        else:
+            tail = [r for r in records if r.step >= ck_step]
+        self.shared = {"ck_step": ck_step if self.ck else None, "tail": [r.__dict__ for r in tail], "error": None}
+        if tail and tail[0].step != ck_step:
+            self.shared["error"] = f"step log has no record for step {ck_step} (first after the checkpoint)"
+        # what the rewritten log keeps: records before the checkpoint, the replayed tail, gaps up to it
+        self.kept = ([r for r in records if r.step < ck_step] + tail, [g for g in gaps if g[1] <= ck_step])
+
+
+def resume(trainer) -> int:
+    """Load the newest valid checkpoint into `trainer`, replay the step log after it; return the next step."""
+    out, cfg, ctx, comm = trainer.out, trainer.cfg, trainer.ctx, trainer.comm
+    check_run_json(out, cfg, trainer.data.model_path, ctx.is_main)
+    if not cfg.checkpoint.resume:
+        return 0
+    # One rank decides, so every rank resumes from the same state; an error reaches every rank.
+    plan = ResumePlan(out, trainer.steplog) if ctx.is_main else None
+    shared = comm.broadcast_object(plan.shared if plan else None)
+    if shared["error"]:
+        raise CheckpointError(shared["error"])
+    ck_step, tail = shared["ck_step"], [StepRecord(**d) for d in shared["tail"]]
+    if ck_step is not None:
+        ck = plan.ck if plan else None
+        state = ck[1] if ck else checkpoint.load_checkpoint(out / "checkpoints" / f"step-{ck_step}")[1]
+        trainer.load_state(state)
+        del state, ck
+        if plan:
+            plan.ck = None
+    for rec in tail:
+        trainer.opt.replay(rec)
+    if plan and (trainer.steplog.path.exists() or plan.kept[1]):
+        # Always rewritten: it drops a torn tail (which the next append would otherwise turn into
+        # a corrupt line in the middle) and steps about to be redone.
+        trainer.steplog.truncate_to(*plan.kept)
+    start = tail[-1].step + 1 if tail else (ck_step or 0)
+    if start:
+        log.info("resumed at step %d (checkpoint %s + %d replayed steps)", start, ck_step, len(tail))
+    comm.barrier()
+    return start
