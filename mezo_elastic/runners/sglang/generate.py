@@ -9,15 +9,15 @@ builds its batches with the Engine's own helpers (_req, _prepare, _run, clear).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:  # engine.py imports this module at load time
-    from mezo_elastic.runners.sglang.engine import Engine
+# `engine` below is an engine.Engine; not imported (even for typing) so the two files stay one-way:
+# engine.py calls in here, this file only uses the Engine it is handed.
 
 
-def next_tokens(engine: Engine, out: Any, fb: Any, temperature: float, seeds: torch.Tensor | None, position: int,
+def next_tokens(engine: Any, out: Any, fb: Any, temperature: float, seeds: torch.Tensor | None, position: int,
                 logits: list | None) -> torch.Tensor:
     """Next token of every row: the runner's sampler when greedy, else Gumbel-max keyed by seeds."""
     if logits is not None:
@@ -31,7 +31,7 @@ def next_tokens(engine: Engine, out: Any, fb: Any, temperature: float, seeds: to
 
 
 @torch.no_grad()
-def generate(engine: Engine, prompts: Sequence[Sequence[int]], max_new: int, temperature: float = 0.0,
+def generate(engine: Any, prompts: Sequence[Sequence[int]], max_new: int, temperature: float = 0.0,
              seeds: Sequence[int] = (), eos_ids: Sequence[int] = (), eager: bool = False,
              logits: list | None = None) -> list[list[int]]:
     """Generate up to `max_new` tokens per prompt: one EXTEND (prefill) forward, then DECODE forwards.
