@@ -39,13 +39,8 @@ from sglang_models import save_random_model, sglang_cfg, single_ctx  # noqa: E40
 
 from mezo_elastic.config import Config, MezoConfig, ModelConfig  # noqa: E402
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings  # noqa: E402
-from mezo_elastic.zo.optimizer import (  # noqa: E402
-    MezoOptimizer,
-    StepRecord,
-    projected_grad,
-    seeds_for_step,
-)
-from mezo_elastic.zo.shaping import shaped_pairs  # noqa: E402
+from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord, seeds_for_step  # noqa: E402
+from mezo_elastic.zo.shaping import shaped_grads  # noqa: E402
 
 SIGMA, ALPHA = 1e-3, 5e-4  # the ES paper's sigma and alpha
 
@@ -102,8 +97,7 @@ def our_population_step(runner, opt: MezoOptimizer, t: int, k: int, evaluate, mc
         plus.append(-evaluate() if evaluate else 0.0)
         opt.perturb(s, -1.0)
         minus.append(-evaluate() if evaluate else 0.0)
-    fp, fm = shaped_pairs(plus, minus, mcfg.reward_shaping)
-    grads = [projected_grad(a, b, mcfg.eps, 0.0) for a, b in zip(fp, fm)]
+    grads = shaped_grads(plus, minus, mcfg.reward_shaping, mcfg.shaped_update, mcfg.eps, 0.0)
     opt.update(StepRecord(step=t, seeds=seeds, grads=grads, lr=mcfg.lr, weight_decay=0.0),
                seeds_for_step(0, t + 1, "dp", 1, k)[0])
 
@@ -156,7 +150,7 @@ def run_sglang(path: Path, args, out: dict) -> None:
     out["sglang_start_s"] = time.perf_counter() - t0
     ev = time_generation(sg, sg.engine.model_runner.model_config.vocab_size, "sglang", args, out, warmup=2)
     if args.population:
-        mcfg = MezoConfig(lr=ALPHA * SIGMA, eps=SIGMA, perturbations=args.k, reward_shaping="zscore")
+        mcfg = MezoConfig(lr=ALPHA, eps=SIGMA, perturbations=args.k, reward_shaping="zscore")
         opt = MezoOptimizer(sg.segments(), mcfg, master_weights=True)
         out["population_ours_s"] = timed(lambda: our_population_step(sg, opt, 0, args.k, ev, mcfg), 1, warmup=1) / 1e3
         opt.clean()

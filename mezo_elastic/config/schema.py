@@ -181,6 +181,24 @@ class DataConfig:
             raise ConfigError(f"data.unk_warn_fraction={self.unk_warn_fraction} must be in [0, 1]")
 
 
+def _check_estimator(m: "MezoConfig") -> None:
+    """fzoo and es: a one-sided population of at least 2 seeds in dp mode; es shapes, fzoo does not."""
+    if m.estimator == "spsa":
+        return
+    if m.mode != "dp":
+        raise ConfigError(f"mezo.estimator={m.estimator} needs mezo.mode=dp (got {m.mode!r}): its population "
+                          f"is one step's seeds, scored on the whole batch")
+    if m.perturbations < 2:
+        raise ConfigError(f"mezo.estimator={m.estimator} needs mezo.perturbations >= 2 (got {m.perturbations}): "
+                          f"it normalises over the population's losses")
+    if m.estimator == "fzoo" and m.reward_shaping != "none":
+        raise ConfigError(f"mezo.estimator=fzoo divides by the losses' std itself; set mezo.reward_shaping=none "
+                          f"(got {m.reward_shaping!r})")
+    if m.estimator == "es" and m.reward_shaping == "none":
+        raise ConfigError("mezo.estimator=es needs mezo.reward_shaping=zscore or centered_rank: its step is "
+                          "theta += lr/K sum R_n z_n over normalised rewards")
+
+
 @dataclass(kw_only=True)
 class MezoConfig:
     lr: float = opt(1e-3, "learning rate (peak, when a schedule is used)")
@@ -205,8 +223,18 @@ class MezoConfig:
         "fp32 master weights"
     )
     reward_shaping: Literal["none", "zscore", "centered_rank"] = opt(
-        "none", "map the population's 2K losses before g = (f(L+) - f(L-)) / (2 eps): none, zscore (minus the mean, "
-        "over the std; 0 when all equal), centered_rank (ranks scaled to [-0.5, 0.5]); see docs/objectives.md"
+        "none", "map the population's losses before the step: none, zscore (minus the mean, over the std; 0 when "
+        "all equal), centered_rank (ranks scaled to [-0.5, 0.5]); see docs/objectives.md"
+    )
+    shaped_update: Literal["es", "per_eps"] = opt(
+        "es", "estimator spsa with reward_shaping: es = ES at scale's theta += lr/N sum R_n z_n over the N = 2K "
+        "members, eps apart (g_k = (f+ - f-) / 2), so ES's published alpha, sigma, N carry over as lr, eps, 2K; "
+        "per_eps = g_k = (f+ - f-) / (2 eps), ~1/eps larger: only to continue a run made before it changed"
+    )
+    estimator: Literal["spsa", "fzoo", "es"] = opt(
+        "spsa", "spsa: MeZO's two-sided +-eps z (2K forwards a step); fzoo: K one-sided +eps z plus theta itself "
+        "(K+1 forwards), step over the std of the K losses (FZOO; use distribution=rademacher as it does); es: K "
+        "one-sided +eps z, theta += lr/K sum R_n z_n with shaped R (ES at scale). docs/estimators.md"
     )
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
@@ -221,6 +249,9 @@ class MezoConfig:
         _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
         _choice("mezo", "reward_shaping", self.reward_shaping, ("none", "zscore", "centered_rank"))
+        _choice("mezo", "shaped_update", self.shaped_update, ("es", "per_eps"))
+        _choice("mezo", "estimator", self.estimator, ("spsa", "fzoo", "es"))
+        _check_estimator(self)
         _positive("mezo", "perturbations", self.perturbations)
         if self.perturbations > 1 and self.master_weights == "off":
             raise ConfigError(f"mezo.perturbations={self.perturbations} needs master weights (mezo.master_weights="

@@ -19,7 +19,11 @@ TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "m
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
                    "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
                    "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
-                   "peft.method", "peft.rank", "peft.alpha", "peft.targets")
+                   "peft.method", "peft.rank", "peft.alpha", "peft.targets", "mezo.estimator",
+                   "mezo.shaped_update")
+# What a key missing from an older run.json means, where that is not today's default: shaped populations
+# stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
+LEGACY = {"mezo.shaped_update": "per_eps"}
 
 
 def _get(cfg: Config, dotted: str):
@@ -32,11 +36,17 @@ def _get(cfg: Config, dotted: str):
 def trajectory_diff(before: dict, cfg: Config) -> list[str]:
     """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
 
-    A key newer than the run.json reads as its default: every default keeps the behaviour runs had
-    before the key existed (gaussian z, one seed, no adapter, ...).
+    A key newer than the run.json reads as its LEGACY value, else its default: the behaviour runs had
+    before the key existed (gaussian z, one seed, no adapter, shaped steps per eps, ...). The shaped
+    update rule only counts where a run shapes (an unshaped run steps the same under either rule).
     """
-    old = {k: before[k] if k in before else _get(Config(), k) for k in TRAJECTORY_KEYS}
-    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
+    old = {k: before[k] if k in before else LEGACY.get(k, _get(Config(), k)) for k in TRAJECTORY_KEYS}
+    diff = [k for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
+    if old["mezo.reward_shaping"] == "none" == cfg.mezo.reward_shaping:
+        diff = [k for k in diff if k != "mezo.shaped_update"]
+    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" + (" (the run was made with it: set --mezo.shaped_update="
+                                                      f"{old[k]} to continue it)" if k == "mezo.shaped_update" else "")
+            for k in diff]
 
 
 def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool) -> None:

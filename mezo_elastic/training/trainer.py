@@ -32,15 +32,14 @@ from mezo_elastic.training.inputs import (
 )
 from mezo_elastic.training.metrics import MetricsWriter, Progress
 from mezo_elastic.training.signals import StopRequested, StopSignals
+from mezo_elastic.zo import estimators
 from mezo_elastic.zo.optimizer import (
     MezoOptimizer,
     StepRecord,
     lr_at,
-    projected_grad,
     seeds_for_step,
     use_master_weights,
 )
-from mezo_elastic.zo.shaping import shaped_pairs
 
 __all__ = ["StopRequested", "Trainer"]
 log = logging.getLogger(__name__)
@@ -107,22 +106,23 @@ class Trainer:
         return seeds if self.cfg.mezo.mode == "dp" else seeds[self.comm.dp_rank * k : (self.comm.dp_rank + 1) * k]
 
     def step(self, t: int) -> tuple[StepRecord, bool]:
-        """Score L+ and L- for each seed, agree on g (and on stopping), return the record; the update is separate."""
+        """Score the estimator's points, agree on g (and on stopping), return the record; the update is separate."""
         cfg, examples = self.cfg, self._local(t)
-        lp, lm = [], []
-        for seed in self._my_seeds(t):  # between seeds one sweep moves +eps z_k to -eps z_k, then to z_k+1
-            self.opt.perturb(seed, +1.0)
-            lp.append(float(self.objective.losses(examples, t).sum()))
-            self.opt.perturb(seed, -1.0)
-            lm.append(float(self.objective.losses(examples, t).sum()))
-        plus, minus, stop = reduce_losses(self.comm, cfg.mezo.mode, lp, lm, len(examples), self.signals.vote)
-        fp, fm = shaped_pairs(plus, minus, cfg.mezo.reward_shaping)
-        grads = [projected_grad(a, b, cfg.mezo.eps, cfg.mezo.grad_clip) for a, b in zip(fp, fm)]
+        pts = estimators.points(cfg.mezo, self._my_seeds(t))
+        sums = [0.0] * len(pts)
+        for seed, sign, slot in pts:  # one sweep moves the weights from each point to the next
+            if seed is None:
+                self.opt.clean()
+            else:
+                self.opt.perturb(seed, sign)
+            sums[slot] = float(self.objective.losses(examples, t).sum())
+        rows, stop = reduce_losses(self.comm, cfg.mezo.mode, sums, len(examples), self.signals.vote)
+        grads, losses, loss = estimators.coefficients(cfg.mezo, rows)
         seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size, cfg.mezo.perturbations)
-        skipped = not all(math.isfinite(g) for g in grads + plus + minus)
+        skipped = not all(math.isfinite(g) for g in grads + losses)
         rec = StepRecord(step=t, seeds=seeds, grads=[0.0] * len(grads) if skipped else grads,
                          lr=lr_at(cfg.mezo, t, cfg.train.steps), weight_decay=cfg.mezo.weight_decay,
-                         skipped=skipped, loss=(sum(plus) + sum(minus)) / (2 * len(plus)))
+                         skipped=skipped, loss=loss)
         return rec, stop > 0
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -238,21 +238,20 @@ class Trainer:
         self.lock.release()
 
 
-def reduce_losses(comm: DataParallel, mode: str, lp: list[float], lm: list[float], n_local: int, stop_vote: float):
-    """(L+ per seed, L- per seed, stop votes) over all data slots, in the step log's seed order.
+def reduce_losses(comm: DataParallel, mode: str, sums: list[float], n_local: int, stop_vote: float):
+    """(rows of mean losses, stop votes) over all data slots: one row in dp mode, one per data slot in
+    multi_seed mode (the step log's seed order), each in the estimator's slot order.
 
-    `lp` / `lm` are this slot's loss sums per seed over `n_local` examples.
+    `sums` are this slot's loss sums per point slot over `n_local` examples.
     """
-    k = len(lp)
     if mode == "dp":
         # sums and counts, so uneven slices weigh right; the last scalar makes every rank stop together
-        vals = comm.all_reduce_sum(lp + lm + [n_local, stop_vote])
-        n = vals[2 * k]
-        return [v / n for v in vals[:k]], [v / n for v in vals[k : 2 * k]], vals[-1]
+        vals = comm.all_reduce_sum(sums + [n_local, stop_vote])
+        n = vals[len(sums)]
+        return [[v / n for v in vals[: len(sums)]]], vals[-1]
     n_loc = max(n_local, 1)
-    rows = comm.all_gather_floats([v / n_loc for v in lp + lm] + [stop_vote])
-    return ([v for r in rows for v in r[:k]], [v for r in rows for v in r[k : 2 * k]],
-            sum(r[-1] for r in rows))
+    rows = comm.all_gather_floats([v / n_loc for v in sums] + [stop_vote])
+    return [r[:-1] for r in rows], sum(r[-1] for r in rows)
 
 
 class _Meter:
@@ -265,7 +264,8 @@ class _Meter:
 
     def log(self, t: int, rec: StepRecord) -> None:
         tr, cfg, done = self.trainer, self.trainer.cfg, t + 1
-        self.tokens += 2 * cfg.mezo.perturbations * sum(tr.data.train[i].n_tokens for i in tr.schedule.global_batch(t))
+        forwards = estimators.forwards_per_step(cfg.mezo)
+        self.tokens += forwards * sum(tr.data.train[i].n_tokens for i in tr.schedule.global_batch(t))
         el = time.monotonic() - self.t0
         sps, tps = (done - self.start) / el, self.tokens / el
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:

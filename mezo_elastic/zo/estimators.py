@@ -1,0 +1,77 @@
+"""Estimators (`mezo.estimator`): which points a step scores, and how their losses become the update.
+
+Every estimator ends in the step log's one update form, over the step's n seeds z_k:
+    theta <- (1 - lr wd) theta - lr / n * sum_k g_k z_k
+so replay, resume and export read (seeds, grads, lr) and never need to know the estimator or the
+rule that made the g_k: a step log replays exactly whatever code wrote it. What differs is g_k:
+
+spsa (MeZO, the default): +eps z_k and -eps z_k for each of K seeds: 2K forwards.
+    reward_shaping=none    g_k = (L+_k - L-_k) / (2 eps)               MeZO's projected gradient
+    shaped, es (default)   g_k = (f+_k - f-_k) / 2                      ES at scale, see below
+    shaped, per_eps        g_k = (f+_k - f-_k) / (2 eps)                the rule before issue 24
+  ES at scale (Qiu et al. 2025) updates theta += alpha / N * sum_n R_n z_n over N members with
+  normalised rewards R_n, sigma apart (the perturbation size never divides the step). Our antithetic
+  pairs are N = 2K members with R = -f: -lr/K * sum_k (f+_k - f-_k)/2 z_k is exactly that with
+  alpha = lr, so ES's published alpha, sigma (= eps) and N carry over. Dividing shaped values (of
+  order 1) by 2 eps instead made the step ~1/eps larger than a MeZO step, and the runs collapsed.
+fzoo (FZOO, arXiv 2506.09034): +eps z_1 .. +eps z_N, then theta itself: N + 1 forwards.
+    g_n = (L_n - L_0) / std(L_1..L_N)          (population std; all g = 0 when the N losses are equal)
+  as DKmiyan/FZOO's zo_step: projected_grad = (loss1s - loss) / (N * std), theta -= lr * sum g z.
+es (ES at scale, one-sided): +eps z_1 .. +eps z_N: N forwards.
+    g_n = f(L)_n                                f = mezo.reward_shaping (zscore or centered_rank)
+mezo.grad_clip clips every g_k alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from mezo_elastic.config import MezoConfig
+from mezo_elastic.zo.shaping import shape, shaped_grads
+
+ESTIMATORS = ("spsa", "fzoo", "es")
+# A point to score: (seed, sign, slot). seed None = theta itself; sign * eps is the perturbation size;
+# slot = the loss's place in the vector the ranks reduce (kept as the code before estimators laid it out).
+Point = tuple  # (int | None, float, int)
+
+
+def forwards_per_step(cfg: MezoConfig) -> int:
+    """Scoring passes over the batch a step makes (per data slot)."""
+    k = cfg.perturbations
+    return {"spsa": 2 * k, "fzoo": k + 1, "es": k}[cfg.estimator]
+
+
+def points(cfg: MezoConfig, seeds: Sequence[int]) -> list[Point]:
+    """The points of one step in scoring order. The first is always (seeds[0], +1): the previous
+    update can fold it in, so a step starts without a sweep."""
+    if cfg.estimator == "spsa":
+        k = len(seeds)
+        return [p for i, s in enumerate(seeds) for p in ((s, 1.0, i), (s, -1.0, k + i))]
+    pts = [(s, 1.0, i) for i, s in enumerate(seeds)]
+    return pts + [(None, 0.0, len(seeds))] if cfg.estimator == "fzoo" else pts
+
+
+def _clip(g: float, clip: float) -> float:
+    return max(-clip, min(clip, g)) if clip > 0 and math.isfinite(g) else g
+
+
+def coefficients(cfg: MezoConfig, rows: list[list[float]]) -> tuple[list[float], list[float], float]:
+    """(g_k in the step log's seed order, every loss used, the step's train loss) from the reduced mean
+    losses: one row in dp mode, one row per data slot in multi_seed mode (each in slot order)."""
+    if cfg.estimator == "spsa":
+        k = cfg.perturbations
+        plus = [v for r in rows for v in r[:k]]
+        minus = [v for r in rows for v in r[k : 2 * k]]
+        grads = shaped_grads(plus, minus, cfg.reward_shaping, cfg.shaped_update, cfg.eps, cfg.grad_clip)
+        return grads, plus + minus, (sum(plus) + sum(minus)) / (2 * len(plus))
+    losses = list(rows[0])
+    if cfg.estimator == "fzoo":
+        perturbed, base = losses[:-1], losses[-1]
+        n = len(perturbed)
+        mean = sum(perturbed) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in perturbed) / n)
+        grads = [0.0 if std == 0 else _clip((v - base) / std, cfg.grad_clip) for v in perturbed]
+        return grads, losses, base  # FZOO's reported loss: the unperturbed one
+    grads = [_clip(f, cfg.grad_clip) for f in shape(losses, cfg.reward_shaping)]
+    return grads, losses, sum(losses) / len(losses)
