@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import torch
 
 from mezo_elastic.runners.sglang.teardown import (
-    GiB,
     EngineMemory,
+    GiB,
     _owned_tensors,
     free_storages,
     reachable,

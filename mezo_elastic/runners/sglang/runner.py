@@ -346,7 +346,7 @@ class SGLangRunner:
             dist.destroy_process_group()
             self._owns_group = False
         self._keep.clear()
-        if getattr(self, "_memory", None) is not None:
+        if getattr(self, "_memory", None) is not None and self._memory.free_after_close is not None:
             self._memory.closed()  # again, now that this runner's own views of the weights are gone
 
     def freed_report(self) -> teardown.EngineMemory | None:

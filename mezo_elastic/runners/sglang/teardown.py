@@ -204,6 +204,16 @@ def _owned_tensors(mr: Any) -> list[torch.Tensor]:
     return pools + (list(model.parameters()) if isinstance(model, torch.nn.Module) else [])
 
 
+def _guarded(memory: EngineMemory, what: str, fn: Callable[[], Any]) -> Any:
+    """Run one teardown step; a step that fails is written into the report (and the log line) and the
+    next steps still run: a close must not mask the error that led to it, nor fail a finished run."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 (SGLang internals: whatever they raise is reported, not raised)
+        memory.not_freed.append(f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return None
+
+
 def dismantle(mr: Any, memory: EngineMemory) -> None:
     """Steps 1-3 of the module docstring on one ModelRunner (unusable afterwards)."""
     try:
@@ -212,12 +222,11 @@ def dismantle(mr: Any, memory: EngineMemory) -> None:
         memory.not_freed.append(f"nothing freed in place, CUDA failed: {str(e).splitlines()[0]}")
         vars(mr).clear()
         return
-    try:
-        memory.graphs_reset = _reset_graphs(mr)
-    except Exception as e:  # noqa: BLE001 (SGLang's cleanup: whatever it raises, the references still go)
-        memory.not_freed.append(f"CUDA graphs: {type(e).__name__}: {e}")
-    memory.storage_freed, failed = free_storages(_owned_tensors(mr))
-    memory.not_freed += failed
+    memory.graphs_reset = _guarded(memory, "CUDA graphs", lambda: _reset_graphs(mr)) or 0
+    freed = _guarded(memory, "engine storages", lambda: free_storages(_owned_tensors(mr)))
+    if freed is not None:
+        memory.storage_freed = freed[0]
+        memory.not_freed += freed[1]
     vars(mr).clear()
 
 
@@ -294,8 +303,9 @@ def close_engine(engine: Any) -> None:
     memory = engine.memory or EngineMemory(torch.cuda.current_device(), 0, 0)  # an Engine not from start_engine
     dismantle(mr, memory)
     del mr
-    reset_sglang_state()
-    memory.closed()
+    if held_in_process()[0] == 0:  # SGLang's groups and context are shared by every engine of the process
+        _guarded(memory, "SGLang's process-wide state", reset_sglang_state)
+    _guarded(memory, "measuring after close", memory.closed)
     _CLOSED.append(memory)
     if memory.not_returned > WARN_BYTES:
         log.warning("%s; largest live CUDA tensors: %s", memory.line(), largest_cuda_tensors())
