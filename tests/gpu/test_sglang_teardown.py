@@ -22,13 +22,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
-from sglang_models import (  # noqa: E402
-    TINY,
-    random_requests,
-    save_random_model,
-    sglang_cfg,
-    single_ctx,
-)
+import sglang_models as models  # noqa: E402
 from test_sglang_parity import _assert_same_losses  # noqa: E402
 
 from mezo_elastic.config import Config, ModelConfig, PeftConfig  # noqa: E402
@@ -43,7 +37,7 @@ CASES = {"decode_graphs": None, "lora": PeftConfig(method="lora", targets="q_pro
 
 
 def _cfg(path, case: str) -> Config:
-    cfg = sglang_cfg(path)
+    cfg = models.sglang_cfg(path)
     if case == "decode_graphs":
         cfg.data.objective, cfg.data.micro_batch = "reward", 16
     else:
@@ -53,16 +47,16 @@ def _cfg(path, case: str) -> Config:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_close_gives_the_memory_back_and_a_second_engine_starts(case, tmp_path):
-    path = save_random_model(TINY[NAME], tmp_path / NAME, seed=1)
+    path = models.save_random_model(models.TINY[NAME], tmp_path / NAME, seed=1)
     dev = torch.device("cuda", 0)
     hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda"),
                          peft=CASES[case] or PeftConfig()), dev, str(path))
-    reqs = random_requests(12, TINY[NAME]["vocab_size"], seed=3)
+    reqs = models.random_requests(12, models.TINY[NAME]["vocab_size"], seed=3)
     prompts = [GenerateRequest(tuple(r.prompt_ids[:8]), seed=i) for i, r in enumerate(reqs)]
     hf.score(reqs)  # HF's own one-time CUDA state (cuBLAS handles) belongs to the baseline
     pools, generated = [], []
     for i in range(2):
-        sg = SGLangRunner(single_ctx(), _cfg(path, case), dev, str(path))
+        sg = SGLangRunner(models.single_ctx(), _cfg(path, case), dev, str(path))
         pools.append(sg.engine.max_tokens)
         _assert_same_losses(hf, sg, reqs, f"{case} engine {i + 1}")
         if case == "decode_graphs":
