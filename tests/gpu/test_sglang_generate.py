@@ -65,6 +65,7 @@ def gen_pair(request, tmp_path_factory):
     assert sg.engine.model_runner.decode_cuda_graph_runner is not None, "decode graphs were not captured"
     yield name, hf, sg, min(TRAINED_VOCAB, TINY[name]["vocab_size"]), path
     sg.close()
+    print(f"\n{name}: {sg.freed_report().line()}")  # the memory numbers, in the suite log
     hf.close()
     torch.cuda.empty_cache()
 

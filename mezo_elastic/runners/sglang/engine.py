@@ -106,7 +106,7 @@ class Engine:
     # eps z, theta - eps z), and building it again costs ~2 ms of host time on the 1B bench batch.
     _kept: tuple | None = None
     graph_forwards: int = 0  # forwards that replayed a captured CUDA graph (decode, or prefill when enabled)
-    # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang_lora.py);
+    # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang/lora.py);
     # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
     lora_id: str | None = None
     memory: teardown.EngineMemory | None = None  # GPU memory around build and close (start_engine sets it)

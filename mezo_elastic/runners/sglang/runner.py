@@ -6,7 +6,7 @@ between forwards (the last batch stays prepared for MeZO's second forward of the
 recomputes its KV) and no CUDA graphs are captured. Classification candidates share their prompt's KV
 within a forward (`score_choices`: the prompts first, then every candidate extends its prompt's
 slots). The weights are perturbed in place through segments keyed by HF name and element index
-(runners/sglang_layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
+(runners/sglang/layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
 any TP size.
 
     torchrun --nproc_per_node=4 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2 \
@@ -265,7 +265,7 @@ class SGLangRunner:
     def score_choices(self, prompts: Sequence[Sequence[int]],
                       choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
         """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt's KV is
-        computed once and every candidate extends it (sglang_compat.Engine.shared_prompt_sums)."""
+        computed once and every candidate extends it (engine.Engine.shared_prompt_sums)."""
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
