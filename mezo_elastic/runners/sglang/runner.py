@@ -206,10 +206,24 @@ class SGLangRunner:
         # As SGLang measures (get_available_gpu_memory empties the cache first): memory that torch's
         # allocator caches for tensors already gone, e.g. an earlier engine's in this process, is free.
         free, total = teardown.gpu_free(device)  # before SGLang allocates anything on this GPU
-        check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
-                           cfg.data.max_length, free, total, Held(*teardown.held_in_process()))
-        self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
+        try:
+            check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
+                               cfg.data.max_length, free, total, Held(*teardown.held_in_process()))
+            self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
+        except BaseException:  # nothing of a refused or failed build stays: the group made above neither
+            teardown.after_failed_build()
+            if self._owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+            raise
         self._memory = self.engine.memory
+        try:
+            self._map_weights(cfg)
+        except BaseException:  # e.g. an adapter SGLang refused, a pattern matching nothing: the engine goes
+            self.close()
+            raise
+
+    def _map_weights(self, cfg: Config) -> None:
+        """The trainable tensors (the weights, or the LoRA pool's slot) under HF names, as segments."""
         self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
         self.adapter: sglang_lora.PoolAdapter | None = None
         if cfg.peft.method == "lora":  # the trainable set is the adapter's slot in SGLang's LoRA pool

@@ -295,6 +295,17 @@ def largest_cuda_tensors(n: int = 5) -> list[str]:
     return out
 
 
+def after_failed_build() -> None:
+    """A build that raised: SGLang's groups and process-wide state reset (when no other engine is open),
+    so the process can build again; the half-built runner goes with the exception. Never raises: the
+    build's own error is the one to see."""
+    if held_in_process()[0] == 0:
+        try:
+            reset_sglang_state()
+        except Exception as e:  # noqa: BLE001 (the build's error is re-raised by the caller)
+            log.warning("after a failed SGLang engine build, resetting SGLang's state failed too: %s", e)
+
+
 def close_engine(engine: Any) -> None:
     """Engine.close: free the engine's GPU memory and SGLang's process-wide state, record what came back."""
     mr, engine.model_runner, engine._kept = engine.model_runner, None, None
