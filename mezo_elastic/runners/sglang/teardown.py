@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 GiB = 1 << 30
 MiB = 1 << 20
 WARN_BYTES = 1 * GiB  # a close that leaves more than this in use logs the largest live CUDA tensors
-# What SGLang's ModelRunner owns alone: (attribute, how deep to look inside for tensors).
+# ModelRunner attributes holding what only this engine uses (its tensors are freed in place on close).
 OWNED_POOLS = ("token_to_kv_pool", "req_to_token_pool", "token_to_kv_pool_allocator", "_unified_memory_pool")
 GRAPH_RUNNERS = ("decode_cuda_graph_runner", "prefill_cuda_graph_runner")
 
