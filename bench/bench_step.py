@@ -14,7 +14,11 @@ Models are built from a config with random weights (no downloads). Rows:
   ideal        2 SGLang forwards + 2 sweeps at copy bandwidth
   lora         (--lora) ours with a MeZO LoRA adapter (r 8, alpha 16, q/v; docs/lora.md) on HF (peft) and
                SGLang (its LoRA pool): the sweeps cover the adapter only
-Peak memory: torch.cuda.max_memory_allocated around forward-only and around steps, per backend.
+Peak memory: torch.cuda.max_memory_allocated around forward-only and around steps, per backend; for
+SGLang that includes its KV pool (mem_fraction_static of the free memory, allocated up front).
+--isolate runs each section (hf, sglang, lora_hf, lora_sglang) in a process of its own and merges the
+results, so no section's peak or pool size depends on what an earlier one left on the GPU:
+    python bench/bench_step.py --shape 1b --lora --isolate --out results.json
 Prints the measurements as JSON, then as a Markdown table (--out writes the JSON).
 """
 
@@ -23,7 +27,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -220,36 +226,69 @@ def run_sglang(path: Path, reqs, args, out: dict) -> None:
     sg.close()
 
 
-def run_lora(path: Path, reqs, args, out: dict) -> None:
-    """Steps and peak memory with a LoRA adapter as the trainable set, per backend (fp32 adapter master)."""
+def run_lora(path: Path, reqs, args, out: dict, backend: str) -> None:
+    """Steps and peak memory with a LoRA adapter as the trainable set on `backend` (fp32 adapter master)."""
     from mezo_elastic.runners.hf.runner import HFRunner
     from mezo_elastic.runners.sglang.runner import SGLangRunner
 
     mcfg, peft = MezoConfig(lr=5e-5, eps=1e-2), PeftConfig(method="lora")
     dev = torch.device("cuda", 0)
-    runners = []
-    if not args.skip_hf:
-        runners.append(("hf", lambda: HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16",
-                                                                          device="cuda"), peft=peft), dev, str(path))))
-    if not args.skip_sglang:
-        def make_sglang():
-            cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction, attention_backend=args.attention,
-                             sglang_load_format="dummy" if args.sglang_dummy else "auto")
-            cfg.data.max_length, cfg.data.micro_batch, cfg.peft = args.seq + 1, args.batch, peft
-            return SGLangRunner(single_ctx(), cfg, dev, str(path))
-        runners.append(("sglang", make_sglang))
-    for name, make in runners:
-        runner = make()
-        opt = MezoOptimizer(runner.segments(), mcfg, master_weights=True)
-        out["lora_params_M"] = sum(s.tensor.numel() for s in runner.segments()) / 1e6
-        counter = iter(range(10**6))
-        out[f"step_lora_{name}_ms"] = timed(lambda: our_step(runner, opt, reqs, next(counter), mcfg), args.reps)
-        out[f"peak_step_lora_{name}_GiB"] = peak(lambda: our_step(runner, opt, reqs, next(counter), mcfg))
-        out[f"sweep_lora_{name}_ms"] = timed(lambda: opt.perturb(step_seed(1, next(counter)), 1.0), args.reps)
-        runner.close()
-        runner = opt = None  # not del: the lambdas above close over these names (ruff F821)
-        gc.collect()
-        torch.cuda.empty_cache()
+    if backend == "hf":
+        runner = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda"),
+                                 peft=peft), dev, str(path))
+    else:
+        cfg = sglang_cfg(path, mem_fraction_static=args.mem_fraction, attention_backend=args.attention,
+                         sglang_load_format="dummy" if args.sglang_dummy else "auto")
+        cfg.data.max_length, cfg.data.micro_batch, cfg.peft = args.seq + 1, args.batch, peft
+        runner = SGLangRunner(single_ctx(), cfg, dev, str(path))
+    opt = MezoOptimizer(runner.segments(), mcfg, master_weights=True)
+    out["lora_params_M"] = sum(s.tensor.numel() for s in runner.segments()) / 1e6
+    counter = iter(range(10**6))
+    out[f"step_lora_{backend}_ms"] = timed(lambda: our_step(runner, opt, reqs, next(counter), mcfg), args.reps)
+    out[f"peak_step_lora_{backend}_GiB"] = peak(lambda: our_step(runner, opt, reqs, next(counter), mcfg))
+    out[f"sweep_lora_{backend}_ms"] = timed(lambda: opt.perturb(step_seed(1, next(counter)), 1.0), args.reps)
+    runner.close()
+    runner = opt = None  # not del: the lambdas above close over these names (ruff F821)
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def sections(args) -> list[str]:
+    """The sections this invocation measures, in order."""
+    backends = [b for b, skip in (("hf", args.skip_hf), ("sglang", args.skip_sglang)) if not skip]
+    return backends + ([f"lora_{b}" for b in backends] if args.lora else [])
+
+
+def run_section(name: str, path: Path, reqs, args, out: dict) -> None:
+    if name == "hf":
+        run_hf(path, reqs, args, out)
+    elif name == "sglang":
+        run_sglang(path, reqs, args, out)
+    else:
+        run_lora(path, reqs, args, out, name.removeprefix("lora_"))
+    gc.collect()  # what this section built goes before the next one takes its memory share
+    torch.cuda.empty_cache()
+
+
+def run_isolated(names: list[str], out: dict) -> None:
+    """Each section in a child process of this script (--section NAME); their results merged into `out`.
+    A section that fails is reported (its log tail) and the others still run."""
+    argv = [a for a in sys.argv[1:] if a != "--isolate"]
+    if "--out" in argv:
+        i = argv.index("--out")
+        del argv[i:i + 2]
+    argv = [a for a in argv if not a.startswith("--out=")]
+    for name in names:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, __file__, *argv, "--section", name, "--out", f.name],
+                               capture_output=True, text=True)
+            print(f"== section {name}: exit {r.returncode} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            if r.returncode:
+                print(r.stdout[-3000:] + r.stderr[-3000:], file=sys.stderr)
+                out.setdefault("failed_sections", []).append(name)
+                continue
+            out.update({k: v for k, v in json.loads(Path(f.name).read_text()).items() if k not in out})
 
 
 def table(out: dict) -> str:
@@ -317,6 +356,8 @@ def main() -> None:
     ap.add_argument("--lora", action="store_true", help="also time MeZO-LoRA steps (docs/lora.md) on both backends")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-sglang", action="store_true")
+    ap.add_argument("--isolate", action="store_true", help="each section in a process of its own (children)")
+    ap.add_argument("--section", choices=["hf", "sglang", "lora_hf", "lora_sglang"], help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default="/tmp/mezo_bench")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -331,17 +372,17 @@ def main() -> None:
     reqs = random_requests(args.batch, 32000, seed=0, prompt=(prompt, prompt), completion=(args.completion, args.completion))
     out = {"shape": args.shape, "attention": args.attention, "batch": args.batch, "seq": args.seq, "completion": args.completion,
            "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    if args.section:  # a child of --isolate: measure the one section, hand the JSON back
+        run_section(args.section, path, reqs, args, out)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        return
     out["copy_TBps"] = copy_bandwidth()
-    if not args.skip_hf:
-        run_hf(path, reqs, args, out)
-        gc.collect()  # the HF model and the reference's state go before SGLang takes its memory share
-        torch.cuda.empty_cache()
-    if not args.skip_sglang:
-        run_sglang(path, reqs, args, out)
-    if args.lora:
-        gc.collect()
-        torch.cuda.empty_cache()
-        run_lora(path, reqs, args, out)
+    if args.isolate:
+        torch.cuda.empty_cache()  # this process keeps only its CUDA context while the children run
+        run_isolated(sections(args), out)
+    else:
+        for name in sections(args):
+            run_section(name, path, reqs, args, out)
     if "params_B" in out and "forward_sglang_ms" in out:
         sweep_ideal_ms = 2 * out["params_B"] * 1e9 * 2 / (out["copy_TBps"] * 1e12) * 1e3
         out["step_ideal_ms"] = 2 * out["forward_sglang_ms"] + 2 * sweep_ideal_ms
@@ -349,6 +390,8 @@ def main() -> None:
     print("\n" + table(out))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
+    if out.get("failed_sections"):
+        sys.exit(f"sections that failed (their output is above): {out['failed_sections']}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "gpu")]
 
 from sglang_models import random_requests, sglang_cfg  # noqa: E402
 
+from mezo_elastic.cluster.distributed import teardown  # noqa: E402
 from mezo_elastic.cluster.rank_context import detect  # noqa: E402
 from mezo_elastic.config import MezoConfig  # noqa: E402
 from mezo_elastic.runners.sglang.runner import SGLangRunner, init_mezo_distributed  # noqa: E402
@@ -80,6 +81,7 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(rec))
     runner.close()
     md.close()
+    teardown()  # the replica's TP world: init_mezo_distributed made it, the runner leaves it to its maker
 
 
 if __name__ == "__main__":

@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
 # The GPU suite: install the carried wheels, run the GPU tests and the benchmarks, logs under $OUT.
 #
-#   scripts/gpu_suite.sh                      # all single-GPU stages: tests sweep bench1b bench8b scoring
-#   scripts/gpu_suite.sh tests                # only the GPU tests
+#   scripts/gpu_suite.sh                      # all single-GPU stages: tests sweep bench1b lora1b bench8b scoring
+#   scripts/gpu_suite.sh tests                # only the GPU tests: every tests/gpu/test_*.py, a process each
+#   scripts/gpu_suite.sh lora1b               # bench_step 1B: full MeZO vs LoRA, hf and sglang, a process each
 #   scripts/gpu_suite.sh gen gen1b gen8b      # generation tests; generation + population bench (1B), generation (8B)
 #   scripts/gpu_suite.sh sweep                # the sweep kernel's layouts and profiling modes, + ncu if present
 #   scripts/gpu_suite.sh profile              # one SGLang forward: wall vs GPU busy, host phases, idle gaps
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
 #
+# Outputs go to $OUT (default /tmp/mezo_gpu_out): versions.txt (card, driver, versions, date), suite.log,
+# tests/<file>.log (pytest -rA of each test file), tests/summary.txt (one line a file), tests/numbers.txt
+# (the memory-after-close and parity lines the tests print).
+# The tests stage runs each tests/gpu/test_*.py in a pytest process of its own (a new file is picked up
+# as it is); GPU_TESTS="tests/gpu/a.py tests/gpu/b.py" picks files, GPU_MARK a marker expression
+# (default gpu; e.g. GPU_MARK="gpu and not real_model"), GPU_TEST_TIMEOUT the seconds a file may take
+# (300), GPU_SUITE_BUDGET the seconds all of them may take (540; later files are then listed as not run).
+# The real-model tests need MEZO_REAL_GGUF (a .gguf path) in the environment; without it they skip.
 # Wheels: .gpu/whl (the .whl files of .gpu/wheels) (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
 # MEZO_GPU_COMPAT=1 turns on the wheel set's start-up shim for that machine only (see its
 # sitecustomize.py); the package itself never imports it.
 set -uo pipefail
 OUT=${OUT:-/tmp/mezo_gpu_out}
 mkdir -p "$OUT"
-stages=${*:-tests sweep bench1b bench8b scoring}
+stages=${*:-tests sweep bench1b lora1b bench8b scoring}
 export PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
@@ -27,28 +36,50 @@ if [ ! -d /tmp/site/sglang ]; then
     ${WHEELS:-.gpu/whl}/*.whl 2>&1 | tail -3 | tee -a "$OUT/suite.log"
 fi
 {
+  date -u +"%Y-%m-%d %H:%M:%S UTC"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton, transformers, sglang; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'triton', triton.__version__, 'transformers', transformers.__version__, 'sglang', sglang.__version__)"
 } 2>&1 | tee "$OUT/versions.txt"
 
+# Each GPU test file in a pytest process of its own: a fresh process per file keeps one file's failure (or
+# a CUDA error that poisons its context) out of the others. The teardown test goes first, on a clean card.
+gpu_tests() {
+  local files f name t0 r line status=0
+  files=${GPU_TESTS:-$(ls tests/gpu/test_sglang_teardown.py 2>/dev/null; ls tests/gpu/test_*.py | grep -v test_sglang_teardown.py)}
+  mkdir -p "$OUT/tests"
+  : > "$OUT/tests/summary.txt"
+  local end=$(( SECONDS + ${GPU_SUITE_BUDGET:-540} )) limit
+  for f in $files; do
+    name=$(basename "$f" .py)
+    # Within the budget (the device machine ends a command at 600 s): summary and numbers still get written.
+    limit=$(( end - SECONDS < ${GPU_TEST_TIMEOUT:-300} ? end - SECONDS : ${GPU_TEST_TIMEOUT:-300} ))
+    if [ "$limit" -lt 30 ]; then
+      echo "$name: NOT RUN, the suite's ${GPU_SUITE_BUDGET:-540} s budget is spent" >> "$OUT/tests/summary.txt"
+      status=1
+      continue
+    fi
+    t0=$(date +%s)
+    timeout "$limit" python3 -m pytest "$f" -m "${GPU_MARK:-gpu}" -s -rA -p no:cacheprovider \
+      --durations=5 > "$OUT/tests/$name.log" 2>&1
+    r=$?
+    line=$(grep -E "^=+ .*( in [0-9.]+s).* =+$" "$OUT/tests/$name.log" | tail -1 | tr -d "=" | sed "s/^ *//;s/ *$//")
+    [ "$r" -eq 124 ] && line="TIMED OUT after $limit s; $line"
+    echo "$name: ${line:-no summary} (exit $r, $(( $(date +%s) - t0 )) s)" >> "$OUT/tests/summary.txt"
+    [ "$r" -eq 0 ] || [ "$r" -eq 5 ] || status=1  # 5: every test deselected by GPU_MARK
+  done
+  grep -h -E "SGLang engine memory|greedy completions equal|corr\(g_hf|mean NLL hf" "$OUT"/tests/*.log \
+    > "$OUT/tests/numbers.txt" 2>/dev/null
+  return $status
+}
+
 rc=0
 for s in $stages; do
   case $s in
     tests)
-      log "gpu tests"
-      # The generation tests run in a process of their own: an engine that captured decode graphs keeps
-      # ~0.3 of the GPU after close(), so a later engine in the same process fails its memory check.
-      python3 -m pytest tests/gpu -m gpu -q -s -rA -p no:cacheprovider --ignore=tests/gpu/test_sglang_generate.py \
-        --ignore=tests/gpu/test_sglang_prefill_graphs.py \
-        2>&1 | tee "$OUT/tests.log" | grep -E "passed|failed|error|NLL|corr|PASSED|FAILED|ERROR" | tail -40
-      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
-      python3 -m pytest tests/gpu/test_sglang_generate.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
-        tee "$OUT/gen_tests.log" | grep -E "passed|failed|error|greedy|graph|KV free|sampled|PASSED|FAILED|ERROR" | tail -20
-      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
-      python3 -m pytest tests/gpu/test_sglang_prefill_graphs.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
-        tee "$OUT/prefill_graph_tests.log" | grep -E "passed|failed|error|sign|PASSED|FAILED|ERROR" | tail -20
-      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+      log "gpu tests, a pytest process per file"
+      gpu_tests || rc=1
+      cat "$OUT/tests/summary.txt" ;;
     sweep)
       log "sweep kernel: layouts and profiling modes (1B shape)"
       timeout 300 python3 bench/bench_sweep.py --out "$OUT/sweep_1b.json" > "$OUT/sweep_1b.log" 2>&1 || rc=1
@@ -67,6 +98,11 @@ for s in $stages; do
       log "bench 1b"
       python3 bench/bench_step.py --shape 1b --parity --tune --out "$OUT/bench_1b.json" > "$OUT/bench_1b.log" 2>&1 || rc=1
       tail -45 "$OUT/bench_1b.log" ;;
+    lora1b)
+      log "bench 1b: full MeZO vs LoRA (step time, peak memory), hf and sglang, each in a process of its own"
+      timeout 570 python3 bench/bench_step.py --shape 1b --lora --isolate --reps 10 --out "$OUT/bench_lora_1b.json" \
+        > "$OUT/bench_lora_1b.log" 2>&1 || rc=1
+      tail -24 "$OUT/bench_lora_1b.log" ;;
     bench8b)
       log "bench 8b"
       python3 bench/bench_step.py --shape 8b --sglang-dummy --reps 5 --out "$OUT/bench_8b.json" \
@@ -84,9 +120,8 @@ for s in $stages; do
       tail -9 "$OUT/scoring_sglang.log" ;;
     gen)
       log "generation tests only"
-      python3 -m pytest tests/gpu/test_sglang_generate.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
-        tee "$OUT/gen_tests.log" | grep -E "passed|failed|error|greedy|graph|KV free|sampled|PASSED|FAILED|ERROR" | tail -40
-      [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+      GPU_TESTS=tests/gpu/test_sglang_generate.py gpu_tests || rc=1
+      cat "$OUT/tests/summary.txt" ;;
     gen1b)
       log "generation + population step, 1B shape"
       timeout 540 python3 bench/bench_generate.py --shape 1b --population --out "$OUT/gen_1b.json" \
@@ -112,8 +147,8 @@ for s in $stages; do
       log "dp / tp on 2 GPUs"
       bash bench/multi_gpu.sh "$OUT" 2>&1 | tee "$OUT/multi.log" | tail -40
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
-    *) echo "unknown stage $s (tests gen gen1b gen8b sweep bench1b bench8b scoring profile dpcheck1 multi)"; exit 2 ;;
+    *) echo "unknown stage $s (tests gen gen1b gen8b sweep bench1b lora1b bench8b scoring profile dpcheck1 multi)"; exit 2 ;;
   esac
 done
-log "done rc=$rc"
+log "done rc=$rc in ${SECONDS} s"
 exit $rc

@@ -46,7 +46,7 @@ class ModelConfig:
         "", "regex on HF parameter names: only matching parameters are trained (empty = all); with "
         "peft.method=lora, on the adapter's PEFT names (e.g. 'lora_B' for the B matrices only)"
     )
-    mem_fraction_static: float = opt(0.5, "sglang: fraction of GPU memory for weights + KV pool")
+    mem_fraction_static: float = opt(0.5, "sglang: fraction of the GPU memory free at start for weights + KV pool")
     attention_backend: str = opt("triton", "sglang: attention backend (triton, flashinfer, fa3, torch_native)")
     sglang_port: int = opt(0, "sglang: first candidate for each replica's own dist port (0 = derived from the job)")
     sglang_load_format: Literal["auto", "dummy"] = opt(

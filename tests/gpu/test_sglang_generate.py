@@ -1,8 +1,10 @@
 """Generation on the sglang backend (prefill + decode forwards, decode CUDA graphs) vs HF generate.
 
 What must hold (the reward objective depends on it):
-  - greedy completions of SGLang and HF on the same weights agree token for token on >= 95% of
-    requests (bf16 near-ties flip a few; the rate is printed), and rewards are equal where they agree;
+  - greedy completions of SGLang and HF on the same weights part only at near-ties: at every first
+    divergence (HF vs SGLang, and each vs the referee's own path) an unpadded one-request fp32 referee on
+    the same weights puts the two tokens within 0.5 logits of each other (tests/gpu/referee.py; the
+    agreement rates are printed, not asserted), and rewards are equal where the completions agree;
   - a decode CUDA graph replayed after an in-place sweep of the weights gives what eager decoding
     gives on the swept weights (graphs read the parameters' storage), at +eps and at -eps, and the
     sweep is seen (the logits differ from the unswept weights');
@@ -26,6 +28,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 pytest.importorskip("sglang", reason="needs sglang (pip install 'sglang==0.5.17')")
 
+from referee import Referee, judge  # noqa: E402
 from sglang_models import (  # noqa: E402
     TINY,
     TRAINED_VOCAB,
@@ -42,8 +45,6 @@ from mezo_elastic.runners.sglang.runner import SGLangRunner  # noqa: E402
 from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
 from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
-AGREE = 0.95
-
 
 def _prompts(n: int, vocab: int, seed: int) -> list[GenerateRequest]:
     rng = random.Random(seed)
@@ -52,7 +53,8 @@ def _prompts(n: int, vocab: int, seed: int) -> list[GenerateRequest]:
 
 @pytest.fixture(scope="module", params=sorted(TINY))
 def gen_pair(request, tmp_path_factory):
-    """(name, HF runner, SGLang runner with decode graphs, the trained ids' count) on the same saved random weights."""
+    """(name, HF runner, SGLang runner with decode graphs, the trained ids' count, the model directory) on the
+    same saved weights."""
     name = request.param
     path = save_trained_model(TINY[name], tmp_path_factory.mktemp(name), seed=3)
     dev = torch.device("cuda", 0)
@@ -61,23 +63,28 @@ def gen_pair(request, tmp_path_factory):
     cfg.data.objective, cfg.data.micro_batch = "reward", 64
     sg = SGLangRunner(single_ctx(), cfg, dev, str(path))
     assert sg.engine.model_runner.decode_cuda_graph_runner is not None, "decode graphs were not captured"
-    yield name, hf, sg, min(TRAINED_VOCAB, TINY[name]["vocab_size"])
+    yield name, hf, sg, min(TRAINED_VOCAB, TINY[name]["vocab_size"]), path
     sg.close()
+    print(f"\n{name}: {sg.freed_report().line()}")  # the memory numbers, in the suite log
     hf.close()
     torch.cuda.empty_cache()
 
 
-def test_greedy_completions_agree_with_hf(gen_pair):
-    name, hf, sg, vocab = gen_pair
+def test_greedy_paths_part_only_at_near_ties(gen_pair):
+    name, hf, sg, vocab, path = gen_pair
     reqs = _prompts(64, vocab, seed=1)
     settings = GenerationSettings(max_new_tokens=24)
     a, b = hf.generate(reqs, settings), sg.generate(reqs, settings)
-    same = [x == y for x, y in zip(a, b)]
-    rate = sum(same) / len(same)
-    print(f"\n{name}: greedy SGLang == HF token for token on {sum(same)}/{len(same)} requests ({rate:.1%})")
-    print(f"{name}: HF logit gaps at the first diverging token: {_divergence_gaps(hf, reqs, a, b)}")
+    referee = Referee(path, hf.device)
+    try:
+        ref = [referee.greedy(r.prompt_ids, 24) for r in reqs]
+        verdict = judge(referee, [r.prompt_ids for r in reqs], {"hf": a, "sglang": b, "referee": ref})
+    finally:
+        referee.close()
+    print(f"\n{name}: {verdict.line()}")
     assert all(len(x) == 24 for x in a + b)
-    assert rate >= AGREE
+    assert not verdict.wide, f"{name}: {verdict.line()}"
+    same = [x == y for x, y in zip(a, b)]
     reward = load_reward("token_f1")
     rows = [{"prompt": "", "answers": [" ".join(map(str, x[:12]))]} for x in a]
     ra = compute_rewards(reward, [" ".join(map(str, x)) for x in a], rows, ["hf"] * len(a))
@@ -85,23 +92,8 @@ def test_greedy_completions_agree_with_hf(gen_pair):
     assert all(p == q for p, q, s in zip(ra, rb, same) if s)
 
 
-@torch.no_grad()
-def _divergence_gaps(hf, reqs, a, b) -> list[float]:
-    """For each request whose paths part: HF's logit of its own token minus its logit of SGLang's token,
-    on the common prefix (a near-tie when small against the logits' spread), rounded for the report."""
-    gaps = []
-    for r, x, y in zip(reqs, a, b):
-        j = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), None)
-        if j is None:
-            continue
-        ids = torch.tensor([list(r.prompt_ids) + list(x[:j])], device=hf.device)
-        logits = hf.model(input_ids=ids).logits[0, -1].float()
-        gaps.append(round(float(logits[x[j]] - logits[y[j]]), 4))
-    return gaps
-
-
 def test_graph_replay_after_sweep_equals_eager(gen_pair):
-    name, _, sg, vocab = gen_pair
+    name, _, sg, vocab, _ = gen_pair
     opt = MezoOptimizer(sg.segments(), Config().mezo, master_weights=True)
     prompts = [r.prompt_ids for r in _prompts(16, vocab, seed=2)]
     before: list = []
@@ -122,7 +114,7 @@ def test_graph_replay_after_sweep_equals_eager(gen_pair):
 
 
 def test_kv_slots_free_and_memory_flat_over_1000_generations(gen_pair):
-    name, _, sg, vocab = gen_pair
+    name, _, sg, vocab, _ = gen_pair
     mr = sg.engine.model_runner
     reqs = _prompts(8, vocab, seed=4)
     settings = GenerationSettings(max_new_tokens=8)
@@ -139,7 +131,7 @@ def test_kv_slots_free_and_memory_flat_over_1000_generations(gen_pair):
 
 
 def test_sampling_is_a_function_of_the_seeds(gen_pair):
-    _, hf, sg, vocab = gen_pair
+    _, hf, sg, vocab, _ = gen_pair
     reqs = _prompts(16, vocab, seed=5)
     settings = GenerationSettings(max_new_tokens=12, temperature=1.0)
     a, b = sg.generate(reqs, settings), sg.generate(reqs, settings)

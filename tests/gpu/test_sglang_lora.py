@@ -54,6 +54,7 @@ def pair(request, tmp_path_factory):
     sg = SGLangRunner(single_ctx(), cfg, dev, str(path))
     yield name, hf, sg
     sg.close()
+    print(f"\n{name}: {sg.freed_report().line()}")  # the memory numbers, in the suite log
     hf.close()
     torch.cuda.empty_cache()
 

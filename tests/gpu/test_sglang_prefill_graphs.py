@@ -41,6 +41,7 @@ def runner(tmp_path_factory):
     assert sg.engine.model_runner.prefill_cuda_graph_runner is not None
     yield sg
     sg.close()
+    print(f"\n{NAME}: {sg.freed_report().line()}")  # the memory numbers, in the suite log
 
 
 def test_scoring_through_the_prefill_graph_equals_eager_after_in_place_sweeps(runner):

@@ -1,6 +1,6 @@
 """What the sglang backend checks before any GPU work: config values, the DP x TP layout, CUDA, sglang.
 
-Its own module so the runner (runners/sglang.py) and the process-group set-up (runners/sglang_dist.py)
+Its own module so the runner (runner.py) and the process-group set-up (dist.py)
 both import it without importing each other.
 """
 

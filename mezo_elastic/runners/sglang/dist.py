@@ -91,7 +91,8 @@ class MezoDist:
             dist.barrier()
 
     def close(self) -> None:
-        """Drop the DP group and the stores (SGLang's default group goes with the runner)."""
+        """Drop the DP group and the stores. The default group (the TP world) stays until the caller's
+        distributed.teardown(): SGLangRunner.close() destroys only a default group it created itself."""
         self.dp_group = None
         self._keep.clear()
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mezo_elastic.errors import BackendError
+from mezo_elastic.runners.sglang import teardown
 from mezo_elastic.runners.sglang.generate import generate as generate_tokens
 
 SUPPORTED = ((0, 5, 17), (0, 5, 18))  # [lo, hi)
@@ -105,9 +106,10 @@ class Engine:
     # eps z, theta - eps z), and building it again costs ~2 ms of host time on the 1B bench batch.
     _kept: tuple | None = None
     graph_forwards: int = 0  # forwards that replayed a captured CUDA graph (decode, or prefill when enabled)
-    # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang_lora.py);
+    # peft.method=lora: the id of the adapter resident in SGLang's LoRA pool (runners/sglang/lora.py);
     # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
     lora_id: str | None = None
+    memory: teardown.EngineMemory | None = None  # GPU memory around build and close (start_engine sets it)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -267,37 +269,13 @@ class Engine:
         return generate_tokens(self, prompts, max_new, temperature, seeds, eos_ids, eager, logits)
 
     def close(self) -> None:
-        """Drop the model and SGLang's process groups (the default group included)."""
-        close_engine(self)
+        """Give the engine's GPU memory back (weights, KV and request pools, LoRA pool, CUDA graphs) and
+        reset SGLang's process-wide state; torch.distributed's default group stays (teardown.py)."""
+        teardown.close_engine(self)
 
-
-def close_engine(engine: Engine) -> None:
-    """Engine.close: drop the engine's ModelRunner and SGLang's process-wide state (process groups, the
-    default group included; CUDA-graph input buffers), then return the freed GPU memory to the driver."""
-    from sglang.srt.distributed.parallel_state import (
-        destroy_distributed_environment,
-        destroy_model_parallel,
-    )
-
-    engine._kept = None
-    mr, engine.model_runner = engine.model_runner, None
-    if mr is not None:
-        # Captured graphs hold their memory pool and the KV buffers they read: drop them, or the next
-        # engine in this process finds ~47 GiB still in use (seen on an H200 with decode graphs on).
-        mr.decode_cuda_graph_runner = mr.prefill_cuda_graph_runner = mr.eager_runner = None
-    del mr
-    destroy_model_parallel()
-    destroy_distributed_environment()
-    # SGLang pools its CUDA-graph input buffers process-wide by (name, size, dtype); a later engine
-    # in the same process (tests, benchmarks) would capture on this one's stale contents (slot
-    # indices past its own KV pool: a device-side assert in store_cache, seen on an H200).
-    from sglang.srt.model_executor import input_buffers
-
-    input_buffers._forward_input_buffer_pool.clear()
-    import gc
-
-    gc.collect()  # the runner's reference cycles hold GPU tensors until collected
-    torch.cuda.empty_cache()
+    def freed_report(self) -> teardown.EngineMemory | None:
+        """GPU memory before build, after build and after close (`.line()` says it in one line)."""
+        return self.memory
 
 
 def make_server_args(fields: dict[str, Any]) -> Any:
@@ -326,6 +304,7 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     from sglang.srt.model_executor.model_runner import ModelRunner
 
     sa = server_args
+    memory = teardown.EngineMemory.before_build(gpu_id)
     initialize_moe_config(sa)
     initialize_fp8_gemm_config(sa)
     initialize_fp4_gemm_config(sa)
@@ -347,4 +326,7 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     mr.init_cuda_graphs()
     if sa.disable_cuda_graph and mr.decode_cuda_graph_runner is not None:
         raise BackendError("sglang captured a decode CUDA graph although disable_cuda_graph=True")
-    return Engine(mr, sa)
+    memory.built()
+    engine = Engine(mr, sa, memory=memory)
+    teardown.opened(engine)
+    return engine

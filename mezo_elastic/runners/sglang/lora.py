@@ -5,9 +5,9 @@ buffer [slots, c * max_rank, in] and a B buffer [slots, out_local, max_rank], c 
 `qkv_proj` (A rows [q | k | v], B rows q/k/v of this TP rank), 2 for `gate_up_proj`, 1 otherwise.
 This module loads the run's adapter (mezo_elastic.runners.lora's seeded init, the hf backend's names and
 shapes) from tensors as a pinned adapter, puts it in a pool slot once, and describes that slot as
-`Piece`s of the adapter's saved PEFT names (runners/sglang_layout.py), so the runner perturbs the
+`Piece`s of the adapter's saved PEFT names (runners/sglang/layout.py), so the runner perturbs the
 slot in place with the same z as the hf backend's peft model. Every request carries the adapter's
-id (sglang_compat.Engine.lora_id); the adapter is pinned and the only one, so its slot is never
+id (engine.Engine.lora_id); the adapter is pinned and the only one, so its slot is never
 evicted or reloaded from SGLang's CPU copy (which goes stale, unused).
 
 Pure layout functions first (tested on CPU), then PoolAdapter (needs sglang and a GPU).

@@ -6,7 +6,7 @@ between forwards (the last batch stays prepared for MeZO's second forward of the
 recomputes its KV) and no CUDA graphs are captured. Classification candidates share their prompt's KV
 within a forward (`score_choices`: the prompts first, then every candidate extends its prompt's
 slots). The weights are perturbed in place through segments keyed by HF name and element index
-(runners/sglang_layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
+(runners/sglang/layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
 any TP size.
 
     torchrun --nproc_per_node=4 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2 \
@@ -15,7 +15,6 @@ any TP size.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config
@@ -34,7 +34,7 @@ from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang import engine as compat
 from mezo_elastic.runners.sglang import layout as lay
 from mezo_elastic.runners.sglang import lora as sglang_lora
-from mezo_elastic.runners.sglang import weights
+from mezo_elastic.runners.sglang import teardown, weights
 from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
     DTYPES,
     SUPPORTED_ARCHS,
@@ -42,7 +42,7 @@ from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
     validate_mezo_config,
 )
 from mezo_elastic.runners.sglang.dist import init_mezo_distributed, init_tp_world  # noqa: F401 (public)
-from mezo_elastic.runners.sglang.memory import check_mem_fraction
+from mezo_elastic.runners.sglang.memory import Held, check_mem_fraction
 from mezo_elastic.zo.perturb import ParamSegment
 
 log = logging.getLogger(__name__)
@@ -198,16 +198,32 @@ class SGLangRunner:
         self.tp_rank, self.tp_size, _, _ = layout(ctx, cfg.model.tp_size)
         torch.cuda.set_device(device)
         self._keep: list = []
+        # The default group is the caller's when it exists (init_mezo_distributed, or theirs); made here, it
+        # is this runner's to destroy on close.
+        self._owns_group = not dist.is_initialized()
         port = init_tp_world(ctx, cfg, device, self._keep)  # no-op if init_mezo_distributed made it
         server_args = create_mezo_server_args(ctx, cfg, str(self.model_path))
         # As SGLang measures (get_available_gpu_memory empties the cache first): memory that torch's
         # allocator caches for tensors already gone, e.g. an earlier engine's in this process, is free.
-        gc.collect()
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(device)  # before SGLang allocates anything on this GPU
-        check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
-                           cfg.data.max_length, free, total)
-        self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
+        free, total = teardown.gpu_free(device)  # before SGLang allocates anything on this GPU
+        try:
+            check_mem_fraction(cfg.model.mem_fraction_static, self.model_path, cfg.model.dtype, self.tp_size,
+                               cfg.data.max_length, free, total, Held(*teardown.held_in_process()))
+            self.engine = compat.start_engine(server_args, device.index or 0, self.tp_rank, port)
+        except BaseException:  # nothing of a refused or failed build stays: the group made above neither
+            teardown.after_failed_build()
+            if self._owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+            raise
+        self._memory = self.engine.memory
+        try:
+            self._map_weights(cfg)
+        except BaseException:  # e.g. an adapter SGLang refused, a pattern matching nothing: the engine goes
+            self.close()
+            raise
+
+    def _map_weights(self, cfg: Config) -> None:
+        """The trainable tensors (the weights, or the LoRA pool's slot) under HF names, as segments."""
         self.tied = bool(getattr(self.engine.model.config, "tie_word_embeddings", False))
         self.adapter: sglang_lora.PoolAdapter | None = None
         if cfg.peft.method == "lora":  # the trainable set is the adapter's slot in SGLang's LoRA pool
@@ -263,7 +279,7 @@ class SGLangRunner:
     def score_choices(self, prompts: Sequence[Sequence[int]],
                       choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
         """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt's KV is
-        computed once and every candidate extends it (sglang_compat.Engine.shared_prompt_sums)."""
+        computed once and every candidate extends it (engine.Engine.shared_prompt_sums)."""
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
@@ -334,12 +350,19 @@ class SGLangRunner:
                 shutil.copy2(f, out_dir / f.name)
 
     def close(self) -> None:
-        """Free the engine (model, KV pool) and SGLang's process groups."""
+        """Give the engine's GPU memory back (Engine.close), then the default group if this runner made it."""
         if getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None
         self._segments, self._map, self._pieces_by_rank, self._home = [], [], [], {}
         self.adapter = None
+        if getattr(self, "_owns_group", False) and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
         self._keep.clear()
-        gc.collect()  # the views above pinned the weights; cycles in SGLang's objects hold the rest
-        torch.cuda.empty_cache()
+        if getattr(self, "_memory", None) is not None and self._memory.free_after_close is not None:
+            self._memory.closed()  # again, now that this runner's own views of the weights are gone
+
+    def freed_report(self) -> teardown.EngineMemory | None:
+        """The engine's GPU memory before build, after build and after close (EngineMemory.line())."""
+        return getattr(self, "_memory", None)
