@@ -11,7 +11,7 @@ needs a mapping from features the model already has to an output it does not yet
 - cls: a one-sentence product review; "Label it tick or cross." The label words are arbitrary (tick =
   positive), so a pretrained model starts near chance (about 50%); the sentiment is plain, so the
   ceiling is near 100%. --data.objective=classification.
-- reward: three words, one of them an animal: "Which word is an animal? Reply with that word only.",
+- reward: five words, one of them an animal: "Which word is an animal? Reply with that word only.",
   after one solved exchange of the same kind in the chat. Scored by --data.reward=exact_match
   (SQuAD-normalised: case and punctuation do not count), greedy, e.g. --generate.max_new_tokens=6: a
   reply with more than the word scores 0. Without the solved exchange the model answered 'The word
@@ -68,7 +68,7 @@ def cls_row(rng: random.Random) -> dict:
 
 def _animal_question(rng: random.Random) -> tuple[str, str]:
     animal = rng.choice(ANIMALS)
-    words = rng.sample(THINGS, 2) + [animal]
+    words = rng.sample(THINGS, 4) + [animal]
     rng.shuffle(words)
     return f"Words: {', '.join(words)}.\nWhich word is an animal? Reply with that word only.", animal
 

@@ -17,8 +17,9 @@ each --fzoo-scales value on seed 0 (FZOO's g is normalised by the losses' std, s
 times the size of MeZO's projected gradient; the median over the reference's nonzero g), the best
 scale then on every seed.
 
-Time counts training only (from metrics.jsonl: evaluation and start-up taken out, the same on both
-sides); forwards = steps x forward passes a step (reference and spsa 2, fzoo K + 1). Per method the
+Every method gets the reference's forward budget (fzoo: steps x 2 / (K + 1)) and evaluates as often in
+forwards. Time counts training only (from metrics.jsonl: evaluation and start-up taken out, the same on
+both sides); forwards = steps x forward passes a step (reference and spsa 2, fzoo K + 1). Per method the
 median over seeds (a seed that never reaches the target counts as infinite). Prints a table, writes
 OUT/tta.json. Tasks: bench/real_tasks.py (real model) or the built-in task (no --model).
 """
@@ -133,9 +134,12 @@ def train_seconds(lines: list[dict]) -> dict[int, float]:
 def run_ours(args, task: str, seed: int, estimator: str, lr: float, paths: dict, out: Path) -> dict:
     """One run of the trainer (python -m mezo_elastic.train), its eval curve read back from metrics.jsonl."""
     cfg = task_config(args, task, seed, lr, paths)
+    fwd = {"spsa": 2, "fzoo": args.fzoo_k + 1}[estimator]
+    # the reference's forward budget (2 a step), and evals as often in forwards, whatever the estimator
+    every = max(1, round(args.eval_every * 2 / fwd))
     cfg["model"]["backend"] = args.backend
-    cfg["train"].update(eval_every=args.eval_every, log_every=args.eval_every, save_final=False, progress=False,
-                        output_dir=str(out))
+    cfg["train"].update(steps=every * -(-args.steps[task] // args.eval_every), eval_every=every, log_every=every,
+                        save_final=False, progress=False, output_dir=str(out))
     cfg["checkpoint"] = {"every": 0}
     cfg["mezo"].update(estimator=estimator)
     if estimator == "fzoo":
@@ -150,7 +154,6 @@ def run_ours(args, task: str, seed: int, estimator: str, lr: float, paths: dict,
     secs = train_seconds(lines)
     key = f"eval_{METRIC[task]}"
     curve = [(m["step"], secs[m["step"]], m[key]) for m in lines if m["type"] == "eval"]
-    fwd = {"spsa": 2, "fzoo": args.fzoo_k + 1}[estimator]
     return {"lr": lr, "eps": args.eps, "seed": seed, "curve": curve, "forwards_per_step": fwd}
 
 
@@ -290,9 +293,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ref-lrs", default="", help="reference lr grid (default: smoke 1e-3,3e-3; else 3e-6,1e-5,3e-5)")
     p.add_argument("--eps", type=float, default=None, help="default 1e-3 (smoke 1e-2: the tiny model's argmax)")
     p.add_argument("--fzoo-k", type=int, default=None, help="fzoo: directions a step (FZOO's N; default 8, smoke 4)")
-    p.add_argument("--fzoo-scales", default="", help="fzoo lr = scale * lr_ref * median|g_ref| (default 1,3; smoke 2)")
-    p.add_argument("--steps-cls", type=int, default=None, help="step budget (default 400; smoke 30)")
-    p.add_argument("--steps-reward", type=int, default=None, help="step budget (default 200; smoke 20)")
+    p.add_argument("--fzoo-scales", default="", help="fzoo lr = scale * lr_ref * median|g_ref| (default 2; smoke 2)")
+    p.add_argument("--steps-cls", type=int, default=None, help="reference step budget (default 300; smoke 30)")
+    p.add_argument("--steps-reward", type=int, default=None, help="reference step budget (default 150; smoke 20)")
     p.add_argument("--eval-every", type=int, default=None, help="default 25 (smoke 10)")
     p.add_argument("--eval-examples", type=int, default=None, help="default 200 (smoke 64)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -304,10 +307,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.backend = a.backend or ("sglang" if cuda else "hf")
     a.device, a.dtype = ("cuda", "bfloat16") if cuda else ("cpu", "float32")
     a.ref_lrs = [float(x) for x in (a.ref_lrs or ("1e-3,3e-3" if smoke else "3e-6,1e-5,3e-5")).split(",")]
-    a.fzoo_scales = [float(x) for x in (a.fzoo_scales or ("2" if a.smoke else "1,3")).split(",")]
+    a.fzoo_scales = [float(x) for x in (a.fzoo_scales or "2").split(",")]
     a.fzoo_k = a.fzoo_k or (4 if a.smoke else 8)
     a.eps = a.eps or (1e-2 if smoke else 1e-3)
-    a.steps = {"cls": a.steps_cls or (30 if a.smoke else 400), "reward": a.steps_reward or (20 if a.smoke else 200)}
+    a.steps = {"cls": a.steps_cls or (30 if a.smoke else 300), "reward": a.steps_reward or (20 if a.smoke else 150)}
     a.eval_every = a.eval_every or (10 if a.smoke else 25)
     a.eval_examples = a.eval_examples or (64 if a.smoke else 200)
     a.tasks, a.estimators = a.tasks.split(","), a.estimators.split(",")
