@@ -16,7 +16,8 @@ needs a mapping from features the model already has to an output it does not yet
   (SQuAD-normalised: case and punctuation do not count), greedy, e.g. --generate.max_new_tokens=6: a
   reply with more than the word scores 0. Without the solved exchange the model answered 'The word
   "wolf" is' to every prompt (reward 0.0 on 48 eval prompts, CPU fp32, 2026-12-01): no signal to
-  learn from. --data.objective=reward.
+  learn from; with it and three words, 0.71 (24 prompts); with it and five words, 0.42 (24 prompts).
+  --data.objective=reward.
 """
 
 from __future__ import annotations
