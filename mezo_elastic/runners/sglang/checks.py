@@ -6,6 +6,7 @@ both import it without importing each other.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -50,6 +51,24 @@ def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
     if ctx is not None and m.tp_size > torch.cuda.device_count() and ctx.local_world_size > torch.cuda.device_count():
         raise BackendError(f"{ctx.local_world_size} ranks on this node but only {torch.cuda.device_count()} GPU(s)")
     compat.check_version()
+
+
+def check_architecture(model_path: str | Path) -> str:
+    """The model class SGLang will build, from config.json's `architectures` (SGLang picks it there).
+
+    Raises:
+        BackendError: no such field, or an architecture this backend does not map to HF names.
+    """
+    config = Path(model_path) / "config.json"
+    archs = json.loads(config.read_text()).get("architectures") or []
+    if not archs:
+        raise BackendError(f"{config} has no 'architectures' field, which SGLang needs to pick the model class; add "
+                           f"e.g. \"architectures\": [\"LlamaForCausalLM\"] (supported: {list(SUPPORTED_ARCHS)}) "
+                           f"or use model.backend=hf")
+    if archs[0] not in SUPPORTED_ARCHS:
+        raise BackendError(f"{model_path}: architecture {archs[0]} is not supported by model.backend=sglang; "
+                           f"supported: {list(SUPPORTED_ARCHS)} (use model.backend=hf)")
+    return archs[0]
 
 
 def layout(ctx: RankContext, tp_size: int) -> tuple[int, int, int, int]:
