@@ -13,6 +13,7 @@ import torch
 
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
+from mezo_elastic.runners import gguf
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.hf.lora import LoraAdapter
 from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
@@ -22,12 +23,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 
 
-def check_model_dir(model_path: str) -> None:
-    """An HF model directory's config.json must exist and parse (both backends read it).
+def check_model_dir(model_path: str, gguf_ok: bool = False) -> None:
+    """An HF model directory's config.json must exist and parse (both backends read it); with `gguf_ok`, a
+    GGUF file (or a directory holding one) passes too when the packages that read it are installed.
 
     Raises:
         BackendError: one line naming the file and what is wrong (instead of transformers' traceback).
     """
+    if gguf_ok and (found := gguf.find_gguf(model_path)) is not None:
+        return gguf.require_packages(found)
     config = Path(model_path) / "config.json"
     if not config.is_file():
         raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")

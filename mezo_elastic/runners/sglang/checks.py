@@ -14,6 +14,7 @@ import torch
 from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError, ConfigError
+from mezo_elastic.runners import gguf
 from mezo_elastic.runners.sglang import engine as compat
 from mezo_elastic.runners.sglang import lora as sglang_lora
 
@@ -39,8 +40,8 @@ def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
     if not 0 <= m.sglang_port <= 65535 - cfg.dist.port_attempts * 64:
         raise ConfigError(f"model.sglang_port={m.sglang_port} must be 0 (derived) or a port <= "
                           f"{65535 - cfg.dist.port_attempts * 64}, leaving room for one candidate range per replica")
-    if m.path and not (Path(m.path) / "config.json").is_file():
-        raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json)")
+    if m.path and gguf.find_gguf(m.path) is None and not (Path(m.path) / "config.json").is_file():
+        raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json) or a GGUF file")
     if cfg.peft.method == "lora":
         sglang_lora.check_targets(cfg.peft.target_list())
     if ctx is not None:
