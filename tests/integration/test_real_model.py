@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import REPO, env, excerpt, torchrun, train
 from real_model import SHA256, chat, chat_prompts, referee_check
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
 ROWS = [("The film was wonderful.", 0), ("A dull, boring mess.", 1), ("I loved every minute.", 0),
@@ -52,15 +53,15 @@ def test_gguf_in_under_torchrun_converts_once_and_records_the_file(real_run, rea
     assert summary["type"] == "summary" and summary["final_eval_accuracy"] >= 0.5, summary
 
 
-def test_resume_at_another_world_size_then_export_has_the_trained_logits(real_run, tmp_path):
+def test_resume_at_another_world_size_then_export_has_the_trained_logits(real_run, real_gguf, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache, data, out, _ = real_run
     environ = {"MEZO_ELASTIC_CACHE": str(cache)}
     model = str(cache / "gguf" / SHA256)
-    res = train(out, f"--model.path={model}", f"--data.path={data}", f"--data.eval_path={data}", "--train.steps=3",
-                *RUN, environ=environ)  # the converted directory by name: the same sha256, so the same run
-    assert "resumed at step 2" in res.stderr, excerpt(res.stderr)
+    res = train(out, f"--model.path={real_gguf}", f"--data.path={data}", f"--data.eval_path={data}",
+                "--train.steps=3", *RUN, environ=environ)
+    assert "resumed at step 2" in res.stderr and "converting" not in res.stderr, excerpt(res.stderr)  # cached
     assert len((out / "steps.jsonl").read_text().splitlines()) == 3
     exported = tmp_path / "exported"
     res = subprocess.run([sys.executable, "-m", "mezo_elastic.export", "--run", str(out), "--out", str(exported)],
@@ -70,9 +71,10 @@ def test_resume_at_another_world_size_then_export_has_the_trained_logits(real_ru
     ids = torch.tensor([tok.encode(chat("Review: A delightful surprise. Sentiment?"))])
     with torch.no_grad():
         logits = {name: AutoModelForCausalLM.from_pretrained(path).eval()(input_ids=ids).logits
-                  for name, path in (("export", exported), ("final", out / "final"), ("base", model))}
+                  for name, path in (("export", exported), ("final", out / "final"))}
     assert torch.equal(logits["export"], logits["final"])  # the replayed log rebuilds the trained weights exactly
-    assert not torch.equal(logits["export"], logits["base"])  # and training moved them
+    base, trained = load_file(f"{model}/model.safetensors"), load_file(f"{exported}/model.safetensors")
+    assert not torch.equal(base["model.norm.weight"], trained["model.norm.weight"])  # and training moved them
 
 
 def test_missing_gguf_packages_and_ambiguous_directory_are_one_line_per_rank(tmp_path, real_gguf):
@@ -100,7 +102,7 @@ def test_missing_gguf_packages_and_ambiguous_directory_are_one_line_per_rank(tmp
 def test_batched_greedy_generation_matches_an_unpadded_referee_on_cpu(real_run):
     """The check the GPU test makes at 64 prompts x 32 tokens in bf16 (defect 1 of issue 24), here in fp32 on a
     few prompts: every completion of the batched, left-padded hf runner is the referee's greedy one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from mezo_elastic.config import Config, ModelConfig
     from mezo_elastic.runners.base import GenerateRequest, GenerationSettings
@@ -110,12 +112,13 @@ def test_batched_greedy_generation_matches_an_unpadded_referee_on_cpu(real_run):
     model = str(cache / "gguf" / SHA256)
     tok = AutoTokenizer.from_pretrained(model)
     runner = HFRunner(Config(model=ModelConfig(path=model, dtype="float32")), torch.device("cpu"), model)
-    prompts = [tok.encode(p) for p in chat_prompts(6)]
-    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    by_length = {len(ids): ids for ids in (tok.encode(p) for p in chat_prompts(64))}
+    lengths = sorted(by_length)
+    prompts = [by_length[lengths[i * (len(lengths) - 1) // 3]] for i in range(4)]  # 4 lengths: real left padding
     eos = {tok.convert_tokens_to_ids("<|im_end|>")}
     out = runner.generate([GenerateRequest(tuple(p), seed=i) for i, p in enumerate(prompts)],
                           GenerationSettings(max_new_tokens=8, temperature=0.0, eos_ids=tuple(eos)))
-    referee = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    report = referee_check(referee, prompts, out, 8, eos)
+    # The referee: the same fp32 weights, one request at a time, unpadded (no second copy of the model).
+    report = referee_check(runner.model, prompts, out, 8, eos)
     print(report.line("hf runner, fp32, CPU"))
     assert report.agree == len(prompts), report.line("hf runner, fp32, CPU")
