@@ -78,7 +78,7 @@ def test_lr_default_is_safe_on_a_user_model_and_the_builtin_keeps_its_own(tmp_pa
     model's 1e-3 when model.path is empty (BUILTIN_PRESET); a file or flag wins over either."""
     from mezo_elastic.config.schema import BUILTIN_PRESET
 
-    assert Config().mezo.lr == 1e-6 and BUILTIN_PRESET == {"mezo": {"lr": 1e-3}}
+    assert Config().mezo.lr == 1e-6 and BUILTIN_PRESET["mezo"] == {"lr": 1e-3}
     assert parse_args([]).mezo.lr == 1e-3
     assert parse_args(["--model.path=/models/smol.gguf"]).mezo.lr == 1e-6
     assert parse_args(["--mezo.lr=2e-5"]).mezo.lr == 2e-5

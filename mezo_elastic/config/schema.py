@@ -376,8 +376,10 @@ SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist", 
 
 # The built-in tiny model's own values, used when model.path is empty: the defaults above are chosen for a
 # user's pretrained model, on which they are safe; a 0.1M-parameter model trained from a random init needs a
-# far larger step to learn in a default run's 600 steps. A config file and flags still win over these.
-BUILTIN_PRESET: dict[str, dict[str, Any]] = {"mezo": {"lr": 1e-3}}
+# far larger step to learn in a default run's 600 steps, and its context is 64 positions (its examples are
+# about 10 tokens; SGLang refuses a context_length, data.max_length + 1, above the model's). A config file and
+# flags still win over these.
+BUILTIN_PRESET: dict[str, dict[str, Any]] = {"mezo": {"lr": 1e-3}, "data": {"max_length": 63}}
 
 
 def _check_finite(cfg: Config) -> None:

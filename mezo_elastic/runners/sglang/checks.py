@@ -72,6 +72,30 @@ def check_architecture(model_path: str | Path) -> str:
     return archs[0]
 
 
+CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings")
+
+
+def check_context_length(model_path: str | Path, max_length: int) -> None:
+    """SGLang refuses a context (data.max_length + 1) longer than the model's own with a traceback; say it in
+    one line first. The model's length as SGLang derives it (the first of CONTEXT_KEYS, times a rope
+    scaling factor where one applies).
+
+    Raises:
+        ConfigError: data.max_length does not fit; names the largest that does.
+    """
+    config = Path(model_path) / "config.json"
+    values = json.loads(config.read_text())
+    key = next((k for k in CONTEXT_KEYS if values.get(k) is not None), None)
+    if key is None:
+        return
+    limit, rope = int(values[key]), values.get("rope_scaling") or {}
+    if rope.get("factor") and "original_max_position_embeddings" not in rope and rope.get("rope_type") != "llama3":
+        limit = int(limit * rope["factor"])
+    if max_length + 1 > limit:
+        raise ConfigError(f"data.max_length={max_length} needs a context of {max_length + 1} tokens, but {config} "
+                          f"allows {limit} ({key}); use --data.max_length={limit - 1} or less")
+
+
 def layout(ctx: RankContext, tp_size: int) -> tuple[int, int, int, int]:
     """(tp_rank, tp_size, dp_rank, dp_size) of this rank; TP ranks are consecutive and on one node.
 

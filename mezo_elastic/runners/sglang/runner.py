@@ -38,6 +38,7 @@ from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
     DTYPES,
     SUPPORTED_ARCHS,
     check_architecture,
+    check_context_length,
     layout,
     validate_mezo_config,
 )
@@ -192,6 +193,7 @@ class SGLangRunner:
         if not (self.model_path / "config.json").is_file():
             raise BackendError(f"model path {model_path!r} is not an HF model directory (no config.json)")
         check_architecture(self.model_path)
+        check_context_length(self.model_path, cfg.data.max_length)
         self.tp_rank, self.tp_size, _, _ = layout(ctx, cfg.model.tp_size)
         torch.cuda.set_device(device)
         self._keep: list = []
