@@ -24,25 +24,42 @@ import torch
 
 from mezo_elastic.config import from_dict
 from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
+from mezo_elastic.runners import gguf
 from mezo_elastic.runners.hf.runner import HFRunner
 from mezo_elastic.state import checkpoint
 from mezo_elastic.zo.optimizer import MezoOptimizer, use_master_weights
 
 
-def model_path_of(run_dir: Path, stored: str) -> str:
+def model_path_of(run_dir: Path, stored: str, source: dict | None = None) -> str:
     """The run's base model: run.json keeps it relative to the run directory when it lies inside it
     (the built-in model), else absolute. Runs written before that kept the launch directory's relative
-    path: it is tried as given last.
+    path: it is tried as given last. A run from a GGUF file (`source`: its path and sha256) loads the
+    converted directory, converted again from the file where this machine has none.
 
     Raises:
-        CheckpointError: no candidate is an HF model directory.
+        CheckpointError: no candidate is an HF model directory; the GGUF file is gone or changed.
     """
+    if source:
+        return gguf_base(run_dir, source)
     tried = [Path(stored)] if Path(stored).is_absolute() else [run_dir / stored, Path(stored)]
     for p in tried:
         if (p / "config.json").is_file():
             return str(p)
     raise CheckpointError(f"{run_dir}/run.json: base model {stored!r} not found (looked at "
                           f"{', '.join(str(p) for p in tried)}); copy the model there or fix model_path in run.json")
+
+
+def gguf_base(run_dir: Path, source: dict) -> str:
+    """The HF directory converted from the run's GGUF file, whose sha256 must be the one run.json recorded."""
+    path = Path(source["path"])
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}/run.json: base model {str(path)!r} (a GGUF file, sha256 "
+                              f"{source['sha256'][:12]}...) not found; copy it there or fix gguf.path in run.json")
+    hf, sha = gguf.hf_dir_for(path)
+    if sha != source["sha256"]:
+        raise CheckpointError(f"{run_dir}/run.json: {path} has sha256 {sha[:12]}..., but the run trained from "
+                              f"{source['sha256'][:12]}...: not the same model file")
+    return str(hf)
 
 
 def _check_gaps(run_dir: Path, gaps: list[tuple[int, int]], base: int, step: int) -> None:
@@ -83,7 +100,7 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
     if step > last and base != step:
         raise CheckpointError(f"--step {step}: the step log of {run_dir} reaches step {last} only")
     _check_gaps(run_dir, log.gaps, base, step)
-    runner = HFRunner(cfg, torch.device("cpu"), model_path_of(run_dir, info["model_path"]))
+    runner = HFRunner(cfg, torch.device("cpu"), model_path_of(run_dir, info["model_path"], info.get("gguf")))
     master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
     opt = MezoOptimizer(runner.segments(), cfg.mezo, master)
     if ck:

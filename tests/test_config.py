@@ -71,3 +71,20 @@ def test_every_float_must_be_finite_from_flags_and_files(tmp_path):
     f.write_text("[mezo]\nlr = nan\n")
     with pytest.raises(ConfigError, match="mezo.lr=nan"):
         parse_args(["--config", str(f)])
+
+
+def test_lr_default_is_safe_on_a_user_model_and_the_builtin_keeps_its_own(tmp_path):
+    """mezo.lr: 1e-6 for any model.path (a pretrained model; 1e-3 wrecks one, issue 24), the built-in
+    model's 1e-3 when model.path is empty (BUILTIN_PRESET); a file or flag wins over either."""
+    from mezo_elastic.config.schema import BUILTIN_PRESET
+
+    assert Config().mezo.lr == 1e-6 and BUILTIN_PRESET["mezo"] == {"lr": 1e-3}
+    assert parse_args([]).mezo.lr == 1e-3
+    assert parse_args(["--model.path=/models/smol.gguf"]).mezo.lr == 1e-6
+    assert parse_args(["--mezo.lr=2e-5"]).mezo.lr == 2e-5
+    assert parse_args(["--model.path=/m", "--mezo.eps=1e-2"]).mezo.lr == 1e-6
+    t = tmp_path / "c.toml"
+    t.write_text('[model]\npath = "/models/smol"\n')
+    assert parse_args(["--config", str(t)]).mezo.lr == 1e-6
+    t.write_text('[mezo]\neps = 0.01\n')  # the built-in model with a file of its own: the preset still fills lr
+    assert (parse_args(["--config", str(t)]).mezo.lr, parse_args(["--config", str(t)]).mezo.eps) == (1e-3, 0.01)

@@ -105,3 +105,32 @@ def test_doctor_master_port_held_fix_is_quoted():
     (problem,) = sec.problems
     assert_quoted(problem.message)
     assert_quoted(problem.fix.split(", or stop")[0])
+
+
+def test_gguf_and_architecture_messages_are_quoted(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from mezo_elastic.config import Config
+    from mezo_elastic.export import gguf_base
+    from mezo_elastic.runners import gguf
+    from mezo_elastic.runners.sglang.checks import check_architecture, check_context_length
+    from mezo_elastic.training.resume import check_run_json
+
+    two = tmp_path / "smol"
+    two.mkdir()
+    (two / "a.gguf").write_bytes(b"GGUF")
+    (two / "b.gguf").write_bytes(b"GGUF")
+    assert_quoted(_error(gguf.find_gguf, two).replace(str(tmp_path), "/models"))
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed: find_spec answers None
+    assert_quoted(_error(gguf.require_packages, "/models/model.Q4_K_M.gguf"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert_quoted(_error(check_architecture, tmp_path).replace(str(tmp_path), "/scratch/model"))
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
+    assert_quoted(_error(check_context_length, tmp_path, 128).replace(str(tmp_path), "/scratch/run/builtin/tiny-model"))
+    sha = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert_quoted(_error(gguf_base, "runs/smol", {"path": "/models/gone.gguf", "sha256": sha}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"trajectory": {}, "gguf": {"path": "/m.gguf", "sha256": sha}}))
+    assert_quoted(_error(check_run_json, run, Config(), "/m", True, None).replace(str(run), "/scratch/run"))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mezo_elastic.config import SECTIONS, iter_fields
+from mezo_elastic.config.schema import BUILTIN_PRESET
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE = "python -m mezo_elastic.config.docs"
@@ -24,9 +25,10 @@ INTRO = """# Configuration reference
 
 Every setting has a default in `mezo_elastic/config/schema.py`. Later sources win:
 
-1. the defaults below;
-2. a config file: `--config run.toml` (or `.yaml` / `.yml`), with one table per section;
-3. flags: `--section.key=value` (or `--section.key value`), e.g. `--mezo.lr=1e-4`.
+1. the defaults below, chosen to be safe on a user's pretrained model (`--model.path`);
+2. with `model.path` empty (the built-in tiny model), its own preset: {preset};
+3. a config file: `--config run.toml` (or `.yaml` / `.yml`), with one table per section;
+4. flags: `--section.key=value` (or `--section.key value`), e.g. `--mezo.lr=1e-4`.
 
 Unknown keys, values of the wrong type and values outside what is allowed stop the run
 with a message naming the key. `python -m mezo_elastic.train --help` prints the same list.
@@ -55,7 +57,8 @@ def render() -> str:
     for key, typ, default, hlp in iter_fields():
         section = key.split(".")[0] if "." in key else ""
         by_section.setdefault(section, []).append((key, typ, default, hlp))
-    out = [INTRO.format(cmd=REGENERATE)]
+    preset = ", ".join(f"`{section}.{k} = {toml_value(v)}`" for section, kv in BUILTIN_PRESET.items() for k, v in kv.items())
+    out = [INTRO.format(cmd=REGENERATE, preset=preset)]
     for section in ["", *SECTIONS]:
         rows = by_section.pop(section, [])
         if not rows:

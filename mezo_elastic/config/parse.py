@@ -1,6 +1,7 @@
 """Reading the config tree from a file and `--section.key=value` flags, and the help text made from it.
 
-Sources, later wins: dataclass defaults (config/schema.py) < `--config FILE.toml|.yaml` < flags.
+Sources, later wins: dataclass defaults (config/schema.py) < the built-in model's preset (BUILTIN_PRESET, only
+when model.path is empty) < `--config FILE.toml|.yaml` < flags.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from mezo_elastic.config.schema import SECTIONS, Config
+from mezo_elastic.config.schema import BUILTIN_PRESET, SECTIONS, Config
 from mezo_elastic.errors import ConfigError
 
 
@@ -64,8 +65,22 @@ def _coerce(key: str, raw: Any, typ: Any) -> Any:
     raise ConfigError(f"--{key}: unsupported field type {typ}")
 
 
+def with_builtin_preset(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` over BUILTIN_PRESET when they leave model.path empty (the built-in model), else as given."""
+    model = values.get("model")
+    if isinstance(model, dict) and model.get("path"):
+        return values
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for section, preset in BUILTIN_PRESET.items():
+        if isinstance(merged.setdefault(section, {}), dict):
+            merged[section] = {**preset, **merged[section]}
+    return merged
+
+
 def _apply(values: dict[str, dict[str, Any] | Any]) -> Config:
-    """Build a Config from {section: {key: value}} plus top-level keys, checking every name."""
+    """Build a Config from {section: {key: value}} plus top-level keys, checking every name; the built-in
+    model's preset fills what they leave unset when model.path is empty."""
+    values = with_builtin_preset(values)
     top: dict[str, Any] = {}
     for name, val in values.items():
         if name in SECTIONS:

@@ -201,7 +201,11 @@ def _check_estimator(m: "MezoConfig") -> None:
 
 @dataclass(kw_only=True)
 class MezoConfig:
-    lr: float = opt(1e-3, "learning rate (peak, when a schedule is used)")
+    lr: float = opt(
+        1e-6, "learning rate (peak, when a schedule is used). The default suits a pretrained model (MeZO's own "
+        "are 1e-6 to 1e-7 at eps 1e-3; 1e-3 wrecks one in a few steps, docs/objectives.md); the built-in tiny "
+        "model (model.path empty) gets 1e-3 from BUILTIN_PRESET"
+    )
     eps: float = opt(1e-3, "perturbation scale epsilon of SPSA")
     mode: Literal["dp", "multi_seed"] = opt(
         "dp", "dp: one seed a step, batch split over ranks; multi_seed: each rank its own seed (n-SPSA)"
@@ -400,6 +404,13 @@ class Config:
 
 
 SECTIONS = ("model", "data", "generate", "mezo", "train", "checkpoint", "dist", "peft")
+
+# The built-in tiny model's own values, used when model.path is empty: the defaults above are chosen for a
+# user's pretrained model, on which they are safe; a 0.1M-parameter model trained from a random init needs a
+# far larger step to learn in a default run's 600 steps, and its context is 64 positions (its examples are
+# about 10 tokens; SGLang refuses a context_length, data.max_length + 1, above the model's). A config file and
+# flags still win over these.
+BUILTIN_PRESET: dict[str, dict[str, Any]] = {"mezo": {"lr": 1e-3}, "data": {"max_length": 63}}
 
 
 def _check_finite(cfg: Config) -> None:

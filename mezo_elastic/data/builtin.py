@@ -69,6 +69,9 @@ def _save_model(out: Path, seed: int) -> None:
     hf_logging.disable_progress_bar()
 
     cfg = LlamaConfig(vocab_size=len(VOCAB), pad_token_id=0, bos_token_id=2, eos_token_id=3, **TINY_LLAMA)
+    # A config saved on its own (not through the model) has no `architectures`, and SGLang picks the model
+    # class from it: without it the sglang backend cannot load the built-in model.
+    cfg.architectures = [LlamaForCausalLM.__name__]
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(torch.float32)
     # Not model.save_pretrained: under a process group transformers writes only on global rank 0,
@@ -87,7 +90,22 @@ def ensure_tiny_model(root: Path, seed: int = 0) -> Path:
         _save_tokenizer(tmp)
         _save_model(tmp, seed)
 
-    return _atomic_dir(Path(root) / "tiny-model", build)
+    path = _atomic_dir(Path(root) / "tiny-model", build)
+    _add_architectures(path)
+    return path
+
+
+def _add_architectures(path: Path) -> None:
+    """A built-in model made before config.json carried `architectures` gets it (same bytes on every
+    rank; replaced atomically), so a run directory from then also loads on the sglang backend."""
+    config = path / "config.json"
+    values = json.loads(config.read_text())
+    if values.get("architectures"):
+        return
+    values["architectures"] = ["LlamaForCausalLM"]
+    tmp = config.with_name(f".config.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, config)
 
 
 def _example(rng: random.Random, objective: str) -> dict:

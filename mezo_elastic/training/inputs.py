@@ -17,6 +17,7 @@ from mezo_elastic.data.jsonl import (
     unknown_token_fraction,
 )
 from mezo_elastic.errors import ConfigError
+from mezo_elastic.runners import gguf
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,14 @@ class RunData:
     eval: list[Example]
     model_path: str
     dev: list[Example] = field(default_factory=list)  # data.task: MeZO's held-out dev set (data.eval_dev)
+    gguf: dict | None = None  # model.path named a GGUF file: {"path", "sha256"} (run.json records it)
 
 
 def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
-    """(model path, train path, eval path); the built-in model/task are made on first use."""
+    """(model path, train path, eval path); the built-in model/task are made on first use, a GGUF
+    model.path is the HF directory converted from it (runners/gguf.py)."""
     root = Path(cfg.train.output_dir) / "builtin"
-    model_path = cfg.model.path or str(builtin.ensure_tiny_model(root))
+    model_path = gguf.resolve(cfg.model.path)[0] if cfg.model.path else str(builtin.ensure_tiny_model(root))
     if cfg.data.path:
         if cfg.data.task and not cfg.data.eval_path:  # a DatasetDict directory holds the validation split too
             from mezo_elastic.data.tasks.loading import is_dataset_dict
@@ -68,6 +71,7 @@ def load_run_data(cfg: Config, model_path: str, train_path: str, eval_path: str,
     train = read_split(train_path, tok, cfg)
     evals = read_split(eval_path, tok, cfg, "eval") if eval_path else []  # data.task: data.num_eval, not cut
     data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
+    data.gguf = gguf.resolve(cfg.model.path)[1] if cfg.model.path else None  # cached by then: a hash, no conversion
     if cfg.data.task and cfg.data.eval_dev and evals:
         data.dev = read_split(train_path, tok, cfg, "dev")
     if is_main:

@@ -49,18 +49,25 @@ def trajectory_diff(before: dict, cfg: Config) -> list[str]:
             for k in diff]
 
 
-def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool) -> None:
-    """Refuse a resume with other trajectory settings; a new run's rank 0 writes run.json."""
+def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None) -> None:
+    """Refuse a resume with other trajectory settings or another GGUF file; a new run's rank 0 writes run.json
+    (with `gguf`, the GGUF file's path and sha256 beside the converted directory it loads)."""
     path = out / "run.json"
     if path.exists():
-        diff = trajectory_diff(json.loads(path.read_text()).get("trajectory", {}), cfg)
+        before = json.loads(path.read_text())
+        diff = trajectory_diff(before.get("trajectory", {}), cfg)
+        old_sha, new_sha = (before.get("gguf") or {}).get("sha256"), (gguf or {}).get("sha256")
+        if old_sha and old_sha != new_sha and cfg.checkpoint.resume:
+            diff.append(f"GGUF sha256: {old_sha[:12]}... -> {new_sha[:12] + '...' if new_sha else 'no GGUF'}")
         if diff and cfg.checkpoint.resume:
             raise ConfigError(f"{out} holds a run with other trajectory settings ({'; '.join(diff)}); "
                               f"use another train.output_dir or the same settings")
     elif is_main:
         now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
-        checkpoint.atomic_write_text(path, json.dumps({"model_path": stored_model_path(model_path, out),
-                                                       "trajectory": now, "config": cfg.to_dict()}, indent=1))
+        info = {"model_path": stored_model_path(model_path, out), "trajectory": now, "config": cfg.to_dict()}
+        if gguf:
+            info["gguf"] = gguf
+        checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
 
 
 class ResumePlan:
@@ -96,7 +103,7 @@ class ResumePlan:
 def resume(trainer) -> int:
     """Load the newest valid checkpoint into `trainer`, replay the step log after it; return the next step."""
     out, cfg, ctx, comm = trainer.out, trainer.cfg, trainer.ctx, trainer.comm
-    check_run_json(out, cfg, trainer.data.model_path, ctx.is_main)
+    check_run_json(out, cfg, trainer.data.model_path, ctx.is_main, trainer.data.gguf)
     if not cfg.checkpoint.resume:
         return 0
     # One rank decides, so every rank resumes from the same state; an error reaches every rank.

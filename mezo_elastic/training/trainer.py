@@ -58,7 +58,7 @@ class Trainer:
         # Bad paths fail here on every rank, before anything is written (one line each, no traceback).
         checkpoint.check_output_dir(self.out)
         if cfg.model.path:
-            check_model_dir(cfg.model.path)
+            check_model_dir(cfg.model.path, gguf_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
         try:

@@ -12,7 +12,7 @@ from helpers import train
 from mezo_elastic.data import builtin
 
 pytestmark = pytest.mark.integration
-STEPS = ["--train.steps=4", "--train.batch_size=8", "--train.eval_every=2", "--train.progress=false",
+STEPS = ["--mezo.lr=1e-3", "--train.steps=4", "--train.batch_size=8", "--train.eval_every=2", "--train.progress=false",
          "--checkpoint.every=0", "--train.save_final=false"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
@@ -13,6 +14,7 @@ import torch
 
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
+from mezo_elastic.runners import gguf
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.hf.lora import LoraAdapter
 from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
@@ -22,12 +24,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 
 
-def check_model_dir(model_path: str) -> None:
-    """An HF model directory's config.json must exist and parse (both backends read it).
+def check_model_dir(model_path: str, gguf_ok: bool = False) -> None:
+    """An HF model directory's config.json must exist and parse (both backends read it); with `gguf_ok`, a
+    GGUF file (or a directory holding one) passes too when the packages that read it are installed.
 
     Raises:
         BackendError: one line naming the file and what is wrong (instead of transformers' traceback).
     """
+    if gguf_ok and (found := gguf.find_gguf(model_path)) is not None:
+        return gguf.require_packages(found)
     config = Path(model_path) / "config.json"
     if not config.is_file():
         raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")
@@ -35,6 +40,20 @@ def check_model_dir(model_path: str) -> None:
         json.loads(config.read_text())
     except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BackendError(f"model.path={model_path!r}: {config} is not valid JSON ({e})") from None
+
+
+def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:
+    """Where the runner's forwards may run SDPA. CUDA: flash (unmasked batches) or math (masked ones), never
+    the memory-efficient kernel: with an attention mask (every left-padded batch) in bf16 it gave wrong
+    outputs for some rows (issue 24: 64 chat prompts x 32 greedy tokens on an H200 agreed with an unpadded fp32
+    referee on 32/64, half of the first divergences 13 logits below the referee's best, where bf16 ties are
+    0 to 0.25 apart); pytorch/pytorch#191937 reports that kernel wrong on bf16 + attn_mask while math is right
+    on the same tensors. Math also gives fully masked pad rows zeros. CPU: unchanged."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
 class HFRunner:
@@ -104,10 +123,11 @@ class HFRunner:
         comp = torch.tensor([len(r.completion_ids) for r in requests])
         ids, mask = self._pad(seqs, left=True)
         width, keep = ids.shape[1], int(comp.max()) + 1
-        logits = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            position_ids=self._positions(mask).to(self.device), logits_to_keep=keep,
-        ).logits.float()
+        with attention_kernels(self.device):
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=self._positions(mask).to(self.device), logits_to_keep=keep,
+            ).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position j predicts token j+1
         targets = ids[:, width - keep + 1:].to(self.device)
         tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().cpu()
@@ -118,6 +138,13 @@ class HFRunner:
     @torch.no_grad()
     def score_choices(self, prompts: Sequence[Sequence[int]],
                       choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+        """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt runs once
+        (see _score_choices)."""
+        with attention_kernels(self.device):
+            return self._score_choices(prompts, choices)
+
+    def _score_choices(self, prompts: Sequence[Sequence[int]],
+                       choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
         """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt runs once.
 
         The prompt's last position gives every candidate's first token; candidates longer than one
@@ -168,8 +195,9 @@ class HFRunner:
         procs = LogitsProcessorList()
         if settings.temperature > 0:
             procs.append(_GumbelNoise(settings.temperature, [r.seed for r in requests], ids.shape[1], self.device))
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  generation_config=gen, logits_processor=procs)
+        with attention_kernels(self.device):
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=gen, logits_processor=procs)
         return [cut_at_eos(row, settings.eos_ids) for row in out[:, ids.shape[1]:].tolist()]
 
     def hf_state_dict(self, master: Sequence[tuple[ParamSegment, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:

@@ -15,7 +15,6 @@ any TP size.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -38,6 +37,8 @@ from mezo_elastic.runners.sglang import teardown, weights
 from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
     DTYPES,
     SUPPORTED_ARCHS,
+    check_architecture,
+    check_context_length,
     layout,
     validate_mezo_config,
 )
@@ -191,10 +192,8 @@ class SGLangRunner:
         self.device, self.cfg, self.model_path = device, cfg, Path(model_path)
         if not (self.model_path / "config.json").is_file():
             raise BackendError(f"model path {model_path!r} is not an HF model directory (no config.json)")
-        arch = (json.loads((self.model_path / "config.json").read_text()).get("architectures") or ["?"])[0]
-        if arch not in SUPPORTED_ARCHS:
-            raise BackendError(f"{model_path}: architecture {arch} is not supported by model.backend=sglang; "
-                               f"supported: {list(SUPPORTED_ARCHS)} (use model.backend=hf)")
+        check_architecture(self.model_path)
+        check_context_length(self.model_path, cfg.data.max_length)
         self.tp_rank, self.tp_size, _, _ = layout(ctx, cfg.model.tp_size)
         torch.cuda.set_device(device)
         self._keep: list = []

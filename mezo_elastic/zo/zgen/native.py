@@ -35,7 +35,8 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1") != "0"
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """This package's cache folder: MEZO_ELASTIC_CACHE, else $XDG_CACHE_HOME/mezo_elastic, else ~/.cache/mezo_elastic."""
     root = os.environ.get("MEZO_ELASTIC_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mezo_elastic")
     return Path(root)
@@ -60,7 +61,7 @@ def _load() -> ctypes.CDLL | None:
         _STATE["why"] = "no C compiler (cc/gcc) on PATH"
         return None
     tag = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"philox-{tag}.so"
+    target = cache_dir() / f"philox-{tag}.so"
     try:
         if not target.exists():
             _compile(cc, target)
