@@ -137,8 +137,9 @@ class StepLog:
         self._f = None
         self.gaps: list[tuple[int, int]] = []
 
-    def read(self) -> list[StepRecord]:
-        """Valid records in order. A bad record ends the log (only the last can be torn)."""
+    def read(self, warn: bool = True) -> list[StepRecord]:
+        """Valid records in order. A bad record ends the log (only the last can be torn); `warn`
+        reports it (off for a read-only look that every rank takes before the run starts)."""
         self.gaps = []
         if not self.path.exists():
             return []
@@ -152,7 +153,8 @@ class StepLog:
                     expect = item[1]
                     continue
                 if not isinstance(item, StepRecord) or (item.step != expect and (out or self.gaps)):
-                    log.warning("%s:%d: torn or out-of-order record; the log ends before it", self.path, lineno)
+                    if warn:
+                        log.warning("%s:%d: torn or out-of-order record; the log ends before it", self.path, lineno)
                     break
                 out.append(item)
                 expect = item.step + 1

@@ -154,7 +154,7 @@ def test_run_directory_exports_anywhere_and_metrics_span_launches(tmp_path):
     run = launch / "run"
     assert json.loads((run / "run.json").read_text())["model_path"] == "builtin/tiny-model"
     res = train(run, *args, "--train.steps=8")  # a second launch (from the repo): resumes at 6
-    assert "resumed at step 6" in res.stderr
+    assert "resumed after 6 steps" in res.stderr
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["type"] == "train"] == [3, 6, 8]  # steps done, as the console says
     s1, s2 = [x for x in lines if x["type"] == "summary"]
@@ -238,12 +238,12 @@ def test_damaged_checkpoint_or_step_log_resume_on_the_same_trajectory(tmp_path, 
         rc, err[d] = _done(p)
         assert rc == 0, err[d][-3000:]
     # item 6: resumed from 10 (+15 replayed), saved 30; keep=2 kept the valid 10, not the corrupt 20
-    assert "resumed at step 25 (checkpoint 10 + 15 replayed steps)" in err[ck]
+    assert "resumed after 25 steps (checkpoint step-10 + 15 replayed steps)" in err[ck]
     _quote(_line(err[ck], " aside to "), tmp_path)
     assert sorted(p.name for p in (ck / "checkpoints").iterdir()) == ["corrupt-step-20", "step-10", "step-30"]
     # item 7: resumed from 20 with the 5 records after the corrupt line; the same weights as undamaged
     _quote(_line(err[log_damaged], "are lost"), tmp_path)
-    assert "resumed at step 25 (checkpoint 20 + 5 replayed steps)" in err[log_damaged]
+    assert "resumed after 25 steps (checkpoint step-20 + 5 replayed steps)" in err[log_damaged]
     log = StepLog(log_damaged / "steps.jsonl")
     assert [r.step for r in log.read()] == [*range(12), *range(20, 30)] and log.gaps == [(12, 20)]
     assert max_abs_diff(final_weights(log_damaged), final_weights(ref)) == 0.0  # the lost records changed nothing
