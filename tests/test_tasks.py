@@ -146,8 +146,11 @@ def test_sampling_is_mezos():
     assert (len(cb_train), len(cb_dev)) == (150, 100) and cb_train + cb_dev == mezo_sample_subset(250, 0, 250)
     assert eval_indices(872, MEZO) == mezo_sample_subset(872, 0, 1000)
     assert eval_indices(5, Protocol(1000, -1, 0, 0)) == [0, 1, 2, 3, 4]
+    # a split too small for MeZO's 500 dev rows: num_dev=-1 scales 1000:500 to it (an explicit one is refused)
+    rte_train, rte_dev = train_dev_indices(400, "RTE", MEZO)
+    assert (len(rte_train), len(rte_dev)) == (267, 133) and rte_train + rte_dev == mezo_sample_subset(400, 0, 400)
     with pytest.raises(DataError, match="data.num_dev=500"):
-        train_dev_indices(400, "RTE", MEZO)
+        train_dev_indices(400, "RTE", Protocol(1000, 500, 1000, 0))
 
 
 def test_protocol_splits_of_a_file(tmp_path):

@@ -84,15 +84,24 @@ class ModelConfig:
             raise ConfigError(f"model.trainable={self.trainable!r} is not a valid regex: {e}") from None
 
 
-def _check_task(data: "DataConfig") -> None:
-    """A MeZO task fixes the objective (classification, or reward for the generation tasks) and needs its files."""
+def task_defaults(task: str) -> dict[str, str]:
+    """The data keys a MeZO task implies: its objective (classification, or reward scored by token F1
+    for the generation tasks). The config reader fills in those the user did not give."""
     from mezo_elastic.data.tasks.templates import TASKS
 
-    need = "reward" if TASKS[data.task].generation else "classification"
+    name = canonical_name(task)
+    if not name:
+        return {}
+    return {"objective": "reward", "reward": "token_f1"} if TASKS[name].generation else {"objective": "classification"}
+
+
+def _check_task(data: "DataConfig") -> None:
+    """A MeZO task fixes the objective (classification, or reward for the generation tasks) and needs its files."""
+    need = task_defaults(data.task)["objective"]
     if data.objective != need:
         why = "generation scored by token F1" if need == "reward" else "scored by its candidates"
         raise ConfigError(f"data.task={data.task} needs data.objective={need} ({why}); got "
-                          f"data.objective={data.objective!r}")
+                          f"data.objective={data.objective!r} (leave data.objective out: the task sets it)")
     if need == "reward" and data.reward != "token_f1":
         raise ConfigError(f"data.task={data.task} is scored by MeZO's token F1: set data.reward=token_f1 "
                           f"(got data.reward={data.reward!r})")

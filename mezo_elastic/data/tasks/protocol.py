@@ -56,12 +56,24 @@ def train_dev_indices(n: int, task: str, p: Protocol) -> tuple[list[int], list[i
     num_train 0 = the whole permuted split before the dev rows are taken off its end.
     """
     dev_n = p.dev_size(task)
+    if p.num_dev < 0 and n - dev_n < dev_n:  # MeZO's dev size would leave fewer rows to train on than to hold out
+        dev_n = scaled_dev_size(n, dev_n, p.num_train)
+        log.info("data.task=%s: the training split has %d rows, too few for MeZO's %d dev rows beside the training "
+                 "ones; holding out %d as dev (data.num_dev=-1 scales MeZO's train:dev ratio to a small split; set "
+                 "data.num_dev to choose)", task, n, p.dev_size(task), dev_n)
     take = sample_subset(n, p.num_train + dev_n if p.num_train else n, p.seed)
     train, dev = (take[:-dev_n], take[-dev_n:]) if dev_n else (take, [])
     if not train:
         raise DataError(f"data.task={task}: the training split has {n} rows, which data.num_dev={dev_n} "
-                        f"leaves none of for training; lower data.num_dev")
+                        f"leaves none of for training; lower data.num_dev (or -1: scaled to a small split)")
     return train, dev
+
+
+def scaled_dev_size(n: int, dev_n: int, num_train: int) -> int:
+    """Dev rows of a split of n rows too small for MeZO's dev_n: MeZO's num_train:dev_n ratio (1000:500)
+    applied to n (a third of it with num_train 0), at least 1 once there are 2 rows."""
+    share = dev_n / (num_train + dev_n) if num_train else 1 / 3
+    return min(max(int(n * share), 1), n - 1) if n >= 2 else 0
 
 
 def eval_indices(n: int, p: Protocol) -> list[int]:
