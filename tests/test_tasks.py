@@ -183,9 +183,15 @@ def test_task_names_any_case_and_config_checks():
     cfg = parse_args(["--data.task=multirc", "--data.objective=classification", "--data.path=x"])
     assert (cfg.data.task, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval, cfg.data.sample_seed) == (
         "MultiRC", 1000, -1, 1000, 0)
-    for argv, words in ((["--data.task=wsc", "--data.path=x"], ["data.task=WSC", "data.objective=classification"]),
-                        (["--data.task=DROP", "--data.path=x"], ["data.task=DROP", "data.objective=reward"]),
-                        (["--data.task=squad", "--data.objective=reward", "--data.path=x"],
+    # a task sets the objective (and the reward) it implies when they are not given (issue 22, item 13)
+    implied = [parse_args(["--data.task=" + t, "--data.path=x"]).data for t in ("wsc", "DROP", "squad")]
+    assert [(d.objective, d.reward) for d in implied] == [("classification", "exact_match"),
+                                                          ("reward", "token_f1"), ("reward", "token_f1")]
+    for argv, words in ((["--data.task=wsc", "--data.objective=lm", "--data.path=x"],
+                         ["data.task=WSC", "data.objective=classification", "leave data.objective out"]),
+                        (["--data.task=DROP", "--data.objective=classification", "--data.path=x"],
+                         ["data.task=DROP", "data.objective=reward"]),
+                        (["--data.task=squad", "--data.reward=exact_match", "--data.path=x"],
                          ["data.task=SQuAD", "data.reward=token_f1", "'exact_match'"]),
                         (["--data.task=sst-2"], ["'sst-2'", "SST2"])):
         with pytest.raises(ConfigError) as e:
