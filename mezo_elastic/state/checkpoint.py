@@ -14,6 +14,7 @@ a gap record {"crc", "gap"}: readers accept the jump it declares, and export ref
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -84,7 +85,11 @@ def check_output_dir(path: Path) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
-        raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {probe}: {e.strerror or e}") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {probe}: {e.strerror or e}") from None
+        # e.g. /proc: writable by its mode bits, yet creating a file there fails with ENOENT
+        raise ConfigError(f"train.output_dir={str(path)!r} cannot be made: {probe} does not take new files "
+                          f"(creating one fails: {e.strerror or e}); give a directory on a real file system") from None
 
 
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, int] | None:

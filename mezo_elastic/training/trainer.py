@@ -25,7 +25,7 @@ from mezo_elastic.state import checkpoint
 from mezo_elastic.state import lock as run_lock
 from mezo_elastic.training import evaluation
 from mezo_elastic.training import resume as resuming
-from mezo_elastic.training import rundir
+from mezo_elastic.state import rundir
 from mezo_elastic.training.inputs import load_inputs, stored_model_path
 from mezo_elastic.training.metrics import MetricsWriter, Progress
 from mezo_elastic.training.signals import StopRequested, StopSignals
