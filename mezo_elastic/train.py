@@ -19,6 +19,7 @@ import time
 
 # Nothing heavy at import time: a Ctrl-C while torch loads must reach cli() as one line, not a traceback.
 log = logging.getLogger("mezo_elastic")
+_INTERRUPTED: list[int] = []  # SIGINTs seen before the step loop installs its own handler
 ERROR_GRACE_S = 1.0  # not a setting: how long a failed rank waits so that its peers' reports are not cut off
 
 
@@ -97,11 +98,15 @@ def _main(argv: list[str] | None) -> int:
         log.warning("%s", e)
         return 128 + e.signum
     except MezoError as e:
+        if _INTERRUPTED:
+            raise KeyboardInterrupt from None
         _report(f"mezo_elastic: error (rank {ctx.rank}): {e}")
         if ctx.world_size > 1:  # torchrun ends the peers once one rank exits: let them print the same line
             time.sleep(ERROR_GRACE_S)
         return 1
     except Exception as e:
+        if _INTERRUPTED:  # a library turned the KeyboardInterrupt into its own error (transformers' lazy imports)
+            raise KeyboardInterrupt from None
         if ctx.world_size > 1:
             _exit_without_teardown(e)
         raise
@@ -120,6 +125,14 @@ def cli() -> None:
     closed its files and destroyed the group (distributed.exit_process says why). Ctrl-C before the
     step loop takes over SIGINT (imports, model loading, data) is one line and exit code 130.
     """
+    import signal
+
+    def interrupted(signum, frame):
+        _INTERRUPTED.append(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
+        signal.signal(signal.SIGINT, interrupted)
     try:
         code = main()
     except KeyboardInterrupt:  # main()'s finally has torn down; a half-imported torch must not be touched
