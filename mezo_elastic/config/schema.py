@@ -119,14 +119,16 @@ class DataConfig:
                          "built-in task, or none for user data")
     objective: Literal["lm", "classification", "reward"] = opt(
         "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods; "
-        "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward)"
+        "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward). A data.task "
+        "sets the one it needs when this is not given"
     )
     reward: str = opt(
         "exact_match", "objective reward: exact_match, token_f1, numeric, countdown, or MODULE:FUNCTION, a callable "
         "(completion: str, example: dict) -> float imported by name (runs your code: your explicit choice)"
     )
     seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
-    max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
+    max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left (to the "
+                          "model's positions, with a warning, where the model has fewer)")
     eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation (not with "
                              "data.task: data.num_eval)")
     micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
@@ -146,7 +148,7 @@ class DataConfig:
     num_train: int = opt(1000, "data.task: training examples sampled from data.path (MeZO's protocol; 0 = all)")
     num_dev: int = opt(
         -1, "data.task: examples of that sample held out as MeZO's dev set, never trained on; -1 = MeZO's "
-        "(500; 100 for CB and Copa)"
+        "(500; 100 for CB and Copa), scaled to MeZO's train:dev ratio on a split too small for it (logged)"
     )
     num_eval: int = opt(1000, "data.task: eval examples sampled from data.eval_path (0 = all, in file order)")
     sample_seed: int = opt(0, "data.task: MeZO's train_set_seed, the seed of the permutations that pick train/dev/eval")
@@ -253,7 +255,8 @@ class GenerateConfig:
         0.0, "0 = greedy; > 0 samples with Gumbel noise keyed by (seed, step, example, position), the same at "
         "+eps and -eps, so a step is reproducible"
     )
-    stop: list = opt([], "stop strings: a completion is cut before the first one (TOML list, or --generate.stop='[\"\\n\"]')")
+    stop: list = opt([], "stop strings: a completion is cut before the first one (TOML list, or "
+                     "--generate.stop='[\"\\n\"]'; one string on the command line reads escapes: --generate.stop='\\n')")
     eos: bool = opt(True, "stop a completion at the tokenizer's end-of-sequence token")
 
     def __post_init__(self) -> None:
@@ -298,7 +301,10 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = opt(200, "full checkpoint every this many steps (0 = none; the step log still allows resume)")
     keep: int = opt(2, "keep the newest this many checkpoints")
-    resume: bool = opt(True, "resume automatically from output_dir (newest valid checkpoint + step log)")
+    resume: bool = opt(
+        True, "resume automatically from output_dir (newest valid checkpoint + step log); false = this must be a "
+        "new run: a directory holding a run is refused, never started over or mixed (docs/elastic.md)"
+    )
     lock_stale_s: float = opt(
         300.0, "one job per output_dir: rank 0 holds output_dir/.lock and refreshes it every lock_stale_s / 10 s; "
         "a lock from another host counts as stale (its job dead) once that refresh is older than this (keep it "

@@ -58,7 +58,7 @@ def load_inputs(cfg: Config, is_main: bool) -> tuple[object, RunData, BuiltinSta
         model_now, model_final = (cfg.model.path, cfg.model.path) if cfg.model.path else stage.model()
         train_path, eval_path = _data_paths(cfg, stage)
         if cfg.peft.method == "lora":
-            check_lora_targets(cfg, model_now)
+            check_lora_targets(cfg, model_now, model_final)
         reading = _Reading(cfg, load_tokenizer(model_now, cfg.model.trust_remote_code), stage,
                            positions=model_positions(model_now))
         if cfg.data.objective == "reward":
@@ -151,8 +151,9 @@ def model_positions(model_path: str) -> int | None:
     return None
 
 
-def check_lora_targets(cfg: Config, model_path: str) -> None:
-    """peft.targets must name modules of the model (checked on an empty meta-device copy, no weights read).
+def check_lora_targets(cfg: Config, model_path: str, shown: str = "") -> None:
+    """peft.targets must name modules of the model (checked on an empty meta-device copy, no weights read);
+    `shown` is the model's path in the message (the built-in model's once committed).
 
     Raises:
         ConfigError: a target matches nothing; the message lists the model's module names.
@@ -164,7 +165,7 @@ def check_lora_targets(cfg: Config, model_path: str) -> None:
     except ValueError:
         names = target_candidates(model_path, cfg.model.trust_remote_code)
         raise ConfigError(f"peft.targets={cfg.peft.targets!r}: not all of {cfg.peft.target_list()} are modules of "
-                          f"{model_path}; its linear modules: {','.join(names)}") from None
+                          f"{shown or model_path}; its linear modules: {','.join(names)}") from None
 
 
 def _warn_cut_rows(r: _Reading, model: str) -> None:

@@ -60,19 +60,17 @@ class Trainer:
             check_model_dir(cfg.model.path)
         rundir.agree(ctx, comm, rundir.refusal, cfg)  # someone else's files, or resume=false on a run
         tok, self.data, stage = load_inputs(cfg, ctx.is_main)
+        self.lock = None
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
-        except BaseException:
-            stage.discard()
-            raise
-        try:
             rundir.agree(ctx, comm, rundir.past_target, cfg)  # after the lock: a live job's directory is "in use"
             stage.commit()
             self._build(ctx, cfg, comm, tok)
         except BaseException:
             stage.discard()
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
             raise
 
     def _build(self, ctx: RankContext, cfg: Config, comm: DataParallel, tok) -> None:
@@ -192,10 +190,8 @@ class Trainer:
     def _finish(self, start: int, first_eval: dict, last: dict, meter: "_Meter") -> dict[str, float]:
         """Final eval, clean weights, the final save and the summary line."""
         cfg = self.cfg
-        if first_eval and start == cfg.train.steps:  # train.steps=0: the weights the first eval scored
-            final = first_eval
-        else:
-            final = self.evaluate(cfg.train.steps) if self.data.eval else last
+        final = (first_eval if first_eval and start == cfg.train.steps  # train.steps=0: the first eval's weights
+                 else self.evaluate(cfg.train.steps) if self.data.eval else last)
         self.opt.clean()
         if cfg.train.save_final:
             self._check_finite_weights()
