@@ -22,9 +22,10 @@ from mezo_elastic.errors import ConfigError
 from mezo_elastic.state import checkpoint
 
 RUN_MARKER = "run.json"
-# What a launch that stopped before its first step may leave: the lock (and a stale one set aside) and
-# the built-in model and task (copied in once every check passed, just before run.json is written).
-_NOT_STARTED = (".lock", "builtin")
+# What a launch that stopped before its first step may leave: the lock (and a stale one set aside), the
+# built-in model and task (copied in once every check passed) and TensorBoard's folder (made with the
+# metrics writer), all before run.json is written.
+_NOT_STARTED = (".lock", "builtin", "tb")
 
 
 def steps_done(out: Path) -> int:
