@@ -204,13 +204,14 @@ def test_one_job_per_output_directory(tmp_path, tiny_inputs):
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert (out / ".lock").exists()
-    relaunch = train(out, *tiny_inputs, *FAST, "--train.steps=1")
+    done = len(StepLog(out / "steps.jsonl").read()) + 1  # a relaunch to fewer steps than done is refused
+    relaunch = train(out, *tiny_inputs, *FAST, f"--train.steps={done}")
     _quote(_line(relaunch.stderr, "taking over the lock"), tmp_path)
     assert f"pid {first.pid} on this host is gone" in relaunch.stderr and not (out / ".lock").exists()
     # another host's lock is taken over once its heartbeat is stale (fresh: refused, tests/test_run_lock.py)
     lock = dict(holder, host="node-elsewhere", pid=4242, run_id="slurm-99.0", heartbeat=time.time() - 30)
     (out / ".lock").write_text(json.dumps(lock))
-    stale = train(out, *tiny_inputs, *FAST, "--train.steps=1", "--checkpoint.lock_stale_s=10")
+    stale = train(out, *tiny_inputs, *FAST, f"--train.steps={done}", "--checkpoint.lock_stale_s=10")
     _quote(_line(stale.stderr, "taking over the lock"), tmp_path)
 
 
