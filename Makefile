@@ -16,9 +16,14 @@ PYTEST_ARGS ?=
 
 .PHONY: install run run-reward test test-unit docs bench gpu-suite
 
+# pip's own output shows (a fresh install downloads about 1 GB over a few minutes); when pip refuses, one
+# line says why it most likely did (Debian/Ubuntu's system Python is "externally managed": use a venv).
+PIP_HINT = { echo "make install: pip failed (above). On Debian/Ubuntu's system Python (error: externally-managed-environment) make a virtual environment first: python3 -m venv .venv && . .venv/bin/activate, then run make again"; exit 1; }
+
 install:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev]"
+	@echo "make install: pip installs torch (CPU) and this package with its dev extras; the first time takes a few minutes"
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" || $(PIP_HINT)
+	@$(PIP) install -e ".[dev]" || $(PIP_HINT)
 
 run: install
 	OMP_NUM_THREADS=1 $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(NPROC) -m mezo_elastic.train $(RUN_ARGS)

@@ -48,7 +48,7 @@ from mezo_elastic.data import builtin  # noqa: E402
 from mezo_elastic.data.jsonl import BatchSchedule  # noqa: E402
 from mezo_elastic.objectives import make_objective  # noqa: E402
 from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
-from mezo_elastic.training.inputs import load_run_data  # noqa: E402
+from mezo_elastic.training.inputs import load_inputs  # noqa: E402
 
 OBJECTIVE = {"cls": "classification", "reward": "reward"}
 METRIC = {"cls": "accuracy", "reward": "reward"}
@@ -91,7 +91,8 @@ def run_reference(args, task: str, seed: int, lr: float, paths: dict) -> dict:
     cfg = from_dict(task_config(args, task, seed, lr, paths))
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     runner = HFRunner(cfg, device, paths["model"])
-    tok, data = load_run_data(cfg, paths["model"], paths[f"{task}_train"], paths[f"{task}_eval"], True)
+    tok, data, stage = load_inputs(cfg, True)  # model.path is set: nothing is staged
+    stage.discard()
     objective = make_objective(cfg, runner, tok)
     ref = TaskReference(runner, objective, args.eps, lr)
     sched = BatchSchedule(len(data.train), args.batch_size, cfg.data.seed)

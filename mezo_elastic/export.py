@@ -6,6 +6,9 @@
 A LoRA run exports its adapter (a peft adapter directory for the base model); with --merge, the base
 model with the adapter merged in, HF-loadable without peft.
 
+--out is never a directory export did not write: a new or empty directory, or a previous export (it
+holds export.json, the list of what export wrote), which is replaced whole; anything else is refused.
+
 A run is fully described by (base model, step log): the nearest checkpoint at or before the step
 (or the base model itself) plus one replayed sweep per logged step gives the weights at that step.
 So a whole run can be shipped as the base model plus steps.jsonl (about 150 bytes a step).
@@ -29,6 +32,8 @@ from mezo_elastic.runners.hf.runner import HFRunner
 from mezo_elastic.state import checkpoint
 from mezo_elastic.zo.optimizer import MezoOptimizer, use_master_weights
 
+EXPORT_MARKER = "export.json"  # in every export: what it is and the files export wrote (the only ones it replaces)
+
 
 def model_path_of(run_dir: Path, stored: str, source: dict | None = None) -> str:
     """The run's base model: run.json keeps it relative to the run directory when it lies inside it
@@ -44,7 +49,7 @@ def model_path_of(run_dir: Path, stored: str, source: dict | None = None) -> str
     tried = [Path(stored)] if Path(stored).is_absolute() else [run_dir / stored, Path(stored)]
     for p in tried:
         if (p / "config.json").is_file():
-            return str(p)
+            return str(p.resolve())  # absolute: a LoRA export's adapter_config.json names it
     raise CheckpointError(f"{run_dir}/run.json: base model {stored!r} not found (looked at "
                           f"{', '.join(str(p) for p in tried)}); copy the model there or fix model_path in run.json")
 
@@ -83,7 +88,10 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
             weights at `step` are not finite (nothing is written then).
         ConfigError: `merge` for a run without an adapter (peft.method=none).
     """
-    run_dir = Path(run_dir)
+    run_dir, out = Path(run_dir), Path(out)
+    if step is not None and step < 0:
+        raise ConfigError(f"--step {step} is not allowed; give the number of steps done, >= 0 (0 = the base model)")
+    check_target(out)
     if not (run_dir / "run.json").is_file():
         raise CheckpointError(f"{run_dir} has no run.json: not a mezo_elastic output directory")
     info = json.loads((run_dir / "run.json").read_text())
@@ -114,19 +122,56 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
     if bad:
         raise CheckpointError(f"--step {step}: tensor {bad[0]!r} has {bad[1]} non-finite values (the run diverged "
                               f"by then); nothing written. Export an earlier step")
-    _write_dir(Path(out), runner.save_merged if merge else runner.save_pretrained)
+    _write_dir(out, runner.save_merged if merge else runner.save_pretrained,
+               {"run": str(run_dir.resolve()), "step": step, "merge": merge})
     return step
 
 
-def _write_dir(out: Path, write) -> None:
-    """Write a model directory into a temp sibling, then rename it to `out` (replacing an old one)."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+
+def check_target(out: Path) -> None:
+    """--out must be a new or empty directory, or a previous export holding only what export wrote.
+
+    Raises:
+        ConfigError: naming the directory (and the files export did not write); nothing is touched.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory for the exported model")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    marker = out / EXPORT_MARKER
+    if not marker.is_file():
+        raise ConfigError(f"--out {out} is not empty and is not a previous export (no {EXPORT_MARKER}); export never "
+                          f"deletes what it did not write: give a new or empty directory")
+    try:
+        written = set(json.loads(marker.read_text())["files"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"--out {out}: {marker} is not export's (unreadable); give a new or empty directory") from None
+    extra = [f for f in _files(out) if f not in written and f != EXPORT_MARKER]
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise ConfigError(f"--out {out} is a previous export but also holds files export did not write ({shown}); "
+                          f"move them away or give another --out")
+
+
+def _write_dir(out: Path, write, info: dict) -> None:
+    """Write a model directory into a temp sibling with its export.json, then put it in `out`'s place.
+
+    A previous export is renamed aside first and deleted only once the new one is in place, so a crash
+    leaves the old or the new export (and at worst a hidden .NAME.old.PID folder), never neither.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{kind}") for kind in ("tmp", "old"))
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(tmp, out)
+    checkpoint.atomic_write_text(tmp / EXPORT_MARKER, json.dumps({**info, "files": _files(tmp)}, indent=1))
+    if out.is_dir() and any(out.iterdir()):  # a previous export (check_target said so)
+        os.rename(out, old)
+    os.rename(tmp, out)  # onto a missing or empty directory
     checkpoint.fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

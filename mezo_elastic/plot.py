@@ -152,19 +152,26 @@ def _title(run_dir: Path, s: Series) -> str:
     return ", ".join(parts)
 
 
+def png_path(run_dir: Path, out: Path | None) -> Path:
+    """Where the PNG goes: --out as given; a directory gets metrics.png in it, a name without a suffix
+    gets .png (as matplotlib would write it: the printed path is then the file's)."""
+    if out is None or out.is_dir():
+        return (out or run_dir) / "metrics.png"
+    return out if out.suffix else out.with_name(out.name + ".png")
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: read OUTPUT_DIR/metrics.jsonl, write the PNG, print its path."""
     parser = argparse.ArgumentParser(prog="python -m mezo_elastic.plot", description=__doc__.split("\n")[0])
     parser.add_argument("output_dir", type=Path, help="a run's train.output_dir (holds metrics.jsonl)")
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (default: OUTPUT_DIR/metrics.png)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path, or a directory for metrics.png (default: OUTPUT_DIR/metrics.png)")
     parser.add_argument("--smoothing", type=float, default=0.9, help="EMA weight per training step in [0, 1) for the smoothed train loss (0.9)")
     args = parser.parse_args(argv)
     if not 0 <= args.smoothing < 1:
         parser.error(f"--smoothing={args.smoothing} must be in [0, 1)")
     try:
         series = load_metrics(args.output_dir / "metrics.jsonl")
-        out = plot_run(series, args.out or args.output_dir / "metrics.png", _title(args.output_dir, series),
-                       args.smoothing)
+        out = plot_run(series, png_path(args.output_dir, args.out), _title(args.output_dir, series), args.smoothing)
     except MezoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

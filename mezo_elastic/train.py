@@ -17,14 +17,9 @@ import os
 import sys
 import time
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from mezo_elastic.cluster import distributed
-from mezo_elastic.cluster.rank_context import detect
-from mezo_elastic.config import parse_args
-from mezo_elastic.errors import MezoError
-
+# Nothing heavy at import time: a Ctrl-C while torch loads must reach cli() as one line, not a traceback.
 log = logging.getLogger("mezo_elastic")
+_INTERRUPTED: list[int] = []  # SIGINTs seen before the step loop installs its own handler
 ERROR_GRACE_S = 1.0  # not a setting: how long a failed rank waits so that its peers' reports are not cut off
 
 
@@ -33,8 +28,10 @@ def _setup_logging(rank: int) -> None:
     logging.basicConfig(level=level, format=f"[rank{rank}] %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _init(ctx, cfg) -> distributed.DataParallel:
+def _init(ctx, cfg):
     """Bring up devices and groups for the backend: the world group (hf), or DP x TP (sglang)."""
+    from mezo_elastic.cluster import distributed
+
     if cfg.model.backend == "sglang":
         # SGLang needs the default group to be its own TP world: MeZO's DP traffic gets a separate group.
         from mezo_elastic.runners.sglang.dist import init_mezo_distributed
@@ -68,9 +65,20 @@ def _exit_without_teardown(e: Exception) -> None:
     os._exit(1)
 
 
-@record
 def main(argv: list[str] | None = None) -> int:
-    """Parse the config, bring up the rank, train, tear down. Returns the process exit code."""
+    """Parse the config, bring up the rank, train, tear down. Returns the process exit code.
+
+    Runs under torchelastic's @record (imported here, not at module import: see cli())."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_main)(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from mezo_elastic.cluster import distributed
+    from mezo_elastic.cluster.rank_context import detect
+    from mezo_elastic.config import parse_args
+    from mezo_elastic.errors import MezoError
     from mezo_elastic.training.trainer import StopRequested, Trainer
 
     try:
@@ -90,11 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", e)
         return 128 + e.signum
     except MezoError as e:
+        if _INTERRUPTED:
+            raise KeyboardInterrupt from None
         _report(f"mezo_elastic: error (rank {ctx.rank}): {e}")
         if ctx.world_size > 1:  # torchrun ends the peers once one rank exits: let them print the same line
             time.sleep(ERROR_GRACE_S)
         return 1
     except Exception as e:
+        if _INTERRUPTED:  # a library turned the KeyboardInterrupt into its own error (transformers' lazy imports)
+            raise KeyboardInterrupt from None
         if ctx.world_size > 1:
             _exit_without_teardown(e)
         raise
@@ -110,9 +122,26 @@ def cli() -> None:
     """Run main() and exit with its code (`python -m mezo_elastic.train` and `mezo-train`).
 
     A process that was part of a group leaves without interpreter finalization, once main() has
-    closed its files and destroyed the group (distributed.exit_process says why).
+    closed its files and destroyed the group (distributed.exit_process says why). Ctrl-C before the
+    step loop takes over SIGINT (imports, model loading, data) is one line and exit code 130.
     """
-    distributed.exit_process(main())
+    import signal
+
+    def interrupted(signum, frame):
+        _INTERRUPTED.append(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
+        signal.signal(signal.SIGINT, interrupted)
+    try:
+        code = main()
+    except KeyboardInterrupt:  # main()'s finally has torn down; a half-imported torch must not be touched
+        _report("mezo_elastic: interrupted (SIGINT) during start-up, before the first step; nothing was trained")
+        sys.stdout.flush()
+        os._exit(130)
+    from mezo_elastic.cluster import distributed
+
+    distributed.exit_process(code)
 
 
 if __name__ == "__main__":

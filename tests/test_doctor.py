@@ -184,8 +184,21 @@ def test_doctor_output_dir_under_a_file_is_a_problem(tmp_path):
     blocker.write_text("not a directory")
     r = doctor(f"--train.output_dir={blocker / 'run'}", env=clean_env())
     assert r.returncode == 1
-    assert f"ERROR [output-dir] (this process): train.output_dir='{blocker / 'run'}': {blocker} is not a writable directory" in r.stdout
+    assert f"ERROR [output-dir] (this process): train.output_dir='{blocker / 'run'}' cannot be made: {blocker} is a file" in r.stdout
     assert not (blocker / "run").exists()
     ok = doctor(f"--train.output_dir={tmp_path / 'new' / 'run'}", env=clean_env())
-    assert ok.returncode == 0 and f"will be created under {tmp_path}, writable" in ok.stdout
+    assert ok.returncode == 0 and f"will be created under {tmp_path}, usable" in ok.stdout
     assert not (tmp_path / "new").exists()  # the doctor looks, it does not create
+
+
+def test_doctor_output_dir_says_what_training_would_refuse(tmp_path):
+    """Issue 22, item 8: /proc is writable by its mode bits yet takes no files; someone else's files are refused."""
+    proc = doctor("--train.output_dir=/proc/mezo_run", env=clean_env())
+    assert proc.returncode == 1 and "RESULT: OK" not in proc.stdout
+    assert "train.output_dir='/proc/mezo_run' cannot be made: /proc does not take new files" in proc.stdout
+    mine = tmp_path / "mine"
+    (mine / "final").mkdir(parents=True)
+    (mine / "final" / "notes.txt").write_text("my notes\n")
+    r = doctor(f"--train.output_dir={mine}", env=clean_env())
+    assert r.returncode == 1 and "holds files that are not a mezo_elastic run (final/)" in r.stdout, r.stdout
+    assert sorted(p.name for p in mine.rglob("*")) == ["final", "notes.txt"]

@@ -492,7 +492,8 @@ def test_docs_quote_every_message(user_module, monkeypatch):
 @pytest.mark.integration
 @pytest.mark.parametrize("spec, line", [
     ("my_raising_reward:score", r"mezo_elastic: error \(rank 0\): \S+/task-reward/(train|eval)\.jsonl:\d+: "
-                                r"data\.reward=my_raising_reward:score raised KeyError: 'answer'"),
+                                r"data\.reward=my_raising_reward:score raised KeyError: 'answer' \(every row is "
+                                r"checked before training: data\.reward is called on it with an empty completion\)"),
     ("my_raising_reward:scor", r"mezo_elastic: error \(rank 0\): data\.reward='my_raising_reward:scor': "
                                r"module 'my_raising_reward' has no attribute 'scor'"),
 ])

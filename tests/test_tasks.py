@@ -146,8 +146,11 @@ def test_sampling_is_mezos():
     assert (len(cb_train), len(cb_dev)) == (150, 100) and cb_train + cb_dev == mezo_sample_subset(250, 0, 250)
     assert eval_indices(872, MEZO) == mezo_sample_subset(872, 0, 1000)
     assert eval_indices(5, Protocol(1000, -1, 0, 0)) == [0, 1, 2, 3, 4]
+    # a split too small for MeZO's 500 dev rows: num_dev=-1 scales 1000:500 to it (an explicit one is refused)
+    rte_train, rte_dev = train_dev_indices(400, "RTE", MEZO)
+    assert (len(rte_train), len(rte_dev)) == (267, 133) and rte_train + rte_dev == mezo_sample_subset(400, 0, 400)
     with pytest.raises(DataError, match="data.num_dev=500"):
-        train_dev_indices(400, "RTE", MEZO)
+        train_dev_indices(400, "RTE", Protocol(1000, 500, 1000, 0))
 
 
 def test_protocol_splits_of_a_file(tmp_path):
@@ -180,9 +183,15 @@ def test_task_names_any_case_and_config_checks():
     cfg = parse_args(["--data.task=multirc", "--data.objective=classification", "--data.path=x"])
     assert (cfg.data.task, cfg.data.num_train, cfg.data.num_dev, cfg.data.num_eval, cfg.data.sample_seed) == (
         "MultiRC", 1000, -1, 1000, 0)
-    for argv, words in ((["--data.task=wsc", "--data.path=x"], ["data.task=WSC", "data.objective=classification"]),
-                        (["--data.task=DROP", "--data.path=x"], ["data.task=DROP", "data.objective=reward"]),
-                        (["--data.task=squad", "--data.objective=reward", "--data.path=x"],
+    # a task sets the objective (and the reward) it implies when they are not given (issue 22, item 13)
+    implied = [parse_args(["--data.task=" + t, "--data.path=x"]).data for t in ("wsc", "DROP", "squad")]
+    assert [(d.objective, d.reward) for d in implied] == [("classification", "exact_match"),
+                                                          ("reward", "token_f1"), ("reward", "token_f1")]
+    for argv, words in ((["--data.task=wsc", "--data.objective=lm", "--data.path=x"],
+                         ["data.task=WSC", "data.objective=classification", "leave data.objective out"]),
+                        (["--data.task=DROP", "--data.objective=classification", "--data.path=x"],
+                         ["data.task=DROP", "data.objective=reward"]),
+                        (["--data.task=squad", "--data.reward=exact_match", "--data.path=x"],
                          ["data.task=SQuAD", "data.reward=token_f1", "'exact_match'"]),
                         (["--data.task=sst-2"], ["'sst-2'", "SST2"])):
         with pytest.raises(ConfigError) as e:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from mezo_elastic.config.schema import BUILTIN_PRESET, SECTIONS, Config
+from mezo_elastic.config.schema import BUILTIN_PRESET, SECTIONS, Config, task_defaults
 from mezo_elastic.errors import ConfigError
 
 
@@ -24,28 +25,50 @@ def _field_type(cls: type, name: str) -> Any:
     return hints[name]
 
 
-def _coerce(key: str, raw: Any, typ: Any) -> Any:
-    """Turn a CLI string (or a file's value) into the field's type; a bad value names the key."""
+class _Flag(str):
+    """A value typed on the command line (not read from a file): named `--key=value` in messages, and
+    one string for a list key may carry escapes (--generate.stop='\\n' is a newline)."""
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.?)", re.S)
+
+
+def _unescape(key: str, text: str) -> str:
+    """Backslash escapes of one string typed on the command line: \\n \\t \\r \\\\ \\" \\' \\uXXXX."""
+    def one(m: re.Match) -> str:
+        code = m.group(1)
+        if code.startswith("u") and len(code) == 5:
+            return chr(int(code[1:], 16))
+        if code in _ESCAPES:
+            return _ESCAPES[code]
+        raise ConfigError(f"--{key}={text!r}: unknown escape {m.group(0)!r}; use \\n \\t \\r \\\\ \\\" "
+                          f"\\uXXXX, or a JSON list such as --{key}='[\"\\n\"]'")
+
+    return _ESCAPE.sub(one, text)
+
+
+def _named(key: str, raw: Any, source: str) -> str:
+    """How a message names a value: `--key='v'` for a flag, `key='v' (in FILE)` for a file's value."""
+    return f"--{key}={raw!r}" if isinstance(raw, _Flag) or not source else f"{key}={raw!r} (in {source})"
+
+
+def _coerce(key: str, raw: Any, typ: Any, source: str = "") -> Any:
+    """Turn a CLI string (or a file's value) into the field's type; a bad value names the key and where it
+    came from (a flag, or the config file `source`)."""
     origin = typing.get_origin(typ)
     if origin is Literal:
         allowed = typing.get_args(typ)
         if "on" in allowed and str(raw).lower() in ("true", "false", "1", "0", "yes", "no"):
             raw = "on" if str(raw).lower() in ("true", "1", "yes") else "off"  # on/off switches take booleans
         if raw not in allowed:
-            raise ConfigError(f"--{key}={raw!r} is not allowed; choose one of {list(allowed)}")
-        return raw
+            raise ConfigError(f"{_named(key, raw, source)} is not allowed; choose one of {list(allowed)}")
+        return str(raw)
     if isinstance(typ, types.UnionType) or origin is typing.Union:
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     try:
         if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            s = str(raw).lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
+            return _bool(key, raw, source)
         if typ is int:
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError
@@ -55,13 +78,16 @@ def _coerce(key: str, raw: Any, typ: Any) -> Any:
         if typ is str:
             return str(raw)
         if typ is list:
-            if isinstance(raw, str):  # a CLI value: a JSON list, or one string
-                raw = json.loads(raw) if raw.lstrip().startswith("[") else [raw]
+            if isinstance(raw, str):  # a CLI value: a JSON list, or one string (escapes read for a flag)
+                raw = json.loads(raw) if raw.lstrip().startswith("[") else [
+                    _unescape(key, raw) if isinstance(raw, _Flag) else str(raw)]
             if not isinstance(raw, list):
                 raise ValueError
             return list(raw)
+    except ConfigError:  # already names the value (a ValueError too: not caught below)
+        raise
     except (TypeError, ValueError):  # json.JSONDecodeError is a ValueError
-        raise ConfigError(f"--{key}={raw!r} is not a valid {typ.__name__}") from None
+        raise ConfigError(f"{_named(key, raw, source)} is not a valid {typ.__name__}") from None
     raise ConfigError(f"--{key}: unsupported field type {typ}")
 
 
@@ -77,9 +103,22 @@ def with_builtin_preset(values: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _apply(values: dict[str, dict[str, Any] | Any]) -> Config:
-    """Build a Config from {section: {key: value}} plus top-level keys, checking every name; the built-in
-    model's preset fills what they leave unset when model.path is empty."""
+def _bool(key: str, raw: Any, source: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    s = str(raw).lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{_named(key, raw, source)} is not a valid bool; use true or false (also 1/0, yes/no, on/off)")
+
+
+def _apply(values: dict[str, dict[str, Any] | Any], source: str = "") -> Config:
+    """Build a Config from {section: {key: value}} plus top-level keys, checking every name.
+
+    The built-in model's preset fills what they leave unset when model.path is empty; a data.task fills
+    in the data keys it implies (schema.task_defaults) that were not given."""
     values = with_builtin_preset(values)
     top: dict[str, Any] = {}
     for name, val in values.items():
@@ -91,9 +130,11 @@ def _apply(values: dict[str, dict[str, Any] | Any]) -> Config:
             for k in val:
                 if k not in known:
                     raise ConfigError(f"unknown key {name}.{k}; known keys of [{name}]: {sorted(known)}")
-            top[name] = cls(**{k: _coerce(f"{name}.{k}", v, _field_type(cls, k)) for k, v in val.items()})
+            if name == "data" and isinstance(val.get("task"), str):
+                val = {**task_defaults(val["task"]), **val}
+            top[name] = cls(**{k: _coerce(f"{name}.{k}", v, _field_type(cls, k), source) for k, v in val.items()})
         elif name == "seed":
-            top[name] = _coerce("seed", val, int)
+            top[name] = _coerce("seed", val, int, source)
         else:
             raise ConfigError(f"unknown config key {name!r}; known: seed and sections {list(SECTIONS)}")
     return Config(**top)
@@ -190,13 +231,13 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m mezo_elasti
             values.setdefault(section, {})
             if not isinstance(values[section], dict):
                 raise ConfigError(f"--{key}: {section!r} is not a section")
-            values[section][name] = val
+            values[section][name] = _Flag(val)
         else:
-            values[key] = val
+            values[key] = _Flag(val)
         i += 1
-    return _apply(values)
+    return _apply(values, known.config)
 
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Build a Config from nested dicts (e.g. a checkpoint's saved config)."""
-    return _apply(values)
+    return _apply(values, "a saved config")

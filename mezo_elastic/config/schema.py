@@ -84,15 +84,24 @@ class ModelConfig:
             raise ConfigError(f"model.trainable={self.trainable!r} is not a valid regex: {e}") from None
 
 
-def _check_task(data: "DataConfig") -> None:
-    """A MeZO task fixes the objective (classification, or reward for the generation tasks) and needs its files."""
+def task_defaults(task: str) -> dict[str, str]:
+    """The data keys a MeZO task implies: its objective (classification, or reward scored by token F1
+    for the generation tasks). The config reader fills in those the user did not give."""
     from mezo_elastic.data.tasks.templates import TASKS
 
-    need = "reward" if TASKS[data.task].generation else "classification"
+    name = canonical_name(task)
+    if not name:
+        return {}
+    return {"objective": "reward", "reward": "token_f1"} if TASKS[name].generation else {"objective": "classification"}
+
+
+def _check_task(data: "DataConfig") -> None:
+    """A MeZO task fixes the objective (classification, or reward for the generation tasks) and needs its files."""
+    need = task_defaults(data.task)["objective"]
     if data.objective != need:
         why = "generation scored by token F1" if need == "reward" else "scored by its candidates"
         raise ConfigError(f"data.task={data.task} needs data.objective={need} ({why}); got "
-                          f"data.objective={data.objective!r}")
+                          f"data.objective={data.objective!r} (leave data.objective out: the task sets it)")
     if need == "reward" and data.reward != "token_f1":
         raise ConfigError(f"data.task={data.task} is scored by MeZO's token F1: set data.reward=token_f1 "
                           f"(got data.reward={data.reward!r})")
@@ -110,14 +119,16 @@ class DataConfig:
                          "built-in task, or none for user data")
     objective: Literal["lm", "classification", "reward"] = opt(
         "lm", "lm: NLL of completion tokens; classification: cross-entropy over candidates' log-likelihoods; "
-        "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward)"
+        "reward: completions generated at theta +- eps z, scored by data.reward (loss = -reward). A data.task "
+        "sets the one it needs when this is not given"
     )
     reward: str = opt(
         "exact_match", "objective reward: exact_match, token_f1, numeric, countdown, or MODULE:FUNCTION, a callable "
         "(completion: str, example: dict) -> float imported by name (runs your code: your explicit choice)"
     )
     seed: int = opt(1234, "data order seed: the global batch of step t depends only on (data.seed, t)")
-    max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left")
+    max_length: int = opt(128, "longest prompt+completion in tokens; longer examples are cut from the left (to the "
+                          "model's positions, with a warning, where the model has fewer)")
     eval_examples: int = opt(256, "at most this many eval examples are scored per evaluation (not with "
                              "data.task: data.num_eval)")
     micro_batch: int = opt(64, "sequences per forward call on one rank (memory bound, not a hyperparameter)")
@@ -137,7 +148,7 @@ class DataConfig:
     num_train: int = opt(1000, "data.task: training examples sampled from data.path (MeZO's protocol; 0 = all)")
     num_dev: int = opt(
         -1, "data.task: examples of that sample held out as MeZO's dev set, never trained on; -1 = MeZO's "
-        "(500; 100 for CB and Copa)"
+        "(500; 100 for CB and Copa), scaled to MeZO's train:dev ratio on a split too small for it (logged)"
     )
     num_eval: int = opt(1000, "data.task: eval examples sampled from data.eval_path (0 = all, in file order)")
     sample_seed: int = opt(0, "data.task: MeZO's train_set_seed, the seed of the permutations that pick train/dev/eval")
@@ -279,7 +290,8 @@ class GenerateConfig:
         0.0, "0 = greedy; > 0 samples with Gumbel noise keyed by (seed, step, example, position), the same at "
         "+eps and -eps, so a step is reproducible"
     )
-    stop: list = opt([], "stop strings: a completion is cut before the first one (TOML list, or --generate.stop='[\"\\n\"]')")
+    stop: list = opt([], "stop strings: a completion is cut before the first one (TOML list, or "
+                     "--generate.stop='[\"\\n\"]'; one string on the command line reads escapes: --generate.stop='\\n')")
     eos: bool = opt(True, "stop a completion at the tokenizer's end-of-sequence token")
 
     def __post_init__(self) -> None:
@@ -324,7 +336,10 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = opt(200, "full checkpoint every this many steps (0 = none; the step log still allows resume)")
     keep: int = opt(2, "keep the newest this many checkpoints")
-    resume: bool = opt(True, "resume automatically from output_dir (newest valid checkpoint + step log)")
+    resume: bool = opt(
+        True, "resume automatically from output_dir (newest valid checkpoint + step log); false = this must be a "
+        "new run: a directory holding a run is refused, never started over or mixed (docs/elastic.md)"
+    )
     lock_stale_s: float = opt(
         300.0, "one job per output_dir: rank 0 holds output_dir/.lock and refreshes it every lock_stale_s / 10 s; "
         "a lock from another host counts as stale (its job dead) once that refresh is older than this (keep it "

@@ -144,3 +144,9 @@ def ensure_task(root: Path, objective: str) -> tuple[Path, Path]:
     if not evalp.exists():
         write_task(evalp, 256, seed=2, objective=objective)
     return train, evalp
+
+
+def install_copy(src: Path, target: Path) -> Path:
+    """Copy a built directory `src` to `target` atomically (temp sibling, rename); an existing complete
+    `target` is kept (its content is the same: fixed seeds)."""
+    return _atomic_dir(Path(target), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))

@@ -82,6 +82,9 @@ def read_jsonl(path: str, objective: str, where: list[str] | None = None) -> lis
     `where`, when given, receives "path:line" of every row returned, in order.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data file {path!r} is a directory, not a JSONL file; give the file itself (a directory "
+                        f"of a MeZO task's splits goes with data.task)")
     if not p.is_file():
         raise DataError(f"data file {path!r} does not exist")
     rows = []
@@ -118,12 +121,16 @@ def _candidate_ids(tokenizer, prompt: str, n_prompt: int, text: str, verbatim: b
 
 
 def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
-             where: Sequence[str] | None = None, verbatim: bool = False) -> list[Example]:
+             where: Sequence[str] | None = None, verbatim: bool = False, limit: str = "",
+             cut: list[int] | None = None) -> list[Example]:
     """Tokenise prompt and completions (no merges across the boundary; see the module docstring for
     verbatim), cut from the left.
 
     objective reward: the prompt only (max_length is what the prompt may use), the row kept whole.
+    `limit` names where max_length comes from (for the error; default data.max_length); `cut`, when
+    given, receives the index of every row that was cut.
     """
+    limit = limit or f"data.max_length={max_length}"
     out = []
     for i, row in enumerate(rows):
         prompt = tuple(tokenizer(row["prompt"], add_special_tokens=True)["input_ids"])
@@ -131,6 +138,8 @@ def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
             raise DataError(f"example {i}: prompt {row['prompt']!r} has no tokens (this tokenizer adds no BOS); "
                             f"give every example a non-empty prompt")
         if objective == "reward":
+            if cut is not None and len(prompt) > max_length:
+                cut.append(i)
             out.append(Example(prompt[-max_length:], (), 0, row, where[i] if where else f"example {i}", i))
             continue
         texts = [row["completion"]] if objective == "lm" else row["candidates"]
@@ -139,7 +148,10 @@ def tokenize(rows: list[dict], tokenizer, objective: str, max_length: int,
             raise DataError(f"example {i}: a candidate of {texts!r} has no tokens after the prompt {row['prompt']!r}")
         longest = max(len(c) for c in cands)
         if longest >= max_length:
-            raise DataError(f"a completion has {longest} tokens, not below data.max_length={max_length}")
+            raise DataError(f"{where[i] if where else f'example {i}'}: a completion has {longest} tokens, not "
+                            f"below {limit}")
+        if cut is not None and len(prompt) + longest > max_length:
+            cut.append(i)
         prompt = prompt[-(max_length - longest):]
         out.append(Example(prompt, cands, int(row.get("label", 0)), index=i, correct=tuple(row.get("correct", ()))))
     return out

@@ -356,16 +356,26 @@ def check_output_dir(cfg: Config | None) -> Section:
     sec = Section("Output")
     if cfg is None:
         return sec
+    from mezo_elastic.errors import ConfigError
+    from mezo_elastic.state.checkpoint import check_output_dir as probe
+    from mezo_elastic.state import rundir
+
     out = Path(cfg.train.output_dir).expanduser().absolute()
     existing = next(p for p in (out, *out.parents) if p.exists())  # the root always exists
-    writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    try:  # the very checks training makes first (a real file is created and removed, as there)
+        probe(out)
+        problem = rundir.refusal(cfg)
+    except ConfigError as e:
+        problem = str(e)
+    writable = problem is None or "holds" not in problem
     free_gib = shutil.disk_usage(existing).free / 2**30
-    state = "exists" if existing == out else f"will be created under {existing}"
-    sec.facts.update(output_dir=str(out), writable=writable, free_gib=round(free_gib, 1))
-    sec.lines.append(f"train.output_dir {out}: {state}, {'writable' if writable else 'NOT writable'}, "
+    state = ("a run" if (out / rundir.RUN_MARKER).is_file() else "exists") if existing == out else \
+        f"will be created under {existing}"
+    sec.facts.update(output_dir=str(out), writable=writable and problem is None, free_gib=round(free_gib, 1))
+    sec.lines.append(f"train.output_dir {out}: {state}, {'usable' if problem is None else 'NOT usable'}, "
                      f"{free_gib:.1f} GiB free")
-    if not writable:
+    if problem:
         sec.problems.append(Problem(
-            "output-dir", f"train.output_dir={cfg.train.output_dir!r}: {existing} is not a writable directory",
-            "pass --train.output_dir=<a directory you can write, on a filesystem every node shares>"))
+            "output-dir", problem,
+            "pass --train.output_dir=<a new directory you can write, on a filesystem every node shares>"))
     return sec

@@ -93,3 +93,20 @@ def adapter_shapes(model_path: str, cfg: "PeftConfig", trust_remote_code: bool =
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
         peft_model = get_peft_model(model, peft_lora_config(cfg), autocast_adapter_dtype=False)
     return {saved_name(n): tuple(p.shape) for n, p in peft_model.named_parameters() if ".lora_" in n}
+
+
+def target_candidates(model_path: str, trust_remote_code: bool = False) -> list[str]:
+    """The names peft.targets can use for the model at `model_path`: the last part of the name of every
+    linear module (q_proj, v_proj, ...), sorted; built on the meta device like adapter_shapes."""
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    # peft's LoRA wraps Linear (and GPT-2's Conv1D, which has a weight of two dimensions and no kernel)
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if n and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+                   and not isinstance(m, torch.nn.Embedding)})

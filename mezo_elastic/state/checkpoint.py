@@ -14,6 +14,7 @@ a gap record {"crc", "gap"}: readers accept the jump it declares, and export ref
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -84,7 +85,11 @@ def check_output_dir(path: Path) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
-        raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {probe}: {e.strerror or e}") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {probe}: {e.strerror or e}") from None
+        # e.g. /proc: writable by its mode bits, yet creating a file there fails with ENOENT
+        raise ConfigError(f"train.output_dir={str(path)!r} cannot be made: {probe} does not take new files "
+                          f"(creating one fails: {e.strerror or e}); give a directory on a real file system") from None
 
 
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, int] | None:
@@ -137,8 +142,9 @@ class StepLog:
         self._f = None
         self.gaps: list[tuple[int, int]] = []
 
-    def read(self) -> list[StepRecord]:
-        """Valid records in order. A bad record ends the log (only the last can be torn)."""
+    def read(self, warn: bool = True) -> list[StepRecord]:
+        """Valid records in order. A bad record ends the log (only the last can be torn); `warn`
+        reports it (off for a read-only look that every rank takes before the run starts)."""
         self.gaps = []
         if not self.path.exists():
             return []
@@ -152,7 +158,8 @@ class StepLog:
                     expect = item[1]
                     continue
                 if not isinstance(item, StepRecord) or (item.step != expect and (out or self.gaps)):
-                    log.warning("%s:%d: torn or out-of-order record; the log ends before it", self.path, lineno)
+                    if warn:
+                        log.warning("%s:%d: torn or out-of-order record; the log ends before it", self.path, lineno)
                     break
                 out.append(item)
                 expect = item.step + 1

@@ -37,5 +37,5 @@ def evaluate(trainer, step: int) -> dict[str, float]:
     out.update(task_metrics(cfg.data, out))  # data.task: the metric MeZO reports, by its name
     trainer.metrics.write("eval", step, **out)
     log.info("eval step %d%s: %s", step, f" ({cfg.data.task})" if cfg.data.task else "",
-             " ".join(f"{k}={v:.4f}" for k, v in out.items()))
+             " ".join(f"{k}={v + 0.0:.4f}" for k, v in out.items()))  # + 0.0: never "-0.0000"
     return out

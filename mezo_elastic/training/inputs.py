@@ -1,14 +1,15 @@
-"""What a run reads before its first step: the model and data paths (the built-in ones made on first use)
-and the tokenised train / eval / dev examples."""
+"""What a run reads before its first step: the model and data paths (the built-in ones staged, see
+staging.py) and the tokenised train / eval / dev examples, every check done before anything is written
+in train.output_dir."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mezo_elastic.config import Config
-from mezo_elastic.data import builtin
 from mezo_elastic.data.jsonl import (
     Example,
     load_tokenizer,
@@ -16,77 +17,181 @@ from mezo_elastic.data.jsonl import (
     tokenize,
     unknown_token_fraction,
 )
-from mezo_elastic.errors import ConfigError
+from mezo_elastic.errors import ConfigError, RewardError
 from mezo_elastic.runners import gguf
+from mezo_elastic.training.staging import BuiltinStage
 
 log = logging.getLogger(__name__)
+# config.json keys that hold a model's number of positions, by model family
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 @dataclass
 class RunData:
     train: list[Example]
     eval: list[Example]
-    model_path: str
+    model_path: str  # absolute, where the run's runner loads it from (OUTPUT_DIR/builtin/... once committed)
     dev: list[Example] = field(default_factory=list)  # data.task: MeZO's held-out dev set (data.eval_dev)
     gguf: dict | None = None  # model.path named a GGUF file: {"path", "sha256"} (run.json records it)
 
 
-def resolve_inputs(cfg: Config) -> tuple[str, str, str]:
-    """(model path, train path, eval path); the built-in model/task are made on first use, a GGUF
-    model.path is the HF directory converted from it (runners/gguf.py)."""
-    root = Path(cfg.train.output_dir) / "builtin"
-    model_path = gguf.resolve(cfg.model.path)[0] if cfg.model.path else str(builtin.ensure_tiny_model(root))
+@dataclass
+class _Reading:
+    """What read_split needs besides the path: the run's tokenizer, reward and length limit."""
+
+    cfg: Config
+    tok: object
+    stage: BuiltinStage
+    reward: object = None  # objective reward: the loaded data.reward
+    positions: int | None = None  # the model's number of positions (config.json), when it says
+    cut: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (rows cut, rows) past positions
+
+
+def load_inputs(cfg: Config, is_main: bool) -> tuple[object, RunData, BuiltinStage]:
+    """(tokenizer, RunData, stage): every split this run trains and evaluates on, read, checked and
+    tokenised. The built-in model/task are made in a staging folder (commit the stage once the output
+    directory is taken); on an error the stage is dropped and nothing was written.
+
+    Raises:
+        MezoError: a bad row (file:line), a reward that rejects a row, unknown LoRA targets, ...
+    """
+    stage = BuiltinStage(cfg.train.output_dir)
+    try:
+        gguf_info = None
+        if cfg.model.path:  # a GGUF model.path loads from the HF directory converted from it (cached)
+            model_now, gguf_info = gguf.resolve(cfg.model.path)
+            model_final = model_now
+        else:
+            model_now, model_final = stage.model()
+        train_path, eval_path = _data_paths(cfg, stage)
+        if cfg.peft.method == "lora":
+            check_lora_targets(cfg, model_now, model_final)
+        reading = _Reading(cfg, load_tokenizer(model_now, cfg.model.trust_remote_code), stage,
+                           positions=model_positions(model_now))
+        if cfg.data.objective == "reward":
+            from mezo_elastic.objectives.rewards import load_reward
+
+            reading.reward = load_reward(cfg.data.reward)
+        data = _load_splits(reading, train_path, eval_path, str(Path(model_final).resolve()))
+        data.gguf = gguf_info
+        if is_main:
+            _warn_cut_rows(reading, model_final)
+            _warn_unknown_tokens(cfg, data, reading.tok, stage.shown(train_path), model_final)
+    except BaseException:
+        stage.discard()
+        raise
+    return reading.tok, data, stage
+
+
+def _data_paths(cfg: Config, stage: BuiltinStage) -> tuple[str, str]:
+    """(train path, eval path) to read now; the built-in task's are staged when not made yet."""
     if cfg.data.path:
         if cfg.data.task and not cfg.data.eval_path:  # a DatasetDict directory holds the validation split too
             from mezo_elastic.data.tasks.loading import is_dataset_dict
 
-            return model_path, cfg.data.path, cfg.data.path if is_dataset_dict(cfg.data.path) else ""
-        return model_path, cfg.data.path, cfg.data.eval_path
-    train, evalp = builtin.ensure_task(root, cfg.data.objective)
-    return model_path, str(train), cfg.data.eval_path or str(evalp)
+            return cfg.data.path, cfg.data.path if is_dataset_dict(cfg.data.path) else ""
+        return cfg.data.path, cfg.data.eval_path
+    train, evalp = stage.task(cfg.data.objective)
+    return train, cfg.data.eval_path or evalp
 
 
-def read_split(path: str, tok, cfg: Config, split: str = "train") -> list[Example]:
+def _load_splits(r: _Reading, train_path: str, eval_path: str, model_path: str) -> RunData:
+    cfg = r.cfg
+    train = read_split(r, train_path)
+    evals = read_split(r, eval_path, "eval") if eval_path else []  # data.task: data.num_eval, not cut
+    data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
+    if cfg.data.task and cfg.data.eval_dev and evals:
+        data.dev = read_split(r, train_path, "dev")
+    return data
+
+
+def read_split(r: _Reading, path: str, split: str = "train") -> list[Example]:
     """A split's examples, tokenised: with data.task MeZO's rows of its `split` (train or eval) of the
-    file, else the JSONL file's (reward: prompts leave room for generate.max_new_tokens)."""
-    d, where = cfg.data, []
+    file, else the JSONL file's. objective reward: prompts leave room for generate.max_new_tokens, and
+    data.reward must accept every row (it is called on each with an empty completion, before training)."""
+    cfg, where = r.cfg, []
+    d = cfg.data
     if d.task:
         from mezo_elastic.data.tasks.protocol import Protocol, render_rows
 
         rows = render_rows(d.task, path, split, Protocol.of(d), where)
     else:
         rows = read_jsonl(path, d.objective, where)
-    max_len = d.max_length
+    where = [r.stage.shown(w) for w in where]
+    max_len, limit = d.max_length, f"data.max_length={d.max_length}"
+    if r.positions is not None and r.positions < max_len:
+        max_len, limit = r.positions, f"the model's {r.positions} positions (data.max_length={d.max_length})"
     if d.objective == "reward":
+        _check_reward_rows(r.reward, rows, where)
         max_len -= cfg.generate.max_new_tokens
         if max_len < 1:
-            raise ConfigError(f"data.max_length={d.max_length} leaves no room for a prompt beside "
-                              f"generate.max_new_tokens={cfg.generate.max_new_tokens}; raise data.max_length")
-    return tokenize(rows, tok, d.objective, max_len, where, d.verbatim or bool(d.task))
+            raise ConfigError(f"{limit} leaves no room for a prompt beside generate.max_new_tokens="
+                              f"{cfg.generate.max_new_tokens}; lower generate.max_new_tokens")
+    cut: list[int] = []
+    out = tokenize(rows, r.tok, d.objective, max_len, where, d.verbatim or bool(d.task), limit, cut)
+    if cut and r.positions is not None and r.positions < d.max_length and split != "dev":
+        r.cut[r.stage.shown(path)] = (len(cut), len(rows))
+    return out
 
 
-def load_run_data(cfg: Config, model_path: str, train_path: str, eval_path: str, is_main: bool):
-    """(tokenizer, RunData): every split this run trains and evaluates on, tokenised."""
-    tok = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    train = read_split(train_path, tok, cfg)
-    evals = read_split(eval_path, tok, cfg, "eval") if eval_path else []  # data.task: data.num_eval, not cut
-    data = RunData(train, evals if cfg.data.task else evals[: cfg.data.eval_examples], model_path)
-    data.gguf = gguf.resolve(cfg.model.path)[1] if cfg.model.path else None  # cached by then: a hash, no conversion
-    if cfg.data.task and cfg.data.eval_dev and evals:
-        data.dev = read_split(train_path, tok, cfg, "dev")
-    if is_main:
-        _warn_unknown_tokens(cfg, data, tok, train_path)
-    return tok, data
+def _check_reward_rows(reward, rows: list[dict], where: list[str]) -> None:
+    """Every row must be one data.reward can score: call it on each with an empty completion (a
+    completion the policy can write), so a bad row fails now, naming its line, not at some step."""
+    from mezo_elastic.objectives.rewards import compute_rewards
+
+    try:
+        compute_rewards(reward, [""] * len(rows), rows, where)
+    except RewardError as e:
+        raise RewardError(f"{e} (every row is checked before training: data.reward is called on it with an "
+                          f"empty completion)") from None
 
 
-def _warn_unknown_tokens(cfg: Config, data: RunData, tok, train_path: str) -> None:
+def model_positions(model_path: str) -> int | None:
+    """The model's number of positions from its config.json (None when it does not say)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in POSITION_KEYS:
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_lora_targets(cfg: Config, model_path: str, shown: str = "") -> None:
+    """peft.targets must name modules of the model (checked on an empty meta-device copy, no weights read);
+    `shown` is the model's path in the message (the built-in model's once committed).
+
+    Raises:
+        ConfigError: a target matches nothing; the message lists the model's module names.
+    """
+    from mezo_elastic.runners.lora import adapter_shapes, target_candidates
+
+    try:
+        adapter_shapes(model_path, cfg.peft, cfg.model.trust_remote_code)
+    except ValueError:
+        names = target_candidates(model_path, cfg.model.trust_remote_code)
+        raise ConfigError(f"peft.targets={cfg.peft.targets!r}: not all of {cfg.peft.target_list()} are modules of "
+                          f"{shown or model_path}; its linear modules: {','.join(names)}") from None
+
+
+def _warn_cut_rows(r: _Reading, model: str) -> None:
+    """Rows longer than the model's positions are cut to them: say so once per file (rank 0)."""
+    for path, (n_cut, n) in r.cut.items():
+        log.warning("%d of the %d rows of %s are longer than the %d positions of %s (max_position_embeddings): "
+                    "they are cut from the left to %d tokens; data.max_length=%d is above the model's limit",
+                    n_cut, n, path, r.positions, model, r.positions, r.cfg.data.max_length)
+
+
+def _warn_unknown_tokens(cfg: Config, data: RunData, tok, train_path: str, model: str) -> None:
     """Text the tokenizer does not know trains on <unk> (e.g. own data on the built-in model)."""
     frac = unknown_token_fraction(data.train, tok.unk_token_id)
     if frac > cfg.data.unk_warn_fraction:
         log.warning("%.0f%% of the tokens of %s are the unknown token %r for the tokenizer of %s: that text "
                     "trains on %r, not on its words. Give a model that knows them: --model.path=/path/to/hf-model"
-                    "%s", 100 * frac, train_path, tok.unk_token, data.model_path, tok.unk_token,
-                    " (the built-in model knows 31 words only)" if not cfg.model.path else "")
+                    "%s", 100 * frac, train_path, tok.unk_token, model,
+                    tok.unk_token, " (the built-in model knows 31 words only)" if not cfg.model.path else "")
 
 
 def stored_model_path(model_path: str, out: Path) -> str:

@@ -33,10 +33,10 @@ class MetricsWriter:
 
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: str) -> None:
         self.enabled = enabled
-        path = Path(output_dir) / "metrics.jsonl"
-        self._offset = last_run_seconds(path) if enabled else 0.0
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self._offset = last_run_seconds(self.path) if enabled else 0.0
         self._t0 = time.monotonic()
-        self._f = open(path, "a") if enabled else None
+        self._f = None  # opened at the first line: a run refused before it writes no metrics.jsonl
         self._tb = None
         if enabled and tensorboard != "off":
             try:
@@ -56,6 +56,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         values.setdefault("run_seconds", self.run_seconds())
+        if self._f is None:
+            self._f = open(self.path, "a")
         self._f.write(json.dumps({"type": kind, "step": step, **values, "time": time.time()}) + "\n")
         self._f.flush()
         if self._tb is not None:
@@ -85,11 +87,11 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", steps_s=f"{steps_per_s:.2f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss + 0.0:.4f}", steps_s=f"{steps_per_s:.2f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
             self.bar.update(1)
         elif (step + 1) % self.every == 0 or step + 1 == self.total:
             eta = (self.total - step - 1) / max(steps_per_s, 1e-9)
-            print(f"step {step + 1}/{self.total} loss {loss:.4f} {steps_per_s:.2f} steps/s "
+            print(f"step {step + 1}/{self.total} loss {loss + 0.0:.4f} {steps_per_s:.2f} steps/s "
                   f"{tokens_per_s:.0f} tok/s eta {eta:.0f}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:

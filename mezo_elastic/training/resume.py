@@ -126,7 +126,8 @@ def resume(trainer) -> int:
         # a corrupt line in the middle) and steps about to be redone.
         trainer.steplog.truncate_to(*plan.kept)
     start = tail[-1].step + 1 if tail else (ck_step or 0)
-    if start:
-        log.info("resumed at step %d (checkpoint %s + %d replayed steps)", start, ck_step, len(tail))
+    if start:  # "step" counts steps done, here as in metrics.jsonl, checkpoints/step-N and export --step
+        base = f"checkpoint step-{ck_step}" if ck_step is not None else "no checkpoint: the base model"
+        log.info("resumed after %d steps (%s + %d replayed steps)", start, base, len(tail))
     comm.barrier()
     return start

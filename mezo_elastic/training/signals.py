@@ -18,8 +18,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class StopRequested(MezoError):
     """A stop signal ended the run after a durable step; exit code 128 + signum."""
 
-    def __init__(self, signum: int, step: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; the step log is durable")
+    def __init__(self, signum: int, steps_done: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after {steps_done} steps; the step log is "
+                         f"durable (a relaunch of the same command resumes after them)")
         self.signum = signum
 
 
@@ -62,10 +63,10 @@ class StopSignals:
         """This rank's stop vote for the step's all-reduce: 1.0 once a signal arrived."""
         return 1.0 if self.signum is not None else 0.0
 
-    def stop(self, step: int) -> StopRequested:
-        """The exception that ends the run after `step` (SLURM requeue first when asked for by SIGUSR1)."""
+    def stop(self, steps_done: int) -> StopRequested:
+        """The exception that ends the run after `steps_done` steps (SLURM requeue first when asked for by SIGUSR1)."""
         signum = self.signum or signal.SIGTERM  # another rank's vote: this one saw no signal itself
         if signum == signal.SIGUSR1 and self.requeue and self.ctx.is_main and self.ctx.job_id:
             res = subprocess.run(["scontrol", "requeue", self.ctx.job_id], capture_output=True, text=True)
             log.warning("scontrol requeue %s: rc=%d %s", self.ctx.job_id, res.returncode, res.stderr.strip())
-        return StopRequested(signum, step)
+        return StopRequested(signum, steps_done)

@@ -21,15 +21,11 @@ from mezo_elastic.errors import CheckpointError, MezoError
 from mezo_elastic.objectives import make_objective
 from mezo_elastic.runners import ForwardRunner, make_runner
 from mezo_elastic.runners.hf.runner import check_model_dir
-from mezo_elastic.state import checkpoint
+from mezo_elastic.state import checkpoint, rundir
 from mezo_elastic.state import lock as run_lock
 from mezo_elastic.training import evaluation
 from mezo_elastic.training import resume as resuming
-from mezo_elastic.training.inputs import (
-    load_run_data,
-    resolve_inputs,
-    stored_model_path,
-)
+from mezo_elastic.training.inputs import load_inputs, stored_model_path
 from mezo_elastic.training.metrics import MetricsWriter, Progress
 from mezo_elastic.training.signals import StopRequested, StopSignals
 from mezo_elastic.zo import estimators
@@ -55,23 +51,29 @@ class Trainer:
     def __init__(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
         self.ctx, self.cfg, self.comm, self.device = ctx, cfg, comm, comm.device
         self.out = Path(cfg.train.output_dir)
-        # Bad paths fail here on every rank, before anything is written (one line each, no traceback).
+        # Every check that can be made is made before anything is written (one line per rank, no
+        # traceback); the built-in model and task wait in a staging folder until the directory is ours.
         checkpoint.check_output_dir(self.out)
         if cfg.model.path:
             check_model_dir(cfg.model.path, gguf_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
+        rundir.agree(ctx, comm, rundir.refusal, cfg)  # someone else's files, or resume=false on a run
+        tok, self.data, stage = load_inputs(cfg, ctx.is_main)
+        self.lock = None
         try:
-            self._build(ctx, cfg, comm)
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
+            rundir.agree(ctx, comm, rundir.past_target, cfg)  # after the lock: a live job's directory is "in use"
+            stage.commit()
+            self._build(ctx, cfg, comm, tok)
         except BaseException:
-            self.lock.release()
+            stage.discard()
+            if self.lock is not None:
+                self.lock.release()
             raise
 
-    def _build(self, ctx: RankContext, cfg: Config, comm: DataParallel) -> None:
+    def _build(self, ctx: RankContext, cfg: Config, comm: DataParallel, tok) -> None:
         self.signals = StopSignals(ctx, cfg.train.stop_grace_s, cfg.train.requeue_on_signal)
-        model_path, train_path, eval_path = resolve_inputs(cfg)
-        self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, model_path)
-        tok, self.data = load_run_data(cfg, model_path, train_path, eval_path, ctx.is_main)
+        self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, self.data.model_path)
         self.objective = make_objective(cfg, self.runner, tok)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
         master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
@@ -169,7 +171,7 @@ class Trainer:
             meter.log(t, rec)
             if stop:
                 meter.progress.close()
-                raise self.signals.stop(t)
+                raise self.signals.stop(done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps and self.data.eval:
                 last = self.evaluate(done)
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0:
@@ -187,7 +189,8 @@ class Trainer:
     def _finish(self, start: int, first_eval: dict, last: dict, meter: "_Meter") -> dict[str, float]:
         """Final eval, clean weights, the final save and the summary line."""
         cfg = self.cfg
-        final = self.evaluate(cfg.train.steps) if self.data.eval else last
+        final = (first_eval if first_eval and start == cfg.train.steps  # train.steps=0: the first eval's weights
+                 else self.evaluate(cfg.train.steps) if self.data.eval else last)
         self.opt.clean()
         if cfg.train.save_final:
             self._check_finite_weights()
@@ -199,7 +202,8 @@ class Trainer:
                    **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
                    "seconds": time.monotonic() - meter.t0, "run_seconds": self.metrics.run_seconds()}
         self.metrics.write("summary", cfg.train.steps, **summary)
-        log.info("done: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        log.info("done: %s", " ".join(f"{k}={v + 0.0:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in summary.items()))  # + 0.0: a reward loss of -0.0 prints 0
         return summary
 
     def _check_finite_weights(self) -> None:

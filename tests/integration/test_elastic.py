@@ -83,7 +83,7 @@ def test_sigkill_worker_restarts_and_ends_on_the_same_weights(tmp_path, referenc
     victim.send_signal(signal.SIGKILL)
     rc, err = _finish(agent)
     assert rc == 0, err[-3000:]
-    assert "resumed at step" in err
+    assert "resumed after" in err
     diff = max_abs_diff(final_weights(out), final_weights(reference))
     print(f"SIGKILL + restart: max abs diff vs undisturbed = {diff:.3g}")
     assert diff <= TOL
@@ -132,7 +132,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, refere
     newest = out / "checkpoints" / "step-40" / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     res = train(out, *ARGS, nproc=2)  # resume to 60: step-40 is corrupt, so step-20 + 20 replayed steps
-    assert "sha256 does not match" in res.stderr and "resumed at step 40" in res.stderr
+    assert "sha256 does not match" in res.stderr and "resumed after 40 steps" in res.stderr
     diff = max_abs_diff(final_weights(out), final_weights(reference))
     print(f"corrupt checkpoint fallback: max abs diff = {diff:.3g}")
     assert diff <= TOL

@@ -154,7 +154,7 @@ def test_run_directory_exports_anywhere_and_metrics_span_launches(tmp_path):
     run = launch / "run"
     assert json.loads((run / "run.json").read_text())["model_path"] == "builtin/tiny-model"
     res = train(run, *args, "--train.steps=8")  # a second launch (from the repo): resumes at 6
-    assert "resumed at step 6" in res.stderr
+    assert "resumed after 6 steps" in res.stderr
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["type"] == "train"] == [3, 6, 8]  # steps done, as the console says
     s1, s2 = [x for x in lines if x["type"] == "summary"]
@@ -204,13 +204,14 @@ def test_one_job_per_output_directory(tmp_path, tiny_inputs):
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert (out / ".lock").exists()
-    relaunch = train(out, *tiny_inputs, *FAST, "--train.steps=1")
+    done = len(StepLog(out / "steps.jsonl").read()) + 1  # a relaunch to fewer steps than done is refused
+    relaunch = train(out, *tiny_inputs, *FAST, f"--train.steps={done}")
     _quote(_line(relaunch.stderr, "taking over the lock"), tmp_path)
     assert f"pid {first.pid} on this host is gone" in relaunch.stderr and not (out / ".lock").exists()
     # another host's lock is taken over once its heartbeat is stale (fresh: refused, tests/test_run_lock.py)
     lock = dict(holder, host="node-elsewhere", pid=4242, run_id="slurm-99.0", heartbeat=time.time() - 30)
     (out / ".lock").write_text(json.dumps(lock))
-    stale = train(out, *tiny_inputs, *FAST, "--train.steps=1", "--checkpoint.lock_stale_s=10")
+    stale = train(out, *tiny_inputs, *FAST, f"--train.steps={done}", "--checkpoint.lock_stale_s=10")
     _quote(_line(stale.stderr, "taking over the lock"), tmp_path)
 
 
@@ -238,12 +239,12 @@ def test_damaged_checkpoint_or_step_log_resume_on_the_same_trajectory(tmp_path, 
         rc, err[d] = _done(p)
         assert rc == 0, err[d][-3000:]
     # item 6: resumed from 10 (+15 replayed), saved 30; keep=2 kept the valid 10, not the corrupt 20
-    assert "resumed at step 25 (checkpoint 10 + 15 replayed steps)" in err[ck]
+    assert "resumed after 25 steps (checkpoint step-10 + 15 replayed steps)" in err[ck]
     _quote(_line(err[ck], " aside to "), tmp_path)
     assert sorted(p.name for p in (ck / "checkpoints").iterdir()) == ["corrupt-step-20", "step-10", "step-30"]
     # item 7: resumed from 20 with the 5 records after the corrupt line; the same weights as undamaged
     _quote(_line(err[log_damaged], "are lost"), tmp_path)
-    assert "resumed at step 25 (checkpoint 20 + 5 replayed steps)" in err[log_damaged]
+    assert "resumed after 25 steps (checkpoint step-20 + 5 replayed steps)" in err[log_damaged]
     log = StepLog(log_damaged / "steps.jsonl")
     assert [r.step for r in log.read()] == [*range(12), *range(20, 30)] and log.gaps == [(12, 20)]
     assert max_abs_diff(final_weights(log_damaged), final_weights(ref)) == 0.0  # the lost records changed nothing

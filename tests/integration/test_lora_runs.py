@@ -46,7 +46,7 @@ def test_stopped_at_20_resumed_to_40_on_another_world_size_equals_uninterrupted(
     args = [*tiny_inputs, *LORA, "--checkpoint.every=15"]
     train(out, *args, "--train.steps=20", nproc=2)  # checkpoint 15 + 5 logged steps
     res = train(out, *args, "--train.steps=40", nproc=1)  # checkpoint 15, replay 15..19, train 20..39
-    assert "resumed at step 20 (checkpoint 15 + 5 replayed steps)" in res.stderr
+    assert "resumed after 20 steps (checkpoint step-15 + 5 replayed steps)" in res.stderr
     diff = max_abs_diff(_adapter(out), _adapter(reference))
     print(f"LoRA stop at 20 (2 ranks) + resume to 40 (1 rank): max abs adapter diff = {diff:.3g}")
     assert diff <= TOL

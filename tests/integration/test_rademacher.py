@@ -25,7 +25,7 @@ def test_rademacher_trains_resumes_exactly_and_exports(tmp_path):
     assert json.loads((a / "run.json").read_text())["trajectory"]["mezo.distribution"] == "rademacher"
     train(b, *RAD, "--train.steps=5")
     res = train(b, *RAD, "--train.steps=10")
-    assert "resumed at step 5" in res.stderr
+    assert "resumed after 5 steps" in res.stderr
     assert max_abs_diff(final_weights(a), final_weights(b)) == 0.0
     # export at step 8: checkpoint 5 + 3 replayed rademacher steps == a live 8-step run
     train(tmp_path / "c", *RAD, "--train.steps=8")

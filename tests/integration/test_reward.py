@@ -93,7 +93,7 @@ def test_sigkill_worker_with_reward_objective_ends_on_the_same_weights(tmp_path)
     _workers(agent)[1].send_signal(signal.SIGKILL)
     rc, err = _finish(agent)
     assert rc == 0, err[-3000:]
-    assert "resumed at step" in err
+    assert "resumed after" in err
     diff = max_abs_diff(final_weights(out), final_weights(reference))
     print(f"reward objective, SIGKILL + restart: max abs diff vs undisturbed = {diff:.3g}")
     assert diff <= 1e-6

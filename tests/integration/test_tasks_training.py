@@ -89,6 +89,7 @@ def test_squad_from_parquet_trains_with_the_token_f1_reward(tmp_path, tiny_input
     assert len(evals) == 3 and all(e["eval_f1"] == e["eval_reward"] and 0 <= e["eval_f1"] <= 1 for e in evals)
     assert all(e["dev_f1"] == e["dev_reward"] for e in evals)
     assert "eval step 4 (SQuAD):" in res.stderr and "eval_f1=" in res.stderr
-    bad = train(tmp_path / "bad", tiny_inputs[0], "--data.task=squad", f"--data.path={path}", check=False)
+    bad = train(tmp_path / "bad", tiny_inputs[0], "--data.task=squad", "--data.objective=lm", f"--data.path={path}",
+                check=False)  # a contradicting objective (none given: the task sets reward + token_f1)
     assert bad.returncode == 2 and "data.task=SQuAD needs data.objective=reward" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -99,7 +99,7 @@ def test_bfloat16_master_checkpoints_are_fp32_theta_and_resume_exactly(tmp_path)
     train(tmp_path / "a", *args, "--train.steps=10")
     train(tmp_path / "b", *args, "--train.steps=5")
     res = train(tmp_path / "b", *args, "--train.steps=10")
-    assert "resumed at step 5" in res.stderr
+    assert "resumed after 5 steps" in res.stderr
     (sa, a), (sb, b) = newest_valid_checkpoint(tmp_path / "a"), newest_valid_checkpoint(tmp_path / "b")
     assert sa == sb == 10 and a.keys() == b.keys()
     assert any(t.dtype == torch.float32 for t in a.values())  # the trainable tensors: the master's values

@@ -44,7 +44,7 @@ def test_requeue_on_signal_from_the_package(slurm_cluster: Cluster, tiny_inputs,
     log = (tmp_path / f"job-{job_id}.out").read_text()
     assert sb.returncode == 0, log[-4000:]
     assert f"scontrol requeue {job_id}: rc=0" in log, log[-4000:]
-    assert "start restart=1" in log and "resumed at step" in log, log[-4000:]
+    assert "start restart=1" in log and "resumed after" in log, log[-4000:]
     assert steps_logged(out) == STEPS
     ref = tmp_path / "ref"
     train(ref, *[a for a in args if not a.startswith("--train.output_dir")], nproc=2)

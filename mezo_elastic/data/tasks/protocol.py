@@ -50,18 +50,32 @@ def sample_subset(n: int, num: int, seed: int) -> list[int]:
     return np.random.RandomState(seed).permutation(n).tolist()[:num]  # == np.random.seed(seed); permutation(n)
 
 
-def train_dev_indices(n: int, task: str, p: Protocol) -> tuple[list[int], list[int]]:
+def train_dev_indices(n: int, task: str, p: Protocol, say: bool = True) -> tuple[list[int], list[int]]:
     """(train, dev) positions in a training split of n rows, as MeZO's run.py splits them.
 
-    num_train 0 = the whole permuted split before the dev rows are taken off its end.
+    num_train 0 = the whole permuted split before the dev rows are taken off its end. A split too small
+    for MeZO's dev size (num_dev -1) gets a scaled one, logged when `say` (once per run: the train split).
     """
     dev_n = p.dev_size(task)
+    if p.num_dev < 0 and n - dev_n < dev_n:  # MeZO's dev size would leave fewer rows to train on than to hold out
+        dev_n = scaled_dev_size(n, dev_n, p.num_train)
+        if say:
+            log.info("data.task=%s: the training split has %d rows, too few for MeZO's %d dev rows beside the training "
+                 "ones; holding out %d as dev (data.num_dev=-1 scales MeZO's train:dev ratio to a small split; "
+                     "set data.num_dev to choose)", task, n, p.dev_size(task), dev_n)
     take = sample_subset(n, p.num_train + dev_n if p.num_train else n, p.seed)
     train, dev = (take[:-dev_n], take[-dev_n:]) if dev_n else (take, [])
     if not train:
         raise DataError(f"data.task={task}: the training split has {n} rows, which data.num_dev={dev_n} "
-                        f"leaves none of for training; lower data.num_dev")
+                        f"leaves none of for training; lower data.num_dev (or -1: scaled to a small split)")
     return train, dev
+
+
+def scaled_dev_size(n: int, dev_n: int, num_train: int) -> int:
+    """Dev rows of a split of n rows too small for MeZO's dev_n: MeZO's num_train:dev_n ratio (1000:500)
+    applied to n (a third of it with num_train 0), at least 1 once there are 2 rows."""
+    share = dev_n / (num_train + dev_n) if num_train else 1 / 3
+    return min(max(int(n * share), 1), n - 1) if n >= 2 else 0
 
 
 def eval_indices(n: int, p: Protocol) -> list[int]:
@@ -88,7 +102,7 @@ def render_rows(task: str, path: str, split: str, p: Protocol, where: list[str] 
     elif split == "eval":
         idx = eval_indices(len(ds), p)
     else:
-        train, dev = train_dev_indices(len(ds), name, p)
+        train, dev = train_dev_indices(len(ds), name, p, say=split == "train")
         idx = train if split == "train" else dev
     idx = idx[:limit] if limit > 0 else idx
     # The file's length says whether it holds the whole published split: the sample depends on it.
