@@ -77,7 +77,7 @@ def model(request, tmp_path_factory):
     heads, kv, head, inter, hidden = GEOMS["mha"]
     path = tmp_path_factory.mktemp("sglang-lora-layout-mha")
     LlamaConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=False).save_pretrained(path)
+                num_attention_heads=heads, num_key_value_heads=kv, head_dim=head, tie_word_embeddings=False).save_pretrained(path)
     return path, GEOMS["mha"]
 
 
