@@ -77,7 +77,8 @@ def model(request, tmp_path_factory):
     heads, kv, head, inter, hidden = GEOMS["mha"]
     path = tmp_path_factory.mktemp("sglang-lora-layout-mha")
     LlamaConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                num_attention_heads=heads, num_key_value_heads=kv, head_dim=head, tie_word_embeddings=False).save_pretrained(path)
+                num_attention_heads=heads, num_key_value_heads=kv, head_dim=head,
+                tie_word_embeddings=False).save_pretrained(path)
     return path, GEOMS["mha"]
 
 
@@ -121,6 +122,7 @@ def test_peft_names_of_fused_and_plain_modules():
 
 @pytest.mark.parametrize("targets, words", [
     (["q_proj", "lm_head"], "['lm_head'] not supported"),
+    (["q_proj", "v_proj", "embed_tokens"], "['embed_tokens'] not supported"),
     (["q_proj"], "needs both q_proj and v_proj"),
     (["k_proj", "v_proj"], "needs both q_proj and v_proj"),
     (["up_proj"], "up_proj needs gate_proj"),
