@@ -54,8 +54,8 @@ from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 # ulps of their magnitude; two engines compared are off by up to ~4 ulps of it. The bigram-trained toy
 # models have top logits of tens (ulp 0.125-0.25), so 0.5 alone is 2-4 ulps, below that noise: measured
 # on an H200 (2026-12-01), llama32_tied request 19 token 20, gap 0.664 between two tokens the referee
-# ranks within 3% of the logit scale. The real model keeps exactly 0.5 (issue 24): its top logits are
-# near 20, where 0.5 is 4 ulps already.
+# ranks that close (the failure line now prints the logit scale and the bound). The real model keeps
+# exactly 0.5, as issue 24 asks.
 TOY_ULPS = 4
 
 
