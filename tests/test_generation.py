@@ -48,6 +48,21 @@ def test_greedy_batch_equals_one_prompt_at_a_time(hf):
     assert all(len(x) == 6 for x in batch)
 
 
+def test_only_the_settings_eos_ends_a_completion(tmp_path):
+    """The checkpoint's generation_config.json EOS is not the runner's: generate() used to fill it in
+    when settings.eos_ids was empty, stop there and pad the rest with token 0 (seen on an H200 as
+    HF-vs-SGLang divergences "0 vs 69")."""
+    path = builtin.ensure_tiny_model(tmp_path / "tiny")
+    tok = load_tokenizer(str(path), False)
+    reqs, s = _reqs(tok, TEXTS[:2]), GenerationSettings(max_new_tokens=6)
+    free = HFRunner(Config(), torch.device("cpu"), str(path)).generate(reqs, s)
+    from transformers import GenerationConfig
+
+    GenerationConfig(eos_token_id=free[0][1], pad_token_id=0).save_pretrained(path)  # greedy's 2nd token
+    again = HFRunner(Config(), torch.device("cpu"), str(path)).generate(reqs, s)
+    assert again == free and all(len(x) == 6 for x in again)
+
+
 def test_sampling_depends_on_the_request_seed_only(hf):
     runner, tok = hf
     s = GenerationSettings(max_new_tokens=8, temperature=1.0)

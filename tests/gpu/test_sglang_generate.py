@@ -3,8 +3,10 @@
 What must hold (the reward objective depends on it):
   - greedy completions of SGLang and HF on the same weights part only at near-ties: at every first
     divergence (HF vs SGLang, and each vs the referee's own path) an unpadded one-request fp32 referee on
-    the same weights puts the two tokens within 0.5 logits of each other (tests/gpu/referee.py; the
-    agreement rates are printed, not asserted), and rewards are equal where the completions agree;
+    the same weights puts the two tokens within TOY_ULPS bf16 spacings of the referee's largest |logit|
+    there, and never less than 0.5 (tests/gpu/referee.py; the agreement rates are printed, not asserted),
+    and rewards are equal where the completions agree. No EOS anywhere (eos_ids=() for both runners and
+    the referee): every path is max_new_tokens long, so a divergence is never "one path stopped";
   - a decode CUDA graph replayed after an in-place sweep of the weights gives what eager decoding
     gives on the swept weights (graphs read the parameters' storage), at +eps and at -eps, and the
     sweep is seen (the logits differ from the unswept weights');
@@ -46,6 +48,17 @@ from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
 from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
 
+# Near-tie bound on these toy models: 4 bf16 spacings (ulps) at the referee's largest |logit| at the
+# divergence, or 0.5, whichever is larger. Why: a bf16 engine's logit is h.W with h and W rounded to 8
+# significant bits and the result rounded again, so each engine's logits are off by about one to two
+# ulps of their magnitude; two engines compared are off by up to ~4 ulps of it. The bigram-trained toy
+# models have top logits of tens (ulp 0.125-0.25), so 0.5 alone is 2-4 ulps, below that noise: measured
+# on an H200 (2026-12-01), llama32_tied request 19 token 20, gap 0.664 between two tokens the referee
+# ranks that close (the failure line now prints the logit scale and the bound). The real model keeps
+# exactly 0.5, as issue 24 asks.
+TOY_ULPS = 4
+
+
 def _prompts(n: int, vocab: int, seed: int) -> list[GenerateRequest]:
     rng = random.Random(seed)
     return [GenerateRequest(tuple(rng.randrange(vocab) for _ in range(rng.randint(4, 40))), seed=i) for i in range(n)]
@@ -78,11 +91,12 @@ def test_greedy_paths_part_only_at_near_ties(gen_pair):
     referee = Referee(path, hf.device)
     try:
         ref = [referee.greedy(r.prompt_ids, 24) for r in reqs]
-        verdict = judge(referee, [r.prompt_ids for r in reqs], {"hf": a, "sglang": b, "referee": ref})
+        verdict = judge(referee, [r.prompt_ids for r in reqs], {"hf": a, "sglang": b, "referee": ref},
+                        ulps=TOY_ULPS)
     finally:
         referee.close()
     print(f"\n{name}: {verdict.line()}")
-    assert all(len(x) == 24 for x in a + b)
+    assert all(len(x) == 24 for x in a + b + ref), "a path stopped early: no EOS was asked for"
     assert not verdict.wide, f"{name}: {verdict.line()}"
     same = [x == y for x, y in zip(a, b)]
     reward = load_reward("token_f1")

@@ -76,6 +76,11 @@ class HFRunner:
         except (ValueError, OSError) as e:  # custom code without trust_remote_code, missing/bad weight files
             raise BackendError(f"cannot load model.path={model_path!r}: {e}") from None
         self.model.eval()
+        # generate() fills every field left None from the checkpoint's generation_config.json, EOS
+        # included: with settings.eos_ids=() it stopped at the checkpoint's EOS and padded the rest with
+        # pad_id (token 0) where SGLang and the referee went on. GenerationSettings.eos_ids is the only EOS.
+        if self.model.generation_config is not None:
+            self.model.generation_config.eos_token_id = None
         self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers
         # peft.method=lora: the adapter's tensors are the trainable set; self.model stays the same
         # transformers model (peft injects its layers in place), so scoring and generate are unchanged.
