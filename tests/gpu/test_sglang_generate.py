@@ -48,15 +48,16 @@ from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
 from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
 
-# Near-tie bound on these toy models: 4 bf16 spacings (ulps) at the referee's largest |logit| at the
-# divergence, or 0.5, whichever is larger. Why: a bf16 engine's logit is h.W with h and W rounded to 8
-# significant bits and the result rounded again, so each engine's logits are off by about one to two
-# ulps of their magnitude; two engines compared are off by up to ~4 ulps of it. The bigram-trained toy
-# models have top logits of tens (ulp 0.125-0.25), so 0.5 alone is 2-4 ulps, below that noise: measured
-# on an H200 (2026-12-01), llama32_tied request 19 token 20, gap 0.664 between two tokens the referee
-# ranks that close (the failure line now prints the logit scale and the bound). The real model keeps
-# exactly 0.5, as issue 24 asks.
-TOY_ULPS = 4
+# Near-tie bound on these toy models: 16 bf16 spacings (ulps) at the referee's largest |logit| at the
+# divergence, or 0.5, whichever is larger. Why: the referee computes in fp32, the engines in bf16 through
+# every layer, so an engine's logits are off from the referee's by the error of a whole bf16 forward, many
+# ulps of their magnitude, not the one rounding of the last matmul. The bigram-trained toy models have top
+# logits of tens (ulp 0.0625-0.125): 0.5 is 4-8 ulps. Measured on an H200 (2026-12-02, after the EOS fix):
+# llama32_tied request 19 token 20, gap 0.664 at logit scale 14.6 (10.6 ulps), where hf and sglang, two
+# independent bf16 engines, chose the same token and only the fp32 referee differed: precision, not an
+# engine bug. hf vs sglang's own divergences stayed within 0.13. The real model keeps exactly 0.5, as
+# issue 24 asks (its worst gap on the H200: 0.193). Not yet re-run with this bound.
+TOY_ULPS = 16
 
 
 def _prompts(n: int, vocab: int, seed: int) -> list[GenerateRequest]:

@@ -29,7 +29,7 @@ from sglang_models import (  # noqa: E402
     sglang_cfg,
     single_ctx,
 )
-from test_sglang_parity import MEAN_TOL, _assert_same_losses, _mezo_grads  # noqa: E402
+from test_sglang_parity import MEAN_TOL, _assert_same_losses  # noqa: E402
 
 from mezo_elastic.config import Config, ModelConfig, PeftConfig  # noqa: E402
 from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
@@ -91,13 +91,40 @@ def test_losses_match_at_init_and_after_perturbation_and_base_weights_stay(pair)
         sweep(runner.segments(), SweepPlan(post=[(seed, -1e-1)]))
 
 
+def _lockstep_grads(a, b, batches, eps: float, lr: float, run_seed: int) -> tuple[list[float], list[float]]:
+    """MeZO on both backends in lockstep: each step's g is measured on both at the same adapter weights,
+    then both apply a's g, so the weights stay together and every step compares like with like.
+
+    Two independent trajectories (the full-weight parity test's way) part after a few steps once the
+    adapter is trained at lr 1e-2 on all seven modules: on the H200 (2026-12-02) llama_untied/all parted
+    at step 14 while perturbing each module alone agreed within 4e-3 per request, i.e. bf16 drift of
+    two chaotic trajectories, not a module SGLang applies differently (that is the per-module test's job).
+    """
+    ga, gb = [], []
+    for t, reqs in enumerate(batches):
+        s = step_seed(run_seed, t)
+        g = []
+        for r in (a, b):
+            segs = r.segments()
+            sweep(segs, SweepPlan(post=[(s, eps)]))
+            lp = mean_nll(r.score(reqs))
+            sweep(segs, SweepPlan(post=[(s, -2 * eps)]))
+            lm = mean_nll(r.score(reqs))
+            sweep(segs, SweepPlan(post=[(s, eps)]))
+            g.append((lp - lm) / (2 * eps))
+        for r in (a, b):
+            sweep(r.segments(), SweepPlan(post=[(s, -lr * g[0])]))
+        ga.append(g[0])
+        gb.append(g[1])
+    return ga, gb
+
+
 def test_projected_gradients_match_over_50_steps(pair):
     name, hf, sg = pair
     batches = [random_requests(8, TINY[name]["vocab_size"], seed=100 + t) for t in range(50)]
     start = hf.hf_state_dict()
     try:
-        g_hf = _mezo_grads(hf, batches, eps=1e-2, lr=1e-2, run_seed=11)
-        g_sg = _mezo_grads(sg, batches, eps=1e-2, lr=1e-2, run_seed=11)
+        g_hf, g_sg = _lockstep_grads(hf, sg, batches, eps=1e-2, lr=1e-2, run_seed=11)
     finally:  # the pair is shared by the module: a failure here must not leave the two adapters apart
         hf.load_hf_state_dict(start)
         sg.load_hf_state_dict(start)
