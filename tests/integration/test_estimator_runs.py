@@ -25,7 +25,7 @@ def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     train(whole, *args, "--train.steps=8", nproc=nproc)
     train(split, *args, "--train.steps=3", nproc=nproc)
     res = train(split, *args, "--train.steps=8", nproc=nproc)
-    assert "resumed at step 3" in res.stderr
+    assert "resumed after 3 steps" in res.stderr
     assert max_abs_diff(final_weights(split), final_weights(whole)) == 0.0
     info = json.loads((whole / "run.json").read_text())
     assert info["trajectory"]["mezo.estimator"] == args[len(FAST)].split("=")[1]

@@ -16,6 +16,8 @@ from helpers import REPO, env, excerpt, torchrun, train
 from real_model import SHA256, chat, chat_prompts, referee_check
 from safetensors.torch import load_file
 
+from mezo_elastic.runners import gguf
+
 pytestmark = pytest.mark.integration
 ROWS = [("The film was wonderful.", 0), ("A dull, boring mess.", 1), ("I loved every minute.", 0),
         ("Awful acting.", 1), ("A delightful surprise.", 0), ("The worst movie this year.", 1)]
@@ -42,10 +44,10 @@ def real_run(real_gguf, tmp_path_factory):
 def test_gguf_in_under_torchrun_converts_once_and_records_the_file(real_run, real_gguf):
     cache, _, out, stderr = real_run
     assert stderr.count("converting ") == 1, excerpt(stderr)  # one rank converted, the other waited on the lock
-    converted = cache / "gguf" / SHA256
+    converted = cache / "gguf" / f"{SHA256}{gguf.LAYOUT}"
     assert (converted / ".complete").is_file() and (converted / "config.json").is_file()
     assert json.loads((converted / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert sorted(p.name for p in (cache / "gguf").iterdir()) == [SHA256, f"{SHA256}.lock"]  # no temp dir left
+    assert sorted(p.name for p in (cache / "gguf").iterdir()) == [f"{SHA256}{gguf.LAYOUT}", f"{SHA256}.lock"]  # no temp dir left
     info = json.loads((out / "run.json").read_text())
     assert info["gguf"] == {"path": str(real_gguf.resolve()), "sha256": SHA256}
     assert info["model_path"] == str(converted) and info["trajectory"]["mezo.lr"] == 1e-6  # a user model's default
@@ -58,10 +60,10 @@ def test_resume_at_another_world_size_then_export_has_the_trained_logits(real_ru
 
     cache, data, out, _ = real_run
     environ = {"MEZO_ELASTIC_CACHE": str(cache)}
-    model = str(cache / "gguf" / SHA256)
+    model = str(cache / "gguf" / f"{SHA256}{gguf.LAYOUT}")
     res = train(out, f"--model.path={real_gguf}", f"--data.path={data}", f"--data.eval_path={data}",
                 "--train.steps=3", *RUN, environ=environ)
-    assert "resumed at step 2" in res.stderr and "converting" not in res.stderr, excerpt(res.stderr)  # cached
+    assert "resumed after 2 steps" in res.stderr and "converting" not in res.stderr, excerpt(res.stderr)  # cached
     assert len((out / "steps.jsonl").read_text().splitlines()) == 3
     exported = tmp_path / "exported"
     res = subprocess.run([sys.executable, "-m", "mezo_elastic.export", "--run", str(out), "--out", str(exported)],
@@ -109,7 +111,7 @@ def test_batched_greedy_generation_matches_an_unpadded_referee_on_cpu(real_run):
     from mezo_elastic.runners.hf.runner import HFRunner
 
     cache = real_run[0]
-    model = str(cache / "gguf" / SHA256)
+    model = str(cache / "gguf" / f"{SHA256}{gguf.LAYOUT}")
     tok = AutoTokenizer.from_pretrained(model)
     runner = HFRunner(Config(model=ModelConfig(path=model, dtype="float32")), torch.device("cpu"), model)
     by_length = {len(ids): ids for ids in (tok.encode(p) for p in chat_prompts(64))}
