@@ -71,7 +71,7 @@ def _check_gaps(run_dir: Path, gaps: list[tuple[int, int]], base: int, step: int
     for lo, hi in gaps:
         if base < hi and lo < step:  # a record in [base, step) is lost
             raise CheckpointError(
-                f"--step {step}: {run_dir}/steps.jsonl lost the records of steps {lo}..{hi - 1} (corrupt, skipped at "
+                f"--step {step}: {run_dir}/steps.jsonl lost the records taking the run from {lo} to {hi} steps done (corrupt, skipped at "
                 f"resume), so the weights after {lo + 1}..{hi - 1} steps cannot be rebuilt; export --step {lo} or "
                 f"earlier, or a step at or after a checkpoint from step {hi} on (kept: "
                 f"{sorted(s for s, _ in checkpoint.checkpoint_dirs(run_dir)) or 'none'})"

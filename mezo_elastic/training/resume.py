@@ -87,10 +87,11 @@ class ResumePlan:
         if ck_step > end:
             tail = steplog.records_from(ck_step)
             gaps.append((end, ck_step))
-            log.warning("%s: the records of steps %d..%d are lost (the log is corrupt or cut before checkpoint "
-                        "step-%d); resuming from that checkpoint, which holds their result, and %d logged steps "
-                        "after it. export cannot rebuild the weights after %d..%d steps (written into the log as "
-                        "a gap)", steplog.path, end, ck_step - 1, ck_step, len(tail), end + 1, ck_step - 1)
+            # In steps done, like every other message: the lost records took the run from `end` to `ck_step`.
+            log.warning("%s: the records taking the run from %d to %d steps done are lost (the log is corrupt or cut "
+                        "before checkpoint step-%d); resuming from that checkpoint, which holds their result, and "
+                        "%d logged steps after it. export cannot rebuild the weights after %d..%d steps (written "
+                        "into the log as a gap)", steplog.path, end, ck_step, ck_step, len(tail), end + 1, ck_step - 1)
         else:
             tail = [r for r in records if r.step >= ck_step]
         self.shared = {"ck_step": ck_step if self.ck else None, "tail": [r.__dict__ for r in tail], "error": None}
