@@ -60,6 +60,12 @@ class ModelConfig:
         "backend; capture adds ~40 s at start-up). Off: this package's GPU tests of it (tests/gpu/"
         "test_sglang_prefill_graphs.py) have not run yet; a probe on an H200 measured 1 x 8 tokens 5.2 ms vs 12.2 eager"
     )
+    scoring_graphs: bool = opt(
+        True, "CUDA: scoring forwards (lm, classification, evaluation) run fixed-shape batches (right-padded "
+        "to a multiple of 32 tokens, no attention mask) captured once per shape as CUDA graphs and replayed: "
+        "one launch a forward instead of hundreds (runners/graph_scorer.py). sglang: at tp_size 1 without "
+        "LoRA. false: per-call batches (hf: left-padded with a mask; sglang: the engine's EXTEND batches)"
+    )
     sglang_share_min_tokens: int = opt(
         4096, "sglang: share a classification prompt between candidates (data.share_prompt) only where it saves "
         "at least this many token positions in a forward; a shared forward is two engine forwards, and each "

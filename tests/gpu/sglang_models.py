@@ -34,6 +34,10 @@ LLAMA_1B = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_si
                 head_dim=64, rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
                 rms_norm_eps=1e-5, rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
                                                     high_freq_factor=4.0, original_max_position_embeddings=8192))
+# SmolLM2-135M's shape (the real model of shared/notes/gpu-real-model.md), for host-bound step benchmarks.
+SMOLLM2_135M = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=49152, hidden_size=576,
+                    intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                    rope_theta=100000.0, tie_word_embeddings=True, max_position_embeddings=8192, rms_norm_eps=1e-5)
 LLAMA_8B = dict(LLAMA_1B, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, head_dim=128,
                 tie_word_embeddings=False)
 

@@ -15,7 +15,9 @@ import torch
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
 from mezo_elastic.runners import gguf
+from mezo_elastic.runners import scoring_plan as sp
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
+from mezo_elastic.runners.hf.graphs import hf_graph_scorer
 from mezo_elastic.runners.hf.lora import LoraAdapter
 from mezo_elastic.runners.sampling import cut_at_eos, gumbel_argmax
 from mezo_elastic.zo.perturb import ParamSegment
@@ -91,6 +93,11 @@ class HFRunner:
                                f"{'adapter tensor' if self.adapter else 'parameter'} of {model_path}")
         # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns, then goes).
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        # CUDA: scoring runs fixed-shape batches (right-padded, no mask) captured as CUDA graphs, unless
+        # model.scoring_graphs=false. CPU keeps the padded per-call batches below (no graphs to gain).
+        self.graphs = (hf_graph_scorer(self.model, device, True, lambda: attention_kernels(device))
+                       if device.type == "cuda" and cfg.model.scoring_graphs else None)
+        self._positions_cap = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
 
     def _trainable_segments(self, trainable: str) -> list[ParamSegment]:
         if self.adapter is not None:
@@ -123,7 +130,11 @@ class HFRunner:
 
     @torch.no_grad()
     def score(self, requests: Sequence[ScoreRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded batch; logits only for the last positions, which hold every completion."""
+        """Left-padded batch; logits only for the last positions, which hold every completion (CUDA: the
+        graph scorer's fixed-shape batch)."""
+        if self.graphs is not None:
+            plan = sp.plan_score(requests, self._positions_cap, self.pad_id)
+            return plan.sums(self.graphs.logprobs(plan)), sp.completion_lengths(requests)
         seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests]
         comp = torch.tensor([len(r.completion_ids) for r in requests])
         ids, mask = self._pad(seqs, left=True)
@@ -144,7 +155,11 @@ class HFRunner:
     def score_choices(self, prompts: Sequence[Sequence[int]],
                       choices: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
         """Per prompt, the summed log-prob of each of its candidates (float64, CPU); each prompt runs once
-        (see _score_choices)."""
+        (see _score_choices; CUDA: the graph scorer's fixed-shape batch, one row per prompt for one-token
+        candidates)."""
+        if self.graphs is not None:
+            plan = sp.plan_choices(prompts, choices, self._positions_cap, self.pad_id)
+            return sp.split_choices(plan.sums(self.graphs.logprobs(plan)), choices)
         with attention_kernels(self.device):
             return self._score_choices(prompts, choices)
 
@@ -252,8 +267,10 @@ class HFRunner:
         self.close()
 
     def close(self) -> None:
-        """Drop the model (frees GPU memory on the next collection)."""
-        self.model = self.adapter = None  # type: ignore[assignment]
+        """Drop the model and its graphs (frees GPU memory on the next collection)."""
+        if getattr(self, "graphs", None) is not None:
+            self.graphs.close()
+        self.model = self.adapter = self.graphs = None  # type: ignore[assignment]
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:

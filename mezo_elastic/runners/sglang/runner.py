@@ -28,12 +28,13 @@ import torch.distributed as dist
 from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
+from mezo_elastic.runners import scoring_plan as sp
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.sampling import cut_at_eos
 from mezo_elastic.runners.sglang import engine as compat
 from mezo_elastic.runners.sglang import layout as lay
 from mezo_elastic.runners.sglang import lora as sglang_lora
-from mezo_elastic.runners.sglang import teardown, weights
+from mezo_elastic.runners.sglang import graphs, teardown, weights
 from mezo_elastic.runners.sglang.checks import (  # noqa: F401 (public)
     DTYPES,
     SUPPORTED_ARCHS,
@@ -220,6 +221,12 @@ class SGLangRunner:
         except BaseException:  # e.g. an adapter SGLang refused, a pattern matching nothing: the engine goes
             self.close()
             raise
+        # Scoring through fixed per-shape batches and CUDA graphs (runners/sglang/graphs.py) at tp 1
+        # without LoRA; a batch that does not fit the pools, and TP or LoRA runs, keep per-call batches.
+        self.graphs = None
+        if self.tp_size == 1 and cfg.peft.method == "none" and cfg.model.scoring_graphs:
+            vocab = int(self.engine.model_runner.model_config.vocab_size)
+            self.graphs = graphs.sglang_graph_scorer(self.engine, vocab, device, True)
 
     def _map_weights(self, cfg: Config) -> None:
         """The trainable tensors (the weights, or the LoRA pool's slot) under HF names, as segments."""
@@ -267,6 +274,8 @@ class SGLangRunner:
         for i, r in enumerate(requests):
             if not r.prompt_ids:
                 raise ValueError(f"request {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        if (plan := self._static_plan(sp.plan_score, requests)) is not None:
+            return plan.sums(self.graphs.logprobs(plan)), sp.completion_lengths(requests)
         total = torch.zeros(len(requests), dtype=torch.float64)
         for lo, hi in self._chunks(requests):
             seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests[lo:hi]]
@@ -282,6 +291,8 @@ class SGLangRunner:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
+        if (plan := self._static_plan(sp.plan_choices, prompts, choices)) is not None:
+            return sp.split_choices(plan.sums(self.graphs.logprobs(plan)), choices)
         if saved_positions(prompts, choices) < self.cfg.model.sglang_share_min_tokens:
             # Too little to save to pay for a second engine forward: one sequence per candidate.
             flat, _ = self.score([ScoreRequest(tuple(p), tuple(c)) for p, cs in zip(prompts, choices) for c in cs])
@@ -308,6 +319,13 @@ class SGLangRunner:
                                         settings.temperature, [r.seed for r in requests[lo:hi]], settings.eos_ids)
             out += [cut_at_eos(row, settings.eos_ids) for row in rows]
         return out
+
+    def _static_plan(self, make, *args) -> sp.Plan | None:
+        """The call as a graph scorer plan, or None where there is no scorer or its bucket does not fit."""
+        if self.graphs is None:
+            return None
+        plan = make(*args, self.cfg.data.max_length + 1)
+        return plan if graphs.fits(self.engine, plan.shape, self.cfg.data.max_length + 1) else None
 
     def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:
         """chunk_ranges against this engine's KV pool and request pool and model.sglang_logprob_tokens."""
@@ -350,6 +368,9 @@ class SGLangRunner:
 
     def close(self) -> None:
         """Give the engine's GPU memory back (Engine.close), then the default group if this runner made it."""
+        if getattr(self, "graphs", None) is not None:
+            self.graphs.close()  # the graphs and their pool go before the storage they read
+            self.graphs = None
         if getattr(self, "engine", None) is not None:
             self.engine.close()
             self.engine = None

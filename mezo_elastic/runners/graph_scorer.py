@@ -1,0 +1,95 @@
+"""Scoring plans run on fixed per-bucket buffers, captured as CUDA graphs (model.scoring_graphs).
+
+A small model's forward is host work: launching a few hundred kernels costs more than they run (the
+135M real model: about 12 ms of host time a forward for a few ms of GPU work). A graph captured once
+per bucket (scoring_plan.Plan.shape) replays the whole forward, the log-prob picks included, in one
+launch. A replay reads the weights' storage, which every sweep updates in place, so it always scores
+the current (perturbed) weights.
+
+The backend gives, per bucket, a Slot: the device buffers a plan is copied into and `run()`, which
+computes every pick's log-prob from them. With capture off, or where a capture fails (one warning, then
+eager for the rest of the run), `run()` is called directly: the same function on the same shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from mezo_elastic.runners.scoring_plan import Plan
+
+log = logging.getLogger(__name__)
+MAX_GRAPHS = 32  # buckets captured per runner; later buckets run eagerly (each graph keeps its pool)
+
+
+@dataclass
+class Slot:
+    """Device buffers of one bucket and the forward over them."""
+
+    ids: torch.Tensor  # written with the plan's token ids (any shape holding rows x width elements)
+    picks: torch.Tensor  # [3, picks] int64: row, position, target
+    run: Callable[[], torch.Tensor]  # -> [picks] float32 log-probs, from the buffers
+    refresh: Callable[[], None] = lambda: None  # before every run: state shared with other forwards
+    keep: Any = None  # whatever the buffers belong to (an SGLang batch), alive as long as the slot
+    graph: Any = None
+    out: torch.Tensor | None = None
+    last_key: tuple | None = field(default=None, repr=False)
+
+
+class GraphScorer:
+    """Runs Plans through per-bucket Slots made by `make_slot(shape)`; captures each slot's forward
+    as a CUDA graph when `capture` (the first plan of a bucket pays for the capture)."""
+
+    def __init__(self, make_slot: Callable[[tuple[int, int, int]], Slot], device: torch.device, capture: bool) -> None:
+        self.make_slot, self.device = make_slot, device
+        self.capture = capture and device.type == "cuda"
+        self.slots: dict[tuple[int, int, int], Slot] = {}
+        self.replays = 0  # forwards that replayed a captured graph (tests check the graphs really run)
+        self._pool = torch.cuda.graph_pool_handle() if self.capture else None
+
+    @torch.no_grad()
+    def logprobs(self, plan: Plan) -> torch.Tensor:
+        """Every pick's log-prob (float32, CPU, the bucket's length) for `plan`: one host sync."""
+        slot = self.slots.get(plan.shape)
+        if slot is None:
+            slot = self.slots[plan.shape] = self.make_slot(plan.shape)
+        if slot.last_key != plan.key:  # MeZO's second forward of a step scores the same tokens: no copy
+            slot.ids.copy_(plan.ids.reshape(slot.ids.shape))
+            slot.picks.copy_(plan.picks)
+            slot.last_key = plan.key
+        slot.refresh()
+        if slot.graph is None and self.capture and sum(s.graph is not None for s in self.slots.values()) < MAX_GRAPHS:
+            self._capture(slot)
+        if slot.graph is not None:
+            slot.graph.replay()
+            self.replays += 1
+            return slot.out.cpu()
+        return slot.run().cpu()
+
+    def _capture(self, slot: Slot) -> None:
+        """Warm up on a side stream (lazy initialisations stay out of the graph), then capture."""
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    slot.run()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = slot.run()
+            slot.graph, slot.out = graph, out
+        except Exception as e:  # an op that cannot be captured: this run scores eagerly from here on
+            log.warning("model.scoring_graphs: capturing the scoring forward failed (%s: %s); scoring runs "
+                        "without CUDA graphs (same results, more host time a forward)", type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "")
+            self.capture = False
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        """Drop every graph and buffer (their memory goes back to torch's cache)."""
+        self.slots.clear()
+        self._pool = None
