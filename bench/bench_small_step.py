@@ -129,11 +129,21 @@ def gpu_busy(model: str, tasks: dict, backend: str, out: Path) -> dict:
         trainer.close()
         comm.close()
         distributed.teardown()
-    wall = marks[50 - 1] - marks[30] if len(marks) >= 50 else float("nan")
-    kernels = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA") / 1e6
+    # busy = the union of kernel intervals over the profiled window (streams overlap: no double count)
+    kern = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type.name == "CUDA")
+    span = max(e.time_range.end for e in prof.events()) - min(e.time_range.start for e in prof.events())
+    busy, lo, hi = 0.0, None, None
+    for a, b in kern:
+        if hi is None or a > hi:
+            busy += (hi - lo) if hi is not None else 0.0
+            lo, hi = a, b
+        else:
+            hi = max(hi, b)
+    busy += (hi - lo) if hi is not None else 0.0
+    wall = marks[49] - marks[30] if len(marks) >= 50 else float("nan")
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     (out.parent / f"profile_{backend}.txt").write_text(table)
-    return {"gpu_busy": kernels / wall, "wall_ms_per_step": 1000 * wall / 19, "kernel_ms_per_step": 1000 * kernels / 20}
+    return {"gpu_busy": busy / span, "wall_ms_per_step": 1000 * wall / 19, "kernel_ms_per_step": busy / 1000 / 20}
 
 
 def main(argv: list[str] | None = None) -> None:

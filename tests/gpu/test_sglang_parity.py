@@ -44,7 +44,8 @@ def pair(request, tmp_path_factory):
     path = save_random_model(TINY[name], tmp_path_factory.mktemp(name), seed=1)
     dev = torch.device("cuda", 0)
     hf = HFRunner(Config(model=ModelConfig(backend="hf", path=str(path), dtype="bfloat16", device="cuda")), dev, str(path))
-    sg = SGLangRunner(single_ctx(), sglang_cfg(path), dev, str(path))
+    # the engine's per-call batches (the fixed-shape graph path: tests/gpu/test_scoring_graphs.py)
+    sg = SGLangRunner(single_ctx(), sglang_cfg(path, scoring_graphs=False), dev, str(path))
     yield name, hf, sg
     sg.close()
     print(f"\n{name}: {sg.freed_report().line()}")  # the memory numbers, in the suite log

@@ -1,5 +1,8 @@
 """model.sglang_prefill_graphs: scoring forwards through SGLang's prefill CUDA graphs equal eager ones.
 
+(With model.scoring_graphs=false: this package's own scoring graphs, tests/gpu/test_scoring_graphs.py, take
+the scoring calls before SGLang's prefill graphs would.)
+
 A captured graph reads the parameters' storage, and every sweep writes the weights in place, so after
 +eps and -eps sweeps a graph replay must score what an eager forward scores on the swept weights: for
 plain scoring, for the kept batch (MeZO's second forward of the same tokens) and for shared-prompt
@@ -37,7 +40,7 @@ NAME = "llama32_tied"  # one engine a process (see docs/sglang.md); the other sh
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     path = save_random_model(TINY[NAME], tmp_path_factory.mktemp(NAME), seed=1)
-    sg = SGLangRunner(single_ctx(), sglang_cfg(path, sglang_prefill_graphs=True), torch.device("cuda", 0), str(path))
+    sg = SGLangRunner(single_ctx(), sglang_cfg(path, sglang_prefill_graphs=True, scoring_graphs=False), torch.device("cuda", 0), str(path))
     assert sg.engine.model_runner.prefill_cuda_graph_runner is not None
     yield sg
     sg.close()

@@ -9,6 +9,9 @@ logit scale or soft-cap of its own stays in.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 from mezo_elastic.runners.graph_scorer import GraphScorer, Slot
@@ -16,6 +19,33 @@ from mezo_elastic.runners.scoring_plan import pick_logprobs
 
 # model_type values whose CausalLM forward is logits = lm_head(decoder(...)) and nothing else.
 SPLIT_HEAD = ("llama", "mistral", "qwen2", "qwen3")
+CAUSAL_SDPA = "mezo_causal_sdpa"  # the attention implementation registered with transformers below
+
+
+@functools.cache
+def _register_causal_sdpa() -> None:
+    """Register CAUSAL_SDPA with transformers' attention and mask interfaces (once a process)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        kwargs.pop("is_causal", None)  # right-padded rows: causal is the whole mask
+        return sdpa_attention_forward(module, query, key, value, None, *args, is_causal=True, **kwargs)
+
+    AttentionInterface.register(CAUSAL_SDPA, attention)
+    AttentionMaskInterface.register(CAUSAL_SDPA, lambda *args, **kwargs: None)
+
+
+@contextlib.contextmanager
+def causal_sdpa(model: torch.nn.Module):
+    """Within the block `model` attends through CAUSAL_SDPA (its other forwards keep their own)."""
+    _register_causal_sdpa()
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = CAUSAL_SDPA
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = saved
 
 
 def hf_graph_scorer(model: torch.nn.Module, device: torch.device, capture: bool, kernels) -> GraphScorer:
@@ -30,7 +60,7 @@ def hf_graph_scorer(model: torch.nn.Module, device: torch.device, capture: bool,
         picks = torch.zeros((3, n_picks), dtype=torch.long, device=device)
 
         def run() -> torch.Tensor:
-            with kernels():
+            with kernels(), causal_sdpa(model):
                 if split:
                     hidden = body(input_ids=ids, use_cache=False).last_hidden_state
                     logits = head(hidden[picks[0], picks[1]])
