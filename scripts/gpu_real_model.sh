@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real pretrained model on one GPU (issue 24): SmolLM2-135M-Instruct from its GGUF file.
 #
-#   MEZO_REAL_GGUF=/tmp/m/model.gguf scripts/gpu_real_model.sh              # all stages: convert tests cls reward
+#   MEZO_REAL_GGUF=/tmp/m/model.gguf scripts/gpu_real_model.sh              # all stages: convert tests step cls reward
 #   MEZO_REAL_GGUF=/tmp/m/model.gguf scripts/gpu_real_model.sh tests        # the GPU tests only
 #
 # Stages:
@@ -10,6 +10,8 @@
 #            referee (hf, sglang, hf vs sglang), the built-in default training on sglang
 #   cls      classification learning (bench/real_tasks.py's cls task): sglang at the default lr and at CLS_LR,
 #            hf at CLS_LR; first/final eval accuracy and steps/s
+#   step     bench/bench_small_step.py on the real model: steps/s of ours (sglang, hf; scoring graphs on, off)
+#            beside the reference MeZO loop, and GPU busy during our step ($OUT/step/small_step.json)
 #   reward   reward learning (its reward task, exact_match, greedy): sglang, shaping none / zscore / centered_rank,
 #            K = 1 and 4; hf, none, K = 1; first/final eval reward and steps/s
 # Summaries: $OUT/real_model.jsonl (a line a run) and the table printed at the end. Wheels and environment as
@@ -17,7 +19,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/mezo_gpu_out}
 mkdir -p "$OUT"
-stages=${*:-convert tests cls reward}
+stages=${*:-convert tests step cls reward}
 export PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
 export TVM_FFI_CACHE_DIR=${TVM_FFI_CACHE_DIR:-/tmp/tvm-ffi-cache}
 : "${MEZO_REAL_GGUF:?set MEZO_REAL_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (shared/tools/real-model-parts)}"
@@ -76,6 +78,12 @@ d, sha = gguf.hf_dir_for(Path(os.environ['MEZO_REAL_GGUF'])); print(d, sha[:12],
       python3 -m pytest tests/gpu/test_real_model_gpu.py -m gpu -q -s -rA -p no:cacheprovider 2>&1 | \
         tee "$OUT/real_model_tests.log" | grep -E "agree|NLL|hf vs sglang|built-in|passed|failed|error|PASSED|FAILED|ERROR" | tail -30
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
+    step)
+      log "step: ours (sglang, hf; graphs on/off) vs the reference, GPU busy"
+      python3 bench/bench_small_step.py --model "$MEZO_REAL_GGUF" --out /tmp/mezo_step --steps "${STEP_STEPS:-300}" \
+        > "$OUT/small_step.log" 2>&1 || { log "step FAILED"; rc=1; }
+      tail -12 "$OUT/small_step.log"
+      cp /tmp/mezo_step/small_step.json /tmp/mezo_step/profile_*.txt "$OUT/" 2>/dev/null ;;
     cls|reward)
       [ -f "$OUT/tasks/cls_train.jsonl" ] || python3 bench/real_tasks.py --out "$OUT/tasks" || { log "bench/real_tasks.py missing"; rc=1; continue; }
       T=$OUT/tasks
@@ -101,7 +109,7 @@ d, sha = gguf.hf_dir_for(Path(os.environ['MEZO_REAL_GGUF'])); print(d, sha[:12],
         done
         run reward_hf_none_k1 "${R[@]}" --model.backend=hf --train.steps=$((REWARD_STEPS / 2)) --mezo.lr="$REWARD_LR"
       fi ;;
-    *) echo "unknown stage $s (convert tests cls reward)"; exit 2 ;;
+    *) echo "unknown stage $s (convert tests step cls reward)"; exit 2 ;;
   esac
 done
 [ -f "$OUT/real_model.jsonl" ] && python3 - "$OUT/real_model.jsonl" <<'PY'

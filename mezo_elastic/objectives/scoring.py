@@ -53,13 +53,21 @@ def example_losses(runner: ForwardRunner, examples: Sequence[Example], objective
         lp = _score_all(runner, reqs, micro_batch)
         n = torch.tensor([len(ex.candidates[0]) for ex in examples], dtype=torch.float64)
         return -lp / n, None
-    losses, correct = [], []
-    for ex, scores in zip(examples, _candidate_scores(runner, examples, micro_batch, share_prompt)):
-        if length_norm:
-            scores = scores / torch.tensor([len(c) for c in ex.candidates], dtype=scores.dtype)
-        losses.append(torch.logsumexp(scores, 0) - scores[ex.label])
-        correct.append(is_correct(int(torch.argmax(scores)), ex.label, ex.correct))
-    return torch.stack(losses) if losses else torch.zeros(0, dtype=torch.float64), torch.tensor(correct)
+    scores = _candidate_scores(runner, examples, micro_batch, share_prompt)
+    if not scores:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
+    # All examples at once (a few tensor ops a forward instead of a few per example: on a GPU step of a
+    # small model the per-example ops cost more host time than the forward). -inf pads uneven candidate
+    # counts: exp(-inf) adds exactly 0, so each row's logsumexp is the one of its own candidates.
+    k = max(len(sc) for sc in scores)
+    mat = torch.full((len(scores), k), float("-inf"), dtype=torch.float64)
+    for i, (ex, sc) in enumerate(zip(examples, scores)):
+        mat[i, : len(sc)] = sc / torch.tensor([len(c) for c in ex.candidates], dtype=sc.dtype) if length_norm else sc
+    labels = torch.tensor([ex.label for ex in examples])
+    losses = torch.logsumexp(mat, 1) - mat[torch.arange(len(scores)), labels]
+    predicted = mat.argmax(1).tolist()
+    correct = [is_correct(p, ex.label, ex.correct) for p, ex in zip(predicted, examples)]
+    return losses, torch.tensor(correct)
 
 
 def right_candidate_only(examples: Sequence[Example]) -> list[Example]:
