@@ -10,7 +10,8 @@ checkpoints); steps/s is the median rate between its train lines (metrics.jsonl)
 bench_step.ReferenceMeZO (MeZO's loop: HF forwards, torch.normal z per tensor, 4 sweeps a step) scoring
 the same batches with the same classification loss through the hf runner's per-call batches. GPU busy:
 torch.profiler over 20 steps of our trainer in this process, the kernels' summed time over the wall time.
-Prints a table; writes OUT/small_step.json.
+--task reward measures the reward task instead (generated text: sglang with and without SGLang's prefill
+graphs, hf). Prints a table; writes OUT/small_step_<task>.json.
 """
 
 from __future__ import annotations
@@ -40,10 +41,25 @@ from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
 from mezo_elastic.training.inputs import load_inputs  # noqa: E402
 
 
-def config(model: str, tasks: dict, backend: str, graphs: bool, steps: int, out: Path) -> dict:
+# ours: (label, backend, model fields) per task; cls compares the scoring graphs on and off, reward (generation)
+# SGLang's own prefill graphs for the generation's prefill on and off
+VARIANTS = {
+    "cls": [("sglang, scoring graphs", "sglang", {"scoring_graphs": True}),
+            ("sglang, per-call batches", "sglang", {"scoring_graphs": False}),
+            ("hf, scoring graphs", "hf", {"scoring_graphs": True}),
+            ("hf, per-call batches", "hf", {"scoring_graphs": False})],
+    "reward": [("sglang", "sglang", {}), ("sglang, prefill graphs", "sglang", {"sglang_prefill_graphs": True}),
+               ("hf", "hf", {})],
+}
+
+
+def config(model: str, tasks: dict, backend: str, fields: dict, steps: int, out: Path, task: str = "cls") -> dict:
+    data = ({"objective": "classification", "path": str(tasks["cls_train"])} if task == "cls" else
+            {"objective": "reward", "reward": "exact_match", "path": str(tasks["reward_train"]), "micro_batch": 64})
     return {
-        "model": {"backend": backend, "path": model, "dtype": "bfloat16", "scoring_graphs": graphs},
-        "data": {"objective": "classification", "path": str(tasks["cls_train"]), "verbatim": True, "max_length": 128},
+        "model": {"backend": backend, "path": model, "dtype": "bfloat16", **fields},
+        "data": {**data, "verbatim": True, "max_length": 128},
+        "generate": {"max_new_tokens": 6},
         "mezo": {"lr": 1e-5, "eps": 1e-3},
         "train": {"steps": steps, "batch_size": 16, "log_every": 10, "eval_every": 0, "save_final": False,
                   "progress": False, "output_dir": str(out)},
@@ -55,9 +71,9 @@ def flags(cfg: dict) -> list[str]:
     return [f"--{s}.{k}={v}" for s, sub in cfg.items() for k, v in sub.items()]
 
 
-def ours(model: str, tasks: dict, backend: str, graphs: bool, steps: int, out: Path) -> dict:
+def ours(model: str, tasks: dict, backend: str, fields: dict, steps: int, out: Path, task: str) -> dict:
     """steps/s of one trainer run (median between train lines, start-up and the first lines left out)."""
-    cfg = config(model, tasks, backend, graphs, steps, out)
+    cfg = config(model, tasks, backend, fields, steps, out, task)
     t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "mezo_elastic.train", *flags(cfg)], cwd=REPO, capture_output=True,
                          text=True, timeout=900)
@@ -69,9 +85,10 @@ def ours(model: str, tasks: dict, backend: str, graphs: bool, steps: int, out: P
     return {"steps_per_s": statistics.median(rates), "wall_s": round(time.time() - t0, 1)}
 
 
-def reference(model: str, tasks: dict, steps: int) -> dict:
-    """steps/s of MeZO's loop on the same batches (hf forwards through per-call batches, no graphs)."""
-    cfg = from_dict(config(model, tasks, "hf", False, steps, Path("/tmp/unused")))
+def reference(model: str, tasks: dict, steps: int, task: str) -> dict:
+    """steps/s of MeZO's loop on the same batches (hf forwards through per-call batches, no graphs; reward:
+    transformers' generate, as MeZO's non-differentiable path)."""
+    cfg = from_dict(config(model, tasks, "hf", {"scoring_graphs": False}, steps, Path("/tmp/unused"), task))
     cfg.model.device = "cuda"
     runner = HFRunner(cfg, torch.device("cuda"), model)
     tok, data, stage = load_inputs(cfg, True)
@@ -107,7 +124,7 @@ def gpu_busy(model: str, tasks: dict, backend: str, out: Path) -> dict:
     from mezo_elastic.train import _init
     from mezo_elastic.training.trainer import Trainer
 
-    cfg = parse_args(flags(config(model, tasks, backend, True, 50, out)))
+    cfg = parse_args(flags(config(model, tasks, backend, {"scoring_graphs": True}, 50, out)))
     ctx = detect()
     comm = _init(ctx, cfg)
     trainer = Trainer(ctx, cfg, comm)
@@ -154,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                    "(SmolLM2's; the trainer tokenizes the task with the model directory's tokenizer)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--only", default="ours,reference,busy")
+    p.add_argument("--task", default="cls", choices=sorted(VARIANTS), help="cls (scoring) or reward (generation)")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,23 +187,22 @@ def main(argv: list[str] | None = None) -> None:
     res: dict = {"card": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                  "model": a.model or "SmolLM2-135M shape, random bf16 weights", "steps": a.steps}
     only = a.only.split(",")
+    res["task"] = a.task
     if "ours" in only:
-        for backend in ("sglang", "hf"):
-            for graphs in (True, False):
-                res[f"ours {backend} graphs={graphs}"] = ours(model, tasks, backend, graphs, a.steps,
-                                                               out / f"run-{backend}-{graphs}")
-                print(backend, graphs, res[f"ours {backend} graphs={graphs}"], flush=True)
+        for label, backend, fields in VARIANTS[a.task]:
+            res[f"ours {label}"] = r = ours(model, tasks, backend, fields, a.steps, out / f"run-{len(res)}", a.task)
+            print(label, r, flush=True)
     if "reference" in only:
-        res["reference MeZO"] = reference(model, tasks, min(a.steps, 100))
-    if "busy" in only:
+        res["reference MeZO"] = reference(model, tasks, min(a.steps, 100), a.task)
+    if "busy" in only and a.task == "cls":
         for backend in ("sglang", "hf"):
             try:
                 res[f"busy {backend}"] = gpu_busy(model, tasks, backend, out / f"busy-{backend}")
             except Exception as e:  # noqa: BLE001 - a profile that fails leaves the table
                 res[f"busy {backend}"] = {"error": f"{type(e).__name__}: {e}"}
-    (out / "small_step.json").write_text(json.dumps(res, indent=1))
+    (out / f"small_step_{a.task}.json").write_text(json.dumps(res, indent=1))
     ref = res.get("reference MeZO", {}).get("steps_per_s")
-    print(f"\n{res['card']}; {res['date']}; torch {res['torch']}; {res['model']}; batch 16, bf16\n")
+    print(f"\n{res['card']}; {res['date']}; torch {res['torch']}; {res['model']}; task {a.task}, batch 16, bf16\n")
     print("| method | steps/s | x reference |\n|---|---:|---:|")
     for k, v in res.items():
         if isinstance(v, dict) and "steps_per_s" in v:

@@ -11,7 +11,7 @@
 #   cls      classification learning (bench/real_tasks.py's cls task): sglang at the default lr and at CLS_LR,
 #            hf at CLS_LR; first/final eval accuracy and steps/s
 #   step     bench/bench_small_step.py on the real model: steps/s of ours (sglang, hf; scoring graphs on, off)
-#            beside the reference MeZO loop, and GPU busy during our step ($OUT/step/small_step.json)
+#            beside the reference MeZO loop, and GPU busy during our step ($OUT/small_step_<task>.json)
 #   reward   reward learning (its reward task, exact_match, greedy): sglang, shaping none / zscore / centered_rank,
 #            K = 1 and 4; hf, none, K = 1; first/final eval reward and steps/s
 # Summaries: $OUT/real_model.jsonl (a line a run) and the table printed at the end. Wheels and environment as
@@ -80,10 +80,12 @@ d, sha = gguf.hf_dir_for(Path(os.environ['MEZO_REAL_GGUF'])); print(d, sha[:12],
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
     step)
       log "step: ours (sglang, hf; graphs on/off) vs the reference, GPU busy"
-      python3 bench/bench_small_step.py --model "$MEZO_REAL_GGUF" --out /tmp/mezo_step --steps "${STEP_STEPS:-300}" \
-        > "$OUT/small_step.log" 2>&1 || { log "step FAILED"; rc=1; }
-      tail -12 "$OUT/small_step.log"
-      cp /tmp/mezo_step/small_step.json /tmp/mezo_step/profile_*.txt "$OUT/" 2>/dev/null ;;
+      for task in ${STEP_TASKS:-cls reward}; do
+        python3 bench/bench_small_step.py --model "$MEZO_REAL_GGUF" --out /tmp/mezo_step --task "$task" \
+          --steps "${STEP_STEPS:-300}" > "$OUT/small_step_$task.log" 2>&1 || { log "step $task FAILED"; rc=1; }
+        grep -A12 "^NVIDIA\|^| method" "$OUT/small_step_$task.log" | tail -12
+      done
+      cp /tmp/mezo_step/small_step_*.json /tmp/mezo_step/profile_*.txt "$OUT/" 2>/dev/null ;;
     cls|reward)
       [ -f "$OUT/tasks/cls_train.jsonl" ] || python3 bench/real_tasks.py --out "$OUT/tasks" || { log "bench/real_tasks.py missing"; rc=1; continue; }
       T=$OUT/tasks
