@@ -36,7 +36,7 @@ class Slot:
     keep: Any = None  # whatever the buffers belong to (an SGLang batch), alive as long as the slot
     graph: Any = None
     out: torch.Tensor | None = None
-    last_key: tuple | None = field(default=None, repr=False)
+    last_plan: Plan | None = field(default=None, repr=False)
 
 
 class GraphScorer:
@@ -56,10 +56,11 @@ class GraphScorer:
         slot = self.slots.get(plan.shape)
         if slot is None:
             slot = self.slots[plan.shape] = self.make_slot(plan.shape)
-        if slot.last_key != plan.key:  # MeZO's second forward of a step scores the same tokens: no copy
+        last = slot.last_plan
+        if last is not plan and (last is None or last.key != plan.key):  # MeZO's second forward: no copy
             slot.ids.copy_(plan.ids.reshape(slot.ids.shape))
             slot.picks.copy_(plan.picks)
-            slot.last_key = plan.key
+        slot.last_plan = plan
         slot.refresh()
         if slot.graph is None and self.capture and sum(s.graph is not None for s in self.slots.values()) < MAX_GRAPHS:
             self._capture(slot)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from mezo_elastic.runners.base import ScoreRequest
@@ -58,18 +59,51 @@ class Plan:
         return torch.zeros(self.n_out, dtype=torch.float64).index_add_(0, self.owner, vals)
 
 
-def _build(rows: Sequence[Sequence[int]], picks: list[tuple[int, int, int, int]], n_out: int, cap: int,
+def _build(rows: Sequence[tuple[int, ...]], picks: list[tuple[int, int, int, int]], n_out: int, cap: int,
            pad_id: int) -> Plan:
-    """Plan from token rows and (row, position, target, owner) picks."""
+    """Plan from token rows and (row, position, target, owner) picks (numpy fills: a step's host time)."""
     width = bucket_width(max(len(r) for r in rows), cap)
-    ids = torch.full((next_pow2(len(rows)), width), pad_id, dtype=torch.long)
+    ids = np.full((next_pow2(len(rows)), width), pad_id, dtype=np.int64)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    pk = torch.zeros((3, next_pow2(len(picks))), dtype=torch.long)
-    pk[:, : len(picks)] = torch.tensor([p[:3] for p in picks], dtype=torch.long).T
+        ids[i, : len(r)] = r
+    pk = np.zeros((3, next_pow2(len(picks))), dtype=np.int64)
+    pk[:, : len(picks)] = np.array([p[:3] for p in picks], dtype=np.int64).T
     owner = torch.tensor([p[3] for p in picks], dtype=torch.long)
-    key = (tuple(map(tuple, rows)), tuple(picks))
-    return Plan(ids, pk, owner, n_out, len(rows), len(picks), key)
+    key = (tuple(rows), tuple(picks))
+    return Plan(torch.from_numpy(ids), torch.from_numpy(pk), owner, n_out, len(rows), len(picks), key)
+
+
+class PlanCache:
+    """The last plan, given back when a call passes the very same token tuples again.
+
+    MeZO scores one batch at +eps z and at -eps z (FZOO: K + 1 times): the objective hands the runner the
+    same Example tuples each time. The cache keeps those tuples alive, so `is` on every one of them proves
+    equal tokens (tuples never change) without comparing the tokens.
+    """
+
+    def __init__(self) -> None:
+        self._leaves: list | None = None
+        self._plan: Plan | None = None
+
+    def get(self, leaves: list, make) -> Plan:
+        """The cached plan when `leaves` (the call's token tuples, in order) are the cached ones, else make()."""
+        old = self._leaves
+        if old is not None and len(old) == len(leaves) and all(a is b for a, b in zip(old, leaves)):
+            return self._plan
+        plan = make()
+        # only tuples prove their tokens by identity: a list could change between two calls
+        self._plan, self._leaves = (plan, leaves) if all(type(x) is tuple for x in leaves) else (None, None)
+        return plan
+
+
+def score_leaves(requests: Sequence[ScoreRequest]) -> list:
+    """A score call's token tuples in order (PlanCache.get's `leaves`)."""
+    return [t for r in requests for t in (r.prompt_ids, r.completion_ids)]
+
+
+def choice_leaves(prompts: Sequence[Sequence[int]], choices: Sequence[Sequence[Sequence[int]]]) -> list:
+    """A score_choices call's token tuples in order (PlanCache.get's `leaves`)."""
+    return [*prompts, *choices]
 
 
 def plan_score(requests: Sequence[ScoreRequest], cap: int, pad_id: int = 0) -> Plan:

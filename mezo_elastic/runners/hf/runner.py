@@ -98,6 +98,7 @@ class HFRunner:
         self.graphs = (hf_graph_scorer(self.model, device, True, lambda: attention_kernels(device))
                        if device.type == "cuda" and cfg.model.scoring_graphs else None)
         self._positions_cap = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+        self._plans = sp.PlanCache()
 
     def _trainable_segments(self, trainable: str) -> list[ParamSegment]:
         if self.adapter is not None:
@@ -133,7 +134,8 @@ class HFRunner:
         """Left-padded batch; logits only for the last positions, which hold every completion (CUDA: the
         graph scorer's fixed-shape batch)."""
         if self.graphs is not None:
-            plan = sp.plan_score(requests, self._positions_cap, self.pad_id)
+            plan = self._plans.get(sp.score_leaves(requests),
+                                   lambda: sp.plan_score(requests, self._positions_cap, self.pad_id))
             return plan.sums(self.graphs.logprobs(plan)), sp.completion_lengths(requests)
         seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in requests]
         comp = torch.tensor([len(r.completion_ids) for r in requests])
@@ -158,7 +160,8 @@ class HFRunner:
         (see _score_choices; CUDA: the graph scorer's fixed-shape batch, one row per prompt for one-token
         candidates)."""
         if self.graphs is not None:
-            plan = sp.plan_choices(prompts, choices, self._positions_cap, self.pad_id)
+            plan = self._plans.get(sp.choice_leaves(prompts, choices),
+                                   lambda: sp.plan_choices(prompts, choices, self._positions_cap, self.pad_id))
             return sp.split_choices(plan.sums(self.graphs.logprobs(plan)), choices)
         with attention_kernels(self.device):
             return self._score_choices(prompts, choices)

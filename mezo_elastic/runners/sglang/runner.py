@@ -223,7 +223,7 @@ class SGLangRunner:
             raise
         # Scoring through fixed per-shape batches and CUDA graphs (runners/sglang/graphs.py) at tp 1
         # without LoRA; a batch that does not fit the pools, and TP or LoRA runs, keep per-call batches.
-        self.graphs = None
+        self.graphs, self._plans = None, sp.PlanCache()
         if self.tp_size == 1 and cfg.peft.method == "none" and cfg.model.scoring_graphs:
             vocab = int(self.engine.model_runner.model_config.vocab_size)
             self.graphs = graphs.sglang_graph_scorer(self.engine, vocab, device, True)
@@ -274,7 +274,7 @@ class SGLangRunner:
         for i, r in enumerate(requests):
             if not r.prompt_ids:
                 raise ValueError(f"request {i}: empty prompt_ids; the first completion token needs a prompt token before it")
-        if (plan := self._static_plan(sp.plan_score, requests)) is not None:
+        if (plan := self._static_plan(sp.score_leaves(requests), sp.plan_score, requests)) is not None:
             return plan.sums(self.graphs.logprobs(plan)), sp.completion_lengths(requests)
         total = torch.zeros(len(requests), dtype=torch.float64)
         for lo, hi in self._chunks(requests):
@@ -291,7 +291,7 @@ class SGLangRunner:
         for i, p in enumerate(prompts):
             if not p:
                 raise ValueError(f"prompt {i}: empty prompt_ids; the first completion token needs a prompt token before it")
-        if (plan := self._static_plan(sp.plan_choices, prompts, choices)) is not None:
+        if (plan := self._static_plan(sp.choice_leaves(prompts, choices), sp.plan_choices, prompts, choices)) is not None:
             return sp.split_choices(plan.sums(self.graphs.logprobs(plan)), choices)
         if saved_positions(prompts, choices) < self.cfg.model.sglang_share_min_tokens:
             # Too little to save to pay for a second engine forward: one sequence per candidate.
@@ -320,12 +320,14 @@ class SGLangRunner:
             out += [cut_at_eos(row, settings.eos_ids) for row in rows]
         return out
 
-    def _static_plan(self, make, *args) -> sp.Plan | None:
-        """The call as a graph scorer plan, or None where there is no scorer or its bucket does not fit."""
+    def _static_plan(self, leaves: list, make, *args) -> sp.Plan | None:
+        """The call as a graph scorer plan (the last one again for the same token tuples: PlanCache), or None
+        where there is no scorer or the plan's bucket does not fit the engine."""
         if self.graphs is None:
             return None
-        plan = make(*args, self.cfg.data.max_length + 1)
-        return plan if graphs.fits(self.engine, plan.shape, self.cfg.data.max_length + 1) else None
+        cap = self.cfg.data.max_length + 1
+        plan = self._plans.get(leaves, lambda: make(*args, cap))
+        return plan if graphs.fits(self.engine, plan.shape, cap) else None
 
     def _chunks(self, need: Sequence[tuple[int, int, int]] | Sequence[ScoreRequest]) -> list[tuple[int, int]]:
         """chunk_ranges against this engine's KV pool and request pool and model.sglang_logprob_tokens."""
