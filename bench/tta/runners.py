@@ -208,7 +208,9 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
             if stop and not stopped and should_stop(read_curve(metrics, task.metric, method.forwards_per_step), *stop):
                 proc.send_signal(signal.SIGTERM)
                 stopped = True
-    if proc.returncode != 0 and not (stopped and proc.returncode == 128 + signal.SIGTERM):
+    # a stop we sent: the trainer's exit code 128 + 15 after its current step, or -15 where the signal came
+    # before its handlers were in (start-up) or after the step loop (the final eval): the curve is what is in
+    if proc.returncode != 0 and not (stopped and proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)):
         tail = Path(log.name).read_text()[-3000:]
         raise SystemExit(f"{method.estimator} run failed (exit {proc.returncode}, {work}):\n{tail}")
     return {"forwards_per_step": method.forwards_per_step, "curve": read_curve(metrics, task.metric,
