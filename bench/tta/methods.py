@@ -42,7 +42,7 @@ def our_lrs(args, est: str, refs: list[dict]) -> list[float]:
         return floats(args.lr_spsa) or [lr_ref]
     if est == "fzoo":
         if args.fzoo_scales:
-            g = next(r for r in refs if r["seed"] == refs[0]["seed"])["median_abs_grad"]
+            g = refs[0]["median_abs_grad"]  # the lowest seed (0) of the reference at its chosen lr
             return [float(f"{s * lr_ref * g:.4g}") for s in floats(args.fzoo_scales)]
         return floats(args.lr_fzoo)
     return floats(args.lr_es)
