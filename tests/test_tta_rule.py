@@ -112,6 +112,7 @@ def test_pick_lr_grid_rules():
     assert store.pick_lr(runs, rule) == 3e-5  # the best final smoothed metric: 0.767 (1e-4: 0.733)
     assert store.pick_lr(runs, rule, target=0.66) == 1e-4  # the soonest to the target: eval 2 (3e-5: eval 3)
     assert store.pick_lr([], rule) is None
+    assert store.pick_lr(runs[3:], rule) == 1e-3  # no seed-0 run: the lowest seed's
 
 
 def test_eval_standard_error():

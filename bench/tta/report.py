@@ -54,9 +54,9 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
                                 "lrs_tried": sorted({r["lr"] for r in runs_all if r["seed"] == 0}),
                                 "stopped_under_other_target": stale}
     ref = res["methods"]["reference"]
-    for m in res["methods"].values():
-        m["speedup_seconds"] = curves.speedup(ref["seconds"]["median"], m["seconds"]["median"]) if tgt["learned"] else None
-        m["speedup_forwards"] = curves.speedup(ref["forwards"]["median"], m["forwards"]["median"]) if tgt["learned"] else None
+    for m in res["methods"].values():  # no verdict where the reference did not learn
+        for k in ("seconds", "forwards"):
+            m[f"speedup_{k}"] = curves.speedup(ref[k]["median"], m[k]["median"]) if tgt["learned"] else None
     return res
 
 

@@ -7,6 +7,7 @@ training only (start-up and evaluation taken out, the same on both sides).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -70,14 +71,22 @@ def base_config(args, task: Task, seed: int, lr: float, eps: float, model: str) 
     }
 
 
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def settings(args, task: Task, method: Method) -> dict:
     """What makes two runs of the same (task, method, lr, seed) comparable; a stored run with other
-    settings is refused rather than mixed in."""
-    return {"model": args.model or "built-in", "objective": task.objective, "train": task.train, "eval": task.eval,
-            "metric": task.metric, "ref_steps": task.steps, "eval_every": args.eval_every, "budget": args.budget,
-            "batch_size": args.batch_size, "eval_examples": args.eval_examples, "eps": method.eps,
-            "mezo": dict(method.mezo), "dtype": args.dtype, "backend": "hf" if method.estimator == "reference"
-            else args.backend}
+    settings is refused rather than mixed in. Files by content and the model by name, so an OUT copied to
+    another machine (another path) still matches."""
+    out = {"model": Path(args.model).name if args.model else "built-in", "objective": task.objective,
+           "train": file_digest(task.train), "eval": file_digest(task.eval), "metric": task.metric,
+           "reward": task.reward, "max_new_tokens": task.max_new_tokens, "ref_steps": task.steps,
+           "eval_every": args.eval_every, "batch_size": args.batch_size, "eval_examples": args.eval_examples,
+           "eps": method.eps, "mezo": dict(method.mezo), "dtype": args.dtype}
+    if method.estimator != "reference":  # the reference always runs its own budget on HF
+        out.update(budget=args.budget, backend=args.backend)
+    return out
 
 
 def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
@@ -179,8 +188,8 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
              stop: tuple[float, Rule, float] | None) -> dict:
     """One run of the trainer (python -m mezo_elastic.train), its curve read back from metrics.jsonl.
 
-    `stop` = (target, rule, the reference's median training seconds): end the run (SIGTERM: the trainer stops after the current
-    step) once curves.should_stop says so; None = the whole budget.
+    `stop` = (target, rule, the reference's median training seconds): end the run (SIGTERM: the trainer
+    stops after the current step) once curves.should_stop says so; None = the whole budget.
     """
     cfg = base_config(args, task, seed, lr, method.eps, model)
     steps, every = ours_steps(args, task, method.forwards_per_step)

@@ -67,12 +67,13 @@ def load_runs(out: Path, task: str, method: str) -> list[dict]:
 
 
 def pick_lr(runs: list[dict], rule: Rule, target: float | None = None) -> float | None:
-    """The lr of the best seed-0 run: without a target, the best final smoothed metric (the reference's
+    """The lr of the best seed-0 run (every lr of the method in OUT competes): without a target, the best final smoothed metric (the reference's
     grid); with one, the soonest to the target in training seconds, ties and never-reached runs by the
-    final smoothed metric. None when there is no seed-0 run."""
-    first = [r for r in runs if r["seed"] == 0]
-    if not first:
+    final smoothed metric. None when there are no runs; where seed 0 has none, the lowest seed's."""
+    if not runs:
         return None
+    low = min(r["seed"] for r in runs)
+    first = [r for r in runs if r["seed"] == low]
     sign = 1 if rule.higher else -1
 
     def key(r: dict) -> tuple:
