@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
                 bench_reference(args, out, task, model)
             if "ours" in args.methods and args.estimators:
                 bench_ours(args, out, task, model)
-    meta = {"card": report.card(args.device), "backend": args.backend, "model": "built-in" if args.builtin else args.model,
+    meta = {"card": report.card(args.device), "backend": args.backend,
+            "model": "built-in" if args.builtin else args.model,
             "budget": args.budget, "rule": {"window": args.window, "fraction": args.fraction, "min_gain": args.min_gain},
             "args": {k: v for k, v in vars(args).items()}}
     return report.build(out, tasks, ["reference", *args.estimators], lambda t: rule_for(args, t), meta)
