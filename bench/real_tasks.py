@@ -1,9 +1,11 @@
 """The two real-model tasks: a classification task and a reward-from-generated-text task, as JSONL.
 
     python bench/real_tasks.py --out DIR
-writes DIR/cls_train.jsonl (1200), cls_eval.jsonl (400): rows {"prompt", "candidates", "label"}, and
-DIR/reward_train.jsonl (1200), reward_eval.jsonl (400): rows {"prompt", "answers"}. Deterministic
-(fixed seeds, the same bytes on every run and machine); no eval prompt occurs in its train file.
+writes DIR/cls_train.jsonl (2000), cls_eval.jsonl (1000): rows {"prompt", "candidates", "label"}, and
+DIR/reward_train.jsonl (2000), reward_eval.jsonl (1000): rows {"prompt", "answers"}. Deterministic
+(fixed seeds, the same bytes on every run and machine); no eval prompt occurs in its train file. 1000
+eval rows: one eval's standard error is at most sqrt(0.25 / 1000) = 0.016, what bench/time_to_accuracy.py
+needs to tell a gain of 0.10 from noise.
 
 Both are made for SmolLM2-135M-Instruct (its chat template is written into each prompt, so train with
 --data.verbatim=true): the model starts far below the ceiling and MeZO can move it there, since each
@@ -28,7 +30,7 @@ import os
 import random
 from pathlib import Path
 
-N_TRAIN, N_EVAL = 1200, 400
+N_TRAIN, N_EVAL = 2000, 1000
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 ITEMS = ["blender", "jacket", "phone case", "lamp", "backpack", "kettle", "keyboard", "tent", "water bottle",
          "desk chair", "headset", "umbrella", "toaster", "notebook", "charger", "pillow", "frying pan", "watch",

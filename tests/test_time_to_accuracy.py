@@ -1,5 +1,6 @@
 """bench/time_to_accuracy.py --smoke end to end on the CPU: the reference MeZO (grid + seeds), ours through
-python -m mezo_elastic.train with spsa and fzoo, on the built-in classification and reward tasks."""
+python -m mezo_elastic.train with spsa and fzoo, on the built-in classification and reward tasks; then a
+re-invocation on the same OUT that skips every finished run and rebuilds the report from OUT."""
 
 from __future__ import annotations
 
@@ -13,20 +14,35 @@ from helpers import env
 REPO = Path(__file__).resolve().parents[1]
 
 
+def bench(out: Path, *args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--smoke", "--out", str(out),
+                        *args], env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
 def test_time_to_accuracy_smoke(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--smoke", "--out",
-                        str(tmp_path)], env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = bench(tmp_path)
     assert "| cls | reference MeZO |" in r.stdout and "| reward | ours, fzoo |" in r.stdout, r.stdout
     out = json.loads((tmp_path / "tta.json").read_text())
+    assert out["versions"]["torch"] and out["card"].startswith("CPU") and out["date"]
     for task in ("cls", "reward"):
         t = out["tasks"][task]
-        ref = t["reference"]
-        assert ref["reached"] == 1 and ref["best_metric"] == t["target"]  # the reference reaches its own best
-        assert len(ref["runs"][0]["curve"]) == 1 + out["args"]["steps"][task] // out["args"]["eval_every"]
-        for est in ("spsa", "fzoo"):
-            run = t["ours"][est]["runs"][0]
-            assert run["curve"][0][:2] == [0, 0.0] and run["curve"][-1][1] > 0  # training seconds grow
-            info = json.loads((tmp_path / Path(f"{task}-{est}" + ("-x2" if est == "fzoo" else "") + "-s0")
-                               / "run.json").read_text())
+        assert t["target"] == t["zero_shot"] + 0.8 * (t["ref_final"] - t["zero_shot"])
+        assert (tmp_path / t["picture"]).stat().st_size > 10_000  # the PNG
+        ref = t["methods"]["reference"]
+        assert sorted(ref["lrs_tried"]) == [1e-3, 3e-3]  # the grid ran on seed 0
+        assert len(ref["runs"][0]["curve"]) == 1 + out["args"][f"steps_{task}"] // out["args"]["eval_every"]
+        for est, fwd in (("spsa", 2), ("fzoo", 5)):
+            run = t["methods"][est]["runs"][0]
+            c = run["curve"]
+            assert c[0]["seconds"] == 0.0 and c[-1]["seconds"] > 0 and run["forwards_per_step"] == fwd
+            assert c[-1]["forwards"] <= 3 * ref["runs"][0]["curve"][-1]["forwards"] + 20  # the 3x budget
+            assert (tmp_path / "runs" / task / f"{est}-{run['lr']:g}-s0.json").is_file()
+            info = json.loads((tmp_path / "work" / task / f"{est}-{run['lr']:g}-s0" / "run.json").read_text())
             assert info["trajectory"]["mezo.estimator"] == est
+    # the same OUT again: nothing reruns, the report is rebuilt from OUT's runs (as --report-only does)
+    again = bench(tmp_path, "--methods", "reference,ours")
+    assert "running" not in again.stdout and again.stdout.count("done already") == 10, again.stdout
+    assert json.loads((tmp_path / "tta.json").read_text())["tasks"]["cls"]["target"] == out["tasks"]["cls"]["target"]
+    assert "| cls | ours, spsa |" in again.stdout

@@ -1,0 +1,48 @@
+"""The methods' settings: the reference, and ours per estimator, with their lrs.
+
+FZOO as its paper runs it (DKmiyan/FZOO, fzoo.sh at commit d7d50ed, the script its README runs):
+LR=1e-5, EPS=1e-3, FORWARD_N=8, BS=16, --lr_scheduler_type constant, --load_float16 (its README's
+OPT-13B example sets LR=5e-5 EPS=1e-4 FORWARD_N=8, against MeZO's LR=1e-6 EPS=1e-3 there). Its step
+(trainer.py, OurTrainer.zo_step / zo_update): N Rademacher directions z_n = +-1, each scored once at
+theta + eps z_n, plus one forward at theta; g_n = (L_n - L_0) / (N std(L_1..L_N)), std with
+unbiased=False; theta -= lr * sum_n g_n z_n, lr constant. Ours (mezo.estimator=fzoo,
+mezo.distribution=rademacher, mezo.perturbations=N) makes the same update: theta -= lr / N sum_n g_n z_n
+with g_n = (L_n - L_0) / std (mezo_elastic/zo/estimators.py).
+"""
+
+from __future__ import annotations
+
+from tta.runners import Method
+
+FZOO_LR, FZOO_EPS, FZOO_N = 1e-5, 1e-3, 8  # DKmiyan/FZOO fzoo.sh defaults (see the module docstring)
+
+
+def make_methods(args) -> dict[str, Method]:
+    """The reference and every estimator this bench knows, from the flags."""
+    return {
+        "reference": Method("reference", args.eps, 2),
+        "spsa": Method("spsa", args.eps, 2),
+        "fzoo": Method("fzoo", args.eps_fzoo, args.fzoo_k + 1,
+                       (("perturbations", args.fzoo_k), ("distribution", "rademacher"))),
+        "es": Method("es", args.eps_es, args.es_n, (("perturbations", args.es_n), ("reward_shaping", "zscore"))),
+    }
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def our_lrs(args, est: str, refs: list[dict]) -> list[float]:
+    """The lrs `est` tries (several: a grid on seed 0). spsa: --lr-spsa or the reference's chosen lr;
+    fzoo: --lr-fzoo, or with --fzoo-scales scale x lr_ref x median|g_ref| (the median over the seed-0
+    reference run's nonzero projected gradients: FZOO's g is normalised by the losses' std, so this maps
+    MeZO's step size onto it); es: --lr-es."""
+    lr_ref = refs[0]["lr"]
+    if est == "spsa":
+        return floats(args.lr_spsa) or [lr_ref]
+    if est == "fzoo":
+        if args.fzoo_scales:
+            g = refs[0]["median_abs_grad"]  # the lowest seed (0) of the reference at its chosen lr
+            return [float(f"{s * lr_ref * g:.4g}") for s in floats(args.fzoo_scales)]
+        return floats(args.lr_fzoo)
+    return floats(args.lr_es)

@@ -1,0 +1,173 @@
+"""From the finished runs in OUT: the per-task verdict, the markdown table, tta.json and a PNG per task."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from pathlib import Path
+
+from tta import curves, store
+from tta.curves import INF, Rule
+
+
+def versions() -> dict:
+    """Installed versions of the packages a result depends on ("not installed" where absent)."""
+    out = {}
+    for name in ("torch", "transformers", "sglang"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def card(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | None:
+    """Target, verdict and per-method summaries of one task from OUT's runs; None without reference runs."""
+    refs_all = store.load_runs(out, task, "reference")
+    lr_ref = store.pick_lr(refs_all, rule)
+    refs = store.at_lr(refs_all, lr_ref)
+    if not refs:
+        return None
+    tgt = curves.target([r["curve"] for r in refs], rule)
+    ref_s = store.total_seconds(refs)
+    res = {**tgt, "ref_lr": lr_ref, "ref_seconds": ref_s, "n_eval": refs[0]["n_eval"],
+           "stderr_at_target": curves.eval_stderr(tgt["target"], refs[0]["n_eval"]),
+           "stderr_at_zero_shot": curves.eval_stderr(tgt["zero_shot"], refs[0]["n_eval"]), "methods": {}}
+    for name in ["reference"] + [m for m in methods if m != "reference"]:
+        runs_all = refs_all if name == "reference" else store.load_runs(out, task, name)
+        lr = lr_ref if name == "reference" else store.pick_lr(runs_all, rule, tgt["target"])
+        runs = store.at_lr(runs_all, lr)
+        if not runs:
+            continue
+        s = curves.summarise([r["curve"] for r in runs], tgt, rule, ref_s)
+        stale = [r["seed"] for r in runs if r.get("target_at_stop") not in (None, tgt["target"])]
+        res["methods"][name] = {**s, "lr": lr, "eps": runs[0]["settings"]["eps"], "runs": runs,
+                                "lrs_tried": sorted({r["lr"] for r in runs_all if r["seed"] == 0}),
+                                "stopped_under_other_target": stale}
+    ref = res["methods"]["reference"]
+    for m in res["methods"].values():  # no verdict where the reference did not learn
+        for k in ("seconds", "forwards"):
+            m[f"speedup_{k}"] = curves.speedup(ref[k]["median"], m[k]["median"]) if tgt["learned"] else None
+    return res
+
+
+def fmt(v: float | None, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    return "not reached" if v == INF else f"{v:.{digits}g}"
+
+
+def span(s: dict) -> str:
+    """'median [min-max]', 'not reached' where the median seed never reached."""
+    if s["median"] == INF:
+        return "not reached"
+    hi = "n.r." if s["max"] == INF else f"{s['max']:.3g}"
+    return f"{s['median']:.3g} [{s['min']:.3g}-{hi}]"
+
+
+def table(result: dict) -> str:
+    """Markdown: one row per (task, method), then a verdict line per task."""
+    head = (f"{result['card']}; {result['date']}; torch {result['versions']['torch']}, transformers "
+            f"{result['versions']['transformers']}, sglang {result['versions']['sglang']}; backend "
+            f"{result['backend']}; model {result['model']}; rule: W={result['rule']['window']}, "
+            f"F={result['rule']['fraction']}, min gain {result['rule']['min_gain']}, budget "
+            f"{result['budget']}x the reference's forwards\n")
+    lines = [head, "| task | method | lr | zero-shot | ref final | target | seeds reaching | time to target s, "
+             "median [min-max] | forwards to target | speed-up (s) | speed-up (forwards) | metric at ref wall-clock |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for task, r in result["tasks"].items():
+        for name, m in r["methods"].items():
+            label = "reference MeZO" if name == "reference" else f"ours, {name}"
+            up = [f"{v:.2f}x" if v is not None else ("no verdict" if not r["learned"] else "n/a")
+                  for v in (m["speedup_seconds"], m["speedup_forwards"])]
+            lines.append(f"| {task} | {label} | {m['lr']:.3g} | {r['zero_shot']:.3f} | {r['ref_final']:.3f} | "
+                         f"{r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
+                         f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} |")
+            if m["stopped_under_other_target"]:
+                notes.append(f"{task} {label}: seeds {m['stopped_under_other_target']} stopped early under an "
+                             "earlier target (more reference seeds came later); rerun them in a fresh OUT")
+        se = r["stderr_at_target"]
+        notes.append(f"{task}: {r['n_eval']} eval examples, one eval's standard error at the target "
+                     f"{'n/a' if se is None else f'{se:.4f}'}; reference total training {r['ref_seconds']:.3g} s")
+        if not r["learned"]:
+            notes.append(f"{task}: task did not learn: no verdict (the reference's median gain {r['gain']:.3f} "
+                         f"< {result['rule']['min_gain']})")
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def plot(out: Path, task: str, r: dict, metric: str) -> Path:
+    """OUT/tta-<task>.png: eval metric against training seconds and against forwards, every method (a
+    colour) and seed (thin, raw evals), the method's median smoothed curve (thick), the target (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for c, (name, m) in enumerate(r["methods"].items()):
+        col = colours[c % len(colours)]
+        label = "reference MeZO" if name == "reference" else f"ours, {name}"
+        for ax, x in zip(axes, ("seconds", "forwards")):
+            for run in m["runs"]:
+                ax.plot([p[x] for p in run["curve"]], curves.metrics(run["curve"]), color=col, lw=0.7, alpha=0.45)
+            xs, ys = median_curve([run["curve"] for run in m["runs"]], x, r["window"])
+            ax.plot(xs, ys, color=col, lw=2.4, label=f"{label} (lr {m['lr']:.3g})")
+    for ax, x in zip(axes, ("training seconds", "forward passes")):
+        ax.axhline(r["target"], color="k", ls="--", lw=1, label=f"target {r['target']:.3f}")
+        ax.axhline(r["zero_shot"], color="grey", ls=":", lw=1, label="zero-shot")
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"eval {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].axvline(r["ref_seconds"], color="grey", ls="-.", lw=0.8, label="reference's wall-clock")
+    axes[0].legend(fontsize=7)
+    verdict = "" if r["learned"] else " (task did not learn: no verdict)"
+    fig.suptitle(f"{task}: eval {metric}; thin: seeds, thick: median of the smoothed curves (W={r['window']}){verdict}")
+    fig.tight_layout()
+    path = out / f"tta-{task}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def median_curve(cs: list[list[dict]], x: str, window: int) -> tuple[list[float], list[float]]:
+    """Per eval index (the same forwards on every seed): median x and median smoothed metric over the
+    seeds that have that eval."""
+    import statistics
+
+    sm = [curves.smoothed(curves.metrics(c), window) for c in cs]
+    xs, ys = [], []
+    for i in range(max(len(c) for c in cs)):
+        have = [j for j, c in enumerate(cs) if i < len(c)]
+        xs.append(statistics.median(cs[j][i][x] for j in have))
+        ys.append(statistics.median(sm[j][i] for j in have))
+    return xs, ys
+
+
+def build(out: Path, tasks: dict, methods: list[str], rule_of, meta: dict) -> dict:
+    """tta.json, the table (printed and written as tta.md) and the PNGs from OUT's runs."""
+    result = {**meta, "versions": versions(), "date": time.strftime("%Y-%m-%d"), "tasks": {}}
+    for name, task in tasks.items():
+        rule = rule_of(task)
+        r = task_result(out, name, methods, rule)
+        if r is None:
+            print(f"{name}: no finished reference runs in {out}: nothing to report", flush=True)
+            continue
+        r.update(window=rule.window, metric=task.metric)
+        r["picture"] = plot(out, name, r, task.metric).name
+        result["tasks"][name] = r
+    store.write_json(out / "tta.json", result)
+    text = table(result)
+    (out / "tta.md").write_text(text + "\n")
+    print(text, flush=True)
+    return result

@@ -1,0 +1,120 @@
+"""bench/tta/curves.py: the time-to-accuracy rule of docs/benchmarks.md on synthetic curves (no model)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from tta import curves, store  # noqa: E402
+from tta.curves import INF, Rule  # noqa: E402
+
+
+def curve(metrics: list[float], secs_per_eval: float = 1.0, fwd_per_eval: int = 100) -> list[dict]:
+    """Evals at steps 0, 50, 100, ... spaced `secs_per_eval` training seconds and `fwd_per_eval` forwards."""
+    return [{"step": 50 * i, "seconds": secs_per_eval * i, "forwards": fwd_per_eval * i, "metric": m}
+            for i, m in enumerate(metrics)]
+
+
+def test_smoothing_is_the_trailing_mean_of_w_evals_step0_included():
+    assert curves.smoothed([0.0, 3.0, 6.0, 9.0], 3) == [0.0, 1.5, 3.0, 6.0]
+    assert curves.final_smoothed(curve([0.5, 0.6, 0.7, 0.8, 0.9]), 3) == pytest.approx(0.8)
+
+
+def test_target_is_zero_shot_plus_f_of_the_reference_gain_medians_over_seeds():
+    refs = [curve([0.50, 0.60, 0.70, 0.70, 0.70]), curve([0.52, 0.60, 0.80, 0.80, 0.80]),
+            curve([0.48, 0.55, 0.60, 0.60, 0.60])]
+    t = curves.target(refs, Rule())
+    assert t["zero_shot"] == 0.50  # median of the step-0 evals
+    assert t["ref_final"] == pytest.approx(0.70)  # median of the last-3 means (0.7, 0.8, 0.6)
+    assert t["target"] == pytest.approx(0.50 + 0.8 * 0.20)
+    assert t["gain"] == pytest.approx(0.20) and t["learned"]
+
+
+def test_reached_at_the_first_full_window_whose_mean_is_at_the_target():
+    rule = Rule()  # W = 3
+    # a single early spike does not count: eval 1 is 0.9, but the window is not full until eval 2
+    # (mean 0.633 < 0.66); eval 3's window (0.9, 0.5, 0.7) = 0.7 >= 0.66 is the crossing
+    c = curve([0.5, 0.9, 0.5, 0.7, 0.7])
+    assert curves.hit(c, 0.66, rule) == 3
+    assert curves.time_to_target(c, 0.66, rule) == {"step": 150, "seconds": 3.0, "forwards": 300}
+    # exactly at the target counts as reached
+    assert curves.hit(curve([0.6, 0.6, 0.6]), 0.6, rule) == 2
+
+
+def test_not_reached_is_infinite_and_counts_in_the_median():
+    rule = Rule()
+    assert curves.time_to_target(curve([0.5, 0.55, 0.6, 0.6]), 0.7, rule)["seconds"] == INF
+    refs = [curve([0.5, 0.6, 0.8, 0.8, 0.8])] * 3
+    tgt = curves.target(refs, rule)  # 0.5 + 0.8 * 0.3 = 0.74
+    runs = [curve([0.5, 0.8, 0.8, 0.8], 0.5), curve([0.5, 0.5, 0.5, 0.5]), curve([0.5, 0.5, 0.5, 0.5])]
+    s = curves.summarise(runs, tgt, rule, ref_seconds=4.0)
+    # run 0: the window at eval 2 is (0.5, 0.8, 0.8) = 0.7 < 0.74; eval 3's (0.8) is the crossing, at 1.5 s
+    assert s["reached"] == 1 and s["seconds"]["median"] == INF and s["seconds"]["min"] == 1.5
+    runs[1] = curve([0.5, 0.8, 0.8, 0.8], 1.0)  # the same crossing, at 3 s
+    s = curves.summarise(runs, tgt, rule, ref_seconds=4.0)
+    assert s["reached"] == 2 and s["seconds"]["median"] == 3.0 and s["seconds"]["max"] == INF
+    assert curves.speedup(4.0, 2.0) == 2.0 and curves.speedup(4.0, INF) is None
+
+
+def test_the_reference_reaches_its_own_target_by_construction():
+    rule = Rule()
+    refs = [curve([0.5, 0.52, 0.58, 0.61, 0.66, 0.63, 0.69]), curve([0.5, 0.6, 0.55, 0.7, 0.64, 0.72, 0.68]),
+            curve([0.5, 0.51, 0.53, 0.60, 0.62, 0.61, 0.65])]
+    tgt = curves.target(refs, rule)
+    s = curves.summarise(refs, tgt, rule, ref_seconds=6.0)
+    assert s["seconds"]["median"] < INF and s["reached"] >= 2
+
+
+def test_did_not_learn_below_the_minimum_gain():
+    refs = [curve([0.50, 0.52, 0.56, 0.58, 0.58])] * 3  # gain 0.073 < 0.10
+    t = curves.target(refs, Rule())
+    assert not t["learned"] and t["gain"] == pytest.approx((0.56 + 0.58 + 0.58) / 3 - 0.50)
+    assert curves.target(refs, Rule(min_gain=0.05))["learned"]
+
+
+def test_loss_metric_is_lower_is_better():
+    rule = Rule(higher=False, min_gain=0.1)
+    refs = [curve([2.0, 1.8, 1.5, 1.5, 1.5])]
+    t = curves.target(refs, rule)
+    assert t["gain"] == pytest.approx(0.5) and t["learned"] and t["target"] == pytest.approx(1.6)
+    assert curves.hit(curve([2.0, 1.5, 1.5, 1.5]), t["target"], rule) == 3  # window means 1.667, then 1.5
+    assert curves.hit(curve([2.0, 1.5, 1.4]), t["target"], rule) is None  # (2.0 + 1.5 + 1.4) / 3 = 1.633 > 1.6
+    assert curves.hit(curve([2.0, 2.0, 2.0, 2.0]), t["target"], rule) is None
+
+
+def test_metric_at_the_reference_wall_clock_is_the_last_eval_at_or_before_it():
+    c = curve([0.5, 0.6, 0.7, 0.8, 0.9], secs_per_eval=2.0)  # evals at 0, 2, 4, 6, 8 s
+    assert curves.metric_at_seconds(c, 5.0, 3) == pytest.approx(0.6)  # eval at 4 s: mean(0.5, 0.6, 0.7)
+    assert curves.metric_at_seconds(c, 6.0, 3) == pytest.approx(0.7)  # at 6 s exactly
+    assert curves.metric_at_seconds(c, 100.0, 3) == pytest.approx(0.8)  # past the end: the last eval
+    assert curves.metric_at_seconds(c, 1.0, 3) == 0.5  # before the first training eval: zero-shot
+
+
+def test_stop_at_target_waits_w_evals_past_the_crossing_and_the_reference_wall_clock():
+    rule = Rule()
+    c = curve([0.5, 0.9, 0.9, 0.9, 0.9, 0.9])  # crossing (0.74) at eval 2: (0.5 + 0.9 + 0.9) / 3 = 0.767
+    assert not curves.should_stop(c[:5], 0.74, rule, ref_seconds=0.0)  # 2 evals past it
+    assert curves.should_stop(c[:6], 0.74, rule, ref_seconds=5.0)  # 3 evals past, at 5 s
+    assert not curves.should_stop(c[:6], 0.74, rule, ref_seconds=5.5)  # the reference ran longer
+    assert not curves.should_stop(curve([0.5] * 10), 0.74, rule, ref_seconds=0.0)  # never reached
+
+
+def test_pick_lr_grid_rules():
+    rule = Rule()
+    runs = [{"lr": 1e-5, "seed": 0, "curve": curve([0.5, 0.6, 0.7, 0.75])},
+            {"lr": 3e-5, "seed": 0, "curve": curve([0.5, 0.6, 0.8, 0.90])},
+            {"lr": 1e-4, "seed": 0, "curve": curve([0.5, 0.8, 0.8, 0.60])},
+            {"lr": 1e-3, "seed": 1, "curve": curve([0.5, 0.9, 0.9, 0.90])}]  # not seed 0: not in the grid
+    assert store.pick_lr(runs, rule) == 3e-5  # the best final smoothed metric: 0.767 (1e-4: 0.733)
+    assert store.pick_lr(runs, rule, target=0.66) == 1e-4  # the soonest to the target: eval 2 (3e-5: eval 3)
+    assert store.pick_lr([], rule) is None
+    assert store.pick_lr(runs[3:], rule) == 1e-3  # no seed-0 run: the lowest seed's
+
+
+def test_eval_standard_error():
+    assert curves.eval_stderr(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
+    assert curves.eval_stderr(2.0, 1000) is None and curves.eval_stderr(0.5, 0) is None
