@@ -107,6 +107,7 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
             return torch.tensor(float(objective.losses(examples, step).mean()))
 
     cfg = from_dict(base_config(args, task, seed, lr, args.eps, model))
+    cfg.model.scoring_graphs = False  # the reference scores as MeZO does: HF forwards of per-call batches
     runner = HFRunner(cfg, torch.device(args.device), model)
     tok, data, stage = load_inputs(cfg, True)  # model.path is set: nothing is staged
     stage.discard()

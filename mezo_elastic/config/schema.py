@@ -63,8 +63,8 @@ class ModelConfig:
     scoring_graphs: bool = opt(
         True, "CUDA: scoring forwards (lm, classification, evaluation) run fixed-shape batches (right-padded "
         "to a multiple of 32 tokens, no attention mask) captured once per shape as CUDA graphs and replayed: "
-        "one launch a forward instead of hundreds (runners/graph_scorer.py). sglang: at tp_size 1 without "
-        "LoRA. false: per-call batches (hf: left-padded with a mask; sglang: the engine's EXTEND batches)"
+        "one launch a forward instead of hundreds (runners/graph_scorer.py). Both backends at tp_size 1 "
+        "without LoRA. false: per-call batches (hf: left-padded with a mask; sglang: the engine's EXTEND batches)"
     )
     sglang_share_min_tokens: int = opt(
         4096, "sglang: share a classification prompt between candidates (data.share_prompt) only where it saves "
