@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -9,21 +10,29 @@ from pathlib import Path
 from mezo_elastic.config import Config
 from mezo_elastic.errors import CheckpointError, ConfigError
 from mezo_elastic.state import checkpoint
+from mezo_elastic.training import data_record
 from mezo_elastic.training.inputs import stored_model_path
-from mezo_elastic.zo.optimizer import StepRecord
+from mezo_elastic.zo.optimizer import StepRecord, use_master_weights
 
 log = logging.getLogger(__name__)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
+# docs/elastic.md has the table of every key, with why each does or does not shape it.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
                    "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
                    "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
                    "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
                    "peft.method", "peft.rank", "peft.alpha", "peft.targets", "mezo.estimator",
-                   "mezo.shaped_update")
-# What a key missing from an older run.json means, where that is not today's default: shaped populations
-# stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
+                   "mezo.shaped_update", "model.dtype", "model.sglang_load_format", "data.max_length",
+                   "mezo.min_lr_ratio", "mezo.grad_clip", "mezo.master_weights", "train.steps")
+# What a key missing from an older run.json (and from its config) means, where that is not today's default:
+# shaped populations stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
 LEGACY = {"mezo.shaped_update": "per_eps"}
+# Keys that only shape a run in some settings: the lr schedule's length and floor only matter to a decaying
+# schedule, the shaped update rule only to a shaped population.
+_SCHEDULED = ("train.steps", "mezo.min_lr_ratio")
+_WHY = {"train.steps": " (a {} lr schedule decays over train.steps)"}
+_MISSING = object()
 
 
 def _get(cfg: Config, dotted: str):
@@ -33,41 +42,121 @@ def _get(cfg: Config, dotted: str):
     return obj
 
 
-def trajectory_diff(before: dict, cfg: Config) -> list[str]:
+def _recorded(config: dict | None, dotted: str):
+    """The value of `dotted` in run.json's whole config (a dict), or _MISSING."""
+    obj = config
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return _MISSING
+        obj = obj[part]
+    return obj
+
+
+def _old_values(before: dict, config: dict | None) -> dict:
+    """The run's value of each trajectory key: its trajectory entry, else its whole config's (a key added to
+    the trajectory after the run was made), else LEGACY, else today's default."""
+    old = {}
+    for k in TRAJECTORY_KEYS:
+        value = before[k] if k in before else _recorded(config, k)
+        old[k] = value if value is not _MISSING else LEGACY.get(k, _get(Config(), k))
+    return old
+
+
+def _counts(k: str, old: dict, cfg: Config) -> bool:
+    """Whether a differing key `k` changes this run (see _SCHEDULED; master weights by what they resolve to)."""
+    if k == "mezo.shaped_update":
+        return not old["mezo.reward_shaping"] == "none" == cfg.mezo.reward_shaping
+    if k in _SCHEDULED:
+        return not old["mezo.schedule"] == "constant" == cfg.mezo.schedule
+    if k == "mezo.master_weights":  # auto and on are the same in bf16: compare what each resolves to
+        adapter = cfg.peft.method != "none"
+        was = dataclasses.replace(cfg.mezo, master_weights=old[k])
+        return use_master_weights(was, cfg.model.dtype, adapter) != use_master_weights(cfg.mezo, cfg.model.dtype, adapter)
+    return True
+
+
+def trajectory_diff(before: dict, cfg: Config, config: dict | None = None) -> list[str]:
     """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
 
-    A key newer than the run.json reads as its LEGACY value, else its default: the behaviour runs had
-    before the key existed (gaussian z, one seed, no adapter, shaped steps per eps, ...). The shaped
-    update rule only counts where a run shapes (an unshaped run steps the same under either rule).
+    A key missing from `before` reads as run.json's whole `config` has it, else as its LEGACY value, else
+    its default: the behaviour runs had before the key existed (gaussian z, one seed, no adapter, shaped
+    steps per eps, ...). Some keys only count where they act (_counts).
     """
-    old = {k: before[k] if k in before else LEGACY.get(k, _get(Config(), k)) for k in TRAJECTORY_KEYS}
-    diff = [k for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
-    if old["mezo.reward_shaping"] == "none" == cfg.mezo.reward_shaping:
-        diff = [k for k in diff if k != "mezo.shaped_update"]
-    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" + (" (the run was made with it: set --mezo.shaped_update="
-                                                      f"{old[k]} to continue it)" if k == "mezo.shaped_update" else "")
-            for k in diff]
+    old = _old_values(before, config)
+    diff = [k for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k) and _counts(k, old, cfg)]
+    out = []
+    for k in diff:
+        why = _WHY.get(k, "").format(cfg.mezo.schedule if cfg.mezo.schedule != "constant" else old["mezo.schedule"])
+        if k == "mezo.shaped_update":
+            why = f" (the run was made with it: set --mezo.shaped_update={old[k]} to continue it)"
+        out.append(f"{k}: {old[k]!r} -> {_get(cfg, k)!r}{why}")
+    return out
 
 
-def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None) -> None:
-    """Refuse a resume with other trajectory settings or another GGUF file; a new run's rank 0 writes run.json
-    (with `gguf`, the GGUF file's path and sha256 beside the converted directory it loads)."""
+def _model_diff(before: dict, out: Path, model_path: str) -> list[str]:
+    """The base model is the start of the trajectory: another model directory is refused (a GGUF run is
+    compared by its file's sha256 instead; its converted directory lives in a cache that may move)."""
+    stored = before.get("model_path")
+    if not stored or before.get("gguf"):
+        return []
+    now = Path(model_path).resolve()
+    same = [Path(stored)] if Path(stored).is_absolute() else [out / stored, Path(stored)]  # older runs: launch dir
+    if any(p.resolve() == now for p in same):
+        return []
+    return [f"model.path: {str(same[0].resolve())!r} -> {str(now)!r} (if you moved the base model, fix "
+            f"model_path in {out / 'run.json'})"]
+
+
+def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None,
+                   data: dict | None = None) -> None:
+    """Refuse a resume with other trajectory settings, another base model or GGUF file, or other data content;
+    a new run's rank 0 writes run.json (with `gguf`, the GGUF file's path and sha256 beside the converted
+    directory it loads; with `data`, each data file's path and sha256, see data_record.py).
+
+    Call on rank 0 (it reads the data files' recorded hashes and writes run.json); resume() shares the verdict.
+    """
     path = out / "run.json"
     if path.exists():
+        if not cfg.checkpoint.resume:
+            return
         before = json.loads(path.read_text())
-        diff = trajectory_diff(before.get("trajectory", {}), cfg)
+        diff = trajectory_diff(before.get("trajectory", {}), cfg, before.get("config"))
+        diff += _model_diff(before, out, model_path)
         old_sha, new_sha = (before.get("gguf") or {}).get("sha256"), (gguf or {}).get("sha256")
-        if old_sha and old_sha != new_sha and cfg.checkpoint.resume:
+        if old_sha and old_sha != new_sha:
             diff.append(f"GGUF sha256: {old_sha[:12]}... -> {new_sha[:12] + '...' if new_sha else 'no GGUF'}")
-        if diff and cfg.checkpoint.resume:
-            raise ConfigError(f"{out} holds a run with other trajectory settings ({'; '.join(diff)}); "
+        data_diff, moves = data_record.compare(before.get("data"), data or {}, lambda p: _resolved(out, p))
+        if diff:
+            raise ConfigError(f"{out} holds a run with other trajectory settings ({'; '.join(diff + data_diff)}); "
                               f"use another train.output_dir or the same settings")
+        if data_diff:
+            raise ConfigError(f"{out} holds a run trained on other data ({'; '.join(data_diff)}); resume with the "
+                              f"run's data, or use another train.output_dir for a run on this data")
+        for move in moves:
+            log.info("%s: resuming on it (run.json keeps the recorded path)", move)
     elif is_main:
         now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
         info = {"model_path": stored_model_path(model_path, out), "trajectory": now, "config": cfg.to_dict()}
         if gguf:
             info["gguf"] = gguf
+        if data:
+            info["data"] = {role: {**d, "path": stored_model_path(d["path"], out)} for role, d in data.items()}
         checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
+
+
+def _resolved(out: Path, stored: str) -> str:
+    """An absolute path from one run.json keeps (relative to the output directory when inside it)."""
+    return str(Path(stored) if Path(stored).is_absolute() else (out / stored).resolve())
+
+
+def _verdict(trainer) -> str | None:
+    """Rank 0's check_run_json: None, or the refusal every rank raises."""
+    try:
+        check_run_json(trainer.out, trainer.cfg, trainer.data.model_path, True, trainer.data.gguf,
+                       trainer.data.files)
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 class ResumePlan:
@@ -104,7 +193,10 @@ class ResumePlan:
 def resume(trainer) -> int:
     """Load the newest valid checkpoint into `trainer`, replay the step log after it; return the next step."""
     out, cfg, ctx, comm = trainer.out, trainer.cfg, trainer.ctx, trainer.comm
-    check_run_json(out, cfg, trainer.data.model_path, ctx.is_main, trainer.data.gguf)
+    # Rank 0 alone hashed the data and reads run.json; every rank raises its verdict, so all stop together.
+    verdict = comm.broadcast_object(_verdict(trainer) if ctx.is_main else None)
+    if verdict:
+        raise ConfigError(verdict)
     if not cfg.checkpoint.resume:
         return 0
     # One rank decides, so every rank resumes from the same state; an error reaches every rank.
