@@ -107,56 +107,75 @@ def _model_diff(before: dict, out: Path, model_path: str) -> list[str]:
             f"model_path in {out / 'run.json'})"]
 
 
-def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None,
-                   data: dict | None = None) -> None:
-    """Refuse a resume with other trajectory settings, another base model or GGUF file, or other data content;
-    a new run's rank 0 writes run.json (with `gguf`, the GGUF file's path and sha256 beside the converted
-    directory it loads; with `data`, each data file's path and sha256, see data_record.py).
+def run_json_refusal(out: Path, cfg: Config, model_path: str, gguf: dict | None = None,
+                     data: dict | None = None) -> str | None:
+    """Why this launch may not resume the run in `out`: other trajectory settings, another base model or GGUF
+    file, or other data content (None: a new run, or a resume of the same run). Logs a line for each data file
+    found at another path with the recorded content, and for a change of backend (both allowed).
 
-    Call on rank 0 (it reads the data files' recorded hashes and writes run.json); resume() shares the verdict.
+    Rank 0 calls it (it alone hashed the data, see data_record.py) after taking the lock; every rank raises
+    the verdict (Trainer, through rundir.agree).
     """
     path = out / "run.json"
+    if not path.exists() or not cfg.checkpoint.resume:
+        return None
+    before = json.loads(path.read_text())
+    diff = trajectory_diff(before.get("trajectory", {}), cfg, before.get("config"))
+    diff += _model_diff(before, out, model_path)
+    old_sha, new_sha = (before.get("gguf") or {}).get("sha256"), (gguf or {}).get("sha256")
+    if old_sha and old_sha != new_sha:
+        diff.append(f"GGUF sha256: {old_sha[:12]}... -> {new_sha[:12] + '...' if new_sha else 'no GGUF'}")
+    data_diff, moves = data_record.compare(before.get("data"), data or {}, lambda p: _resolved(out, p))
+    if diff:
+        return (f"{out} holds a run with other trajectory settings ({'; '.join(diff + data_diff)}); "
+                f"use another train.output_dir or the same settings")
+    if data_diff:
+        return (f"{out} holds a run trained on other data ({'; '.join(data_diff)}); resume with the run's data, "
+                f"or use another train.output_dir for a run on this data")
+    for move in moves:
+        log.info("%s: resuming on it (run.json keeps the recorded path)", move)
+    was = _recorded(before.get("config"), "model.backend")
+    if was is not _MISSING and was != cfg.model.backend:  # allowed: docs/elastic.md's table says why
+        log.info("model.backend: %s -> %s: the same objective, seeds and z, but another engine's float rounding "
+                 "of the losses: the steps from here are not bit-identical to those %s would take", was,
+                 cfg.model.backend, was)
+    return None
+
+
+def write_run_json(out: Path, cfg: Config, model_path: str, gguf: dict | None = None,
+                   data: dict | None = None) -> None:
+    """A new run's run.json (rank 0): the base model, the trajectory settings, the whole config; with `gguf`
+    the GGUF file's path and sha256, with `data` each data file's path and sha256. An existing one is kept
+    as the run wrote it (an older run gets no data hashes added)."""
+    path = out / "run.json"
     if path.exists():
-        if not cfg.checkpoint.resume:
-            return
-        before = json.loads(path.read_text())
-        diff = trajectory_diff(before.get("trajectory", {}), cfg, before.get("config"))
-        diff += _model_diff(before, out, model_path)
-        old_sha, new_sha = (before.get("gguf") or {}).get("sha256"), (gguf or {}).get("sha256")
-        if old_sha and old_sha != new_sha:
-            diff.append(f"GGUF sha256: {old_sha[:12]}... -> {new_sha[:12] + '...' if new_sha else 'no GGUF'}")
-        data_diff, moves = data_record.compare(before.get("data"), data or {}, lambda p: _resolved(out, p))
-        if diff:
-            raise ConfigError(f"{out} holds a run with other trajectory settings ({'; '.join(diff + data_diff)}); "
-                              f"use another train.output_dir or the same settings")
-        if data_diff:
-            raise ConfigError(f"{out} holds a run trained on other data ({'; '.join(data_diff)}); resume with the "
-                              f"run's data, or use another train.output_dir for a run on this data")
-        for move in moves:
-            log.info("%s: resuming on it (run.json keeps the recorded path)", move)
-    elif is_main:
-        now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
-        info = {"model_path": stored_model_path(model_path, out), "trajectory": now, "config": cfg.to_dict()}
-        if gguf:
-            info["gguf"] = gguf
-        if data:
-            info["data"] = {role: {**d, "path": stored_model_path(d["path"], out)} for role, d in data.items()}
-        checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
+        return
+    now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
+    info = {"model_path": stored_model_path(model_path, out), "trajectory": now, "config": cfg.to_dict()}
+    if gguf:
+        info["gguf"] = gguf
+    if data:
+        info["data"] = {role: {**d, "path": stored_model_path(d["path"], out)} for role, d in data.items()}
+    checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
+
+
+def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None,
+                   data: dict | None = None) -> None:
+    """run_json_refusal as an error, then (rank 0, a new run) write_run_json.
+
+    Raises:
+        ConfigError: the refusal, one line.
+    """
+    refusal = run_json_refusal(out, cfg, model_path, gguf, data)
+    if refusal:
+        raise ConfigError(refusal)
+    if is_main:
+        write_run_json(out, cfg, model_path, gguf, data)
 
 
 def _resolved(out: Path, stored: str) -> str:
     """An absolute path from one run.json keeps (relative to the output directory when inside it)."""
     return str(Path(stored) if Path(stored).is_absolute() else (out / stored).resolve())
-
-
-def _verdict(trainer) -> str | None:
-    """Rank 0's check_run_json: None, or the refusal every rank raises."""
-    try:
-        check_run_json(trainer.out, trainer.cfg, trainer.data.model_path, True, trainer.data.gguf,
-                       trainer.data.files)
-    except ConfigError as e:
-        return str(e)
-    return None
 
 
 class ResumePlan:
@@ -193,10 +212,8 @@ class ResumePlan:
 def resume(trainer) -> int:
     """Load the newest valid checkpoint into `trainer`, replay the step log after it; return the next step."""
     out, cfg, ctx, comm = trainer.out, trainer.cfg, trainer.ctx, trainer.comm
-    # Rank 0 alone hashed the data and reads run.json; every rank raises its verdict, so all stop together.
-    verdict = comm.broadcast_object(_verdict(trainer) if ctx.is_main else None)
-    if verdict:
-        raise ConfigError(verdict)
+    if ctx.is_main:  # the Trainer refused a resume that does not continue this run before it got here
+        write_run_json(out, cfg, trainer.data.model_path, trainer.data.gguf, trainer.data.files)
     if not cfg.checkpoint.resume:
         return 0
     # One rank decides, so every rank resumes from the same state; an error reaches every rank.
