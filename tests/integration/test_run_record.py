@@ -138,12 +138,13 @@ def test_a_resume_on_other_data_is_refused_and_moved_data_is_accepted(tmp_path, 
 
 
 def test_a_resume_that_changes_the_trajectory_is_refused_and_the_rest_may_change(tmp_path, tiny_inputs):
-    args = [*tiny_inputs, *FAST, *EXACT, "--train.batch_size=8"]
+    model, copy = tmp_path / "model", tmp_path / "model-copy"  # under tmp_path: messages name /scratch/...
+    for d in (model, copy):
+        shutil.copytree(tiny_inputs[0].partition("=")[2], d)
+    args = [f"--model.path={model}", *tiny_inputs[1:], *FAST, *EXACT, "--train.batch_size=8"]
     run, whole = tmp_path / "run", tmp_path / "whole"
     train(run, *args, "--train.steps=3")
     train(whole, *args, "--train.steps=5")
-    copy = tmp_path / "model-copy"
-    shutil.copytree(tiny_inputs[0].partition("=")[2], copy)
     cases = {  # flags, the difference named (the other keys: tests/test_trajectory_keys.py)
         "dtype": (["--model.dtype=bfloat16"], "model.dtype: 'float32' -> 'bfloat16'"),
         "max_length": (["--data.max_length=8"], "data.max_length: 128 -> 8"),
