@@ -68,8 +68,13 @@ def test_saved_models_keep_the_base_generation_config_and_stop_at_eos(tmp_path):
     assert json.loads((base / "generation_config.json").read_text())["eos_token_id"] == EOS
     for step in (0, 3, 4):
         _export(run, step, tmp_path / f"export-{step}")
+    lora = tmp_path / "lora"  # a LoRA run's merged export is a whole model too
+    train(lora, *FAST, "--train.batch_size=8", "--train.steps=1", "--peft.method=lora")
+    res = subprocess.run([*EXPORT, "--run", str(lora), "--merge", "--out", str(tmp_path / "merged")], env=env(),
+                         cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
     want = (base / "generation_config.json").read_bytes()
-    for saved in (run / "final", *(tmp_path / f"export-{s}" for s in (0, 3, 4))):
+    for saved in (run / "final", *(tmp_path / f"export-{s}" for s in (0, 3, 4)), tmp_path / "merged"):
         assert (saved / "generation_config.json").read_bytes() == want, saved
     base_out = _greedy(base)
     stopped = [o for o in base_out if o[-1] == EOS]
