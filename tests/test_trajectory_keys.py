@@ -80,3 +80,22 @@ def test_every_config_key_is_decided_in_docs():
     assert keys <= set(rows), sorted(keys - set(rows))
     shaping = {k for k in keys if rows[k].startswith("yes")}
     assert shaping - {"model.path", "data.path", "data.eval_path"} == set(TRAJECTORY_KEYS)
+
+
+def test_data_content_hash_and_compare(tmp_path):
+    from mezo_elastic.training import data_record
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "train").mkdir(parents=True)
+        (d / "train" / "data-00000-of-00001.arrow").write_bytes(b"rows")
+        (d / "dataset_dict.json").write_text("{}")
+    (b / "train" / "cache-1234.arrow").write_bytes(b"a cache")  # datasets' own: not the data
+    assert data_record.content_sha256(a) == data_record.content_sha256(b)
+    rec = data_record.describe({"train": (str(a), str(a)), "eval": (str(a), str(a))})
+    now = data_record.describe({"train": (str(b), str(b)), "eval": ("", "")})
+    diffs, moves = data_record.compare(rec, now, str)
+    assert moves == [f"data.path={b} has the content the run recorded at {a} (sha256 {rec['train']['sha256'][:12]}...)"]
+    assert diffs == [f"data.eval_path: the run recorded {a} (sha256 {rec['eval']['sha256'][:12]}...), this launch "
+                     f"gives no eval file"]
+    assert data_record.compare(None, now, str) == ([], [])  # a run from before the hashes

@@ -20,11 +20,17 @@ _CHUNK = 1 << 20
 
 def content_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes; of a directory (a save_to_disk dataset), of its files' relative paths and
-    their sha256, in sorted order (so the same files anywhere hash alike)."""
+    their sha256, in sorted order (so the same files anywhere hash alike).
+
+    Raises:
+        OSError: a file cannot be read (the data reader named it already, before this is called).
+    """
     p = Path(path)
     if p.is_dir():
         h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        # not datasets' own cache files (cache-<fingerprint>.arrow, written beside the data by a .map()) nor
+        # hidden ones: they come and go without the data changing
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(("cache-", "."))):
             h.update(f"{f.relative_to(p).as_posix()}\0{content_sha256(f)}\n".encode())
         return h.hexdigest()
     h = hashlib.sha256()
