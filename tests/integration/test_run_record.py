@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import FAST, REPO, env, final_weights, max_abs_diff, train
-from safetensors.torch import load_file
 from test_first_hour import _done, _line, _quote, _start
 from test_second_hour import tree_sha256
 
