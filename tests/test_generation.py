@@ -59,8 +59,11 @@ def test_only_the_settings_eos_ends_a_completion(tmp_path):
     from transformers import GenerationConfig
 
     GenerationConfig(eos_token_id=free[0][1], pad_token_id=0).save_pretrained(path)  # greedy's 2nd token
-    again = HFRunner(Config(), torch.device("cpu"), str(path)).generate(reqs, s)
+    runner = HFRunner(Config(), torch.device("cpu"), str(path))
+    again = runner.generate(reqs, s)
     assert again == free and all(len(x) == 6 for x in again)
+    # ... and the model keeps the checkpoint's: save_pretrained writes it (issue 30: saved without EOS)
+    assert runner.model.generation_config.eos_token_id == free[0][1]
 
 
 def test_sampling_depends_on_the_request_seed_only(hf):

@@ -250,7 +250,8 @@ class MezoConfig:
     shaped_update: Literal["es", "per_eps"] = opt(
         "es", "estimator spsa with reward_shaping: es = ES at scale's theta += lr/N sum R_n z_n over the N = 2K "
         "members, eps apart (g_k = (f+ - f-) / 2), so ES's published alpha, sigma, N carry over as lr, eps, 2K; "
-        "per_eps = g_k = (f+ - f-) / (2 eps), ~1/eps larger: only to continue a run made before it changed"
+        "per_eps = g_k = (f+ - f-) / (2 eps), ~1/eps larger: only to continue a run made before it changed (refused "
+        "on a new run)"
     )
     estimator: Literal["spsa", "fzoo", "es"] = opt(
         "spsa", "spsa: MeZO's two-sided +-eps z (2K forwards a step); fzoo: K one-sided +eps z plus theta itself "

@@ -79,6 +79,10 @@ def _save_model(out: Path, seed: int) -> None:
     from safetensors.torch import save_file
 
     cfg.save_pretrained(out)
+    # Written by hand (not GenerationConfig.save_pretrained): the same bytes on every rank and transformers
+    # version. It carries the EOS, so a saved model that lost it (generating past </s>) shows in the tests.
+    gen = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
 

@@ -47,7 +47,7 @@ def refusal(cfg: Config) -> str | None:
     """Why this launch may not use train.output_dir (items 2 and 3 of docs/elastic.md's rules), or None."""
     out = Path(cfg.train.output_dir)
     if not out.is_dir():
-        return None
+        return _new_run_refusal(cfg)
     if (out / RUN_MARKER).is_file():
         if not cfg.checkpoint.resume:
             return (f"train.output_dir={str(out)!r} holds a run ({steps_done(out)} steps done); "
@@ -59,6 +59,17 @@ def refusal(cfg: Config) -> str | None:
         shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         return (f"train.output_dir={str(out)!r} holds files that are not a mezo_elastic run ({shown}); a new run "
                 f"needs a new or empty directory: give another train.output_dir")
+    return _new_run_refusal(cfg)
+
+
+def _new_run_refusal(cfg: Config) -> str | None:
+    """Settings that only continue an old run: refused on a new one (a resume of a run that recorded them
+    keeps them; training/resume.py refuses a resume that changes them)."""
+    if cfg.mezo.shaped_update == "per_eps":
+        # per_eps steps ~1/eps further than ES's rule: a new run with it diverges (eval loss 3.8 -> 74.8 in 20 steps)
+        return ("mezo.shaped_update=per_eps is not allowed on a new run: it exists only to continue a run made "
+                "before ES's rule (issue 24), whose run.json records it; a new run steps by ES's rule: leave "
+                "mezo.shaped_update out (es)")
     return None
 
 

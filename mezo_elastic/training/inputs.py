@@ -19,6 +19,7 @@ from mezo_elastic.data.jsonl import (
 )
 from mezo_elastic.errors import ConfigError, RewardError
 from mezo_elastic.runners import gguf
+from mezo_elastic.training import data_record
 from mezo_elastic.training.staging import BuiltinStage
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class RunData:
     model_path: str  # absolute, where the run's runner loads it from (OUTPUT_DIR/builtin/... once committed)
     dev: list[Example] = field(default_factory=list)  # data.task: MeZO's held-out dev set (data.eval_dev)
     gguf: dict | None = None  # model.path named a GGUF file: {"path", "sha256"} (run.json records it)
+    files: dict | None = None  # rank 0: {role: {"path", "sha256"}} of the data files (data_record.py)
 
 
 @dataclass
@@ -66,6 +68,7 @@ def load_inputs(cfg: Config, is_main: bool) -> tuple[object, RunData, BuiltinSta
         train_path, eval_path = _data_paths(cfg, stage)
         if cfg.peft.method == "lora":
             check_lora_targets(cfg, model_now, model_final)
+        check_trainable(cfg, model_now, model_final)
         reading = _Reading(cfg, load_tokenizer(model_now, cfg.model.trust_remote_code), stage,
                            positions=model_positions(model_now))
         if cfg.data.objective == "reward":
@@ -74,7 +77,9 @@ def load_inputs(cfg: Config, is_main: bool) -> tuple[object, RunData, BuiltinSta
             reading.reward = load_reward(cfg.data.reward)
         data = _load_splits(reading, train_path, eval_path, str(Path(model_final).resolve()))
         data.gguf = gguf_info
-        if is_main:
+        if is_main:  # one reading of the data files, by the rank that records and compares them
+            data.files = data_record.describe({"train": (train_path, stage.shown(train_path)),
+                                               "eval": (eval_path, stage.shown(eval_path) if eval_path else "")})
             _warn_cut_rows(reading, model_final)
             _warn_unknown_tokens(cfg, data, reading.tok, stage.shown(train_path), model_final)
     except BaseException:
@@ -174,6 +179,44 @@ def check_lora_targets(cfg: Config, model_path: str, shown: str = "") -> None:
         names = target_candidates(model_path, cfg.model.trust_remote_code)
         raise ConfigError(f"peft.targets={cfg.peft.targets!r}: not all of {cfg.peft.target_list()} are modules of "
                           f"{shown or model_path}; its linear modules: {','.join(names)}") from None
+
+
+def check_trainable(cfg: Config, model_path: str, shown: str = "") -> None:
+    """model.trainable must match a tensor the run would train: a parameter of the model, or with LoRA a
+    tensor of the adapter (both named on an empty meta-device copy, no weights read). Checked here, before
+    the output directory is touched; the runner would refuse it only after the built-in model was copied in.
+
+    Raises:
+        ConfigError: the regex matches no name (the same words as the runner's refusal).
+    """
+    if not cfg.model.trainable:
+        return
+    import re
+
+    if cfg.peft.method == "lora":
+        from mezo_elastic.runners.lora import adapter_shapes
+
+        names, what = list(adapter_shapes(model_path, cfg.peft, cfg.model.trust_remote_code)), "adapter tensor"
+    else:
+        names, what = meta_parameter_names(model_path, cfg.model.trust_remote_code), "parameter"
+    pattern = re.compile(cfg.model.trainable)
+    if not any(pattern.search(n) for n in names):
+        raise ConfigError(f"model.trainable={cfg.model.trainable!r} matches no {what} of {shown or model_path}")
+
+
+def meta_parameter_names(model_path: str, trust_remote_code: bool = False) -> list[str]:
+    """The parameter names of the model at `model_path` as the hf runner sees them (tied weights once),
+    from a meta-device copy: no weights read, no memory."""
+    import warnings
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return [n for n, _ in model.named_parameters()]
 
 
 def _warn_cut_rows(r: _Reading, model: str) -> None:

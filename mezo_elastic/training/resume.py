@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -9,21 +10,29 @@ from pathlib import Path
 from mezo_elastic.config import Config
 from mezo_elastic.errors import CheckpointError, ConfigError
 from mezo_elastic.state import checkpoint
+from mezo_elastic.training import data_record
 from mezo_elastic.training.inputs import stored_model_path
-from mezo_elastic.zo.optimizer import StepRecord
+from mezo_elastic.zo.optimizer import StepRecord, use_master_weights
 
 log = logging.getLogger(__name__)
 # Config keys that shape the trajectory: a resume with other values would not continue the same run.
+# docs/elastic.md has the table of every key, with why each does or does not shape it.
 TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "mezo.lr", "mezo.eps", "mezo.mode",
                    "mezo.weight_decay", "mezo.schedule", "mezo.warmup_steps", "model.trainable", "mezo.distribution",
                    "mezo.perturbations", "mezo.reward_shaping", "data.reward", "generate.max_new_tokens",
                    "generate.temperature", "generate.stop", "generate.eos", "data.task", "data.num_train",
                    "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
                    "peft.method", "peft.rank", "peft.alpha", "peft.targets", "mezo.estimator",
-                   "mezo.shaped_update")
-# What a key missing from an older run.json means, where that is not today's default: shaped populations
-# stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
+                   "mezo.shaped_update", "model.dtype", "model.sglang_load_format", "data.max_length",
+                   "mezo.min_lr_ratio", "mezo.grad_clip", "mezo.master_weights", "train.steps")
+# What a key missing from an older run.json (and from its config) means, where that is not today's default:
+# shaped populations stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
 LEGACY = {"mezo.shaped_update": "per_eps"}
+# Keys that only shape a run in some settings: the lr schedule's length and floor only matter to a decaying
+# schedule, the shaped update rule only to a shaped population.
+_SCHEDULED = ("train.steps", "mezo.min_lr_ratio")
+_WHY = {"train.steps": " (a {} lr schedule decays over train.steps)"}
+_MISSING = object()
 
 
 def _get(cfg: Config, dotted: str):
@@ -33,41 +42,140 @@ def _get(cfg: Config, dotted: str):
     return obj
 
 
-def trajectory_diff(before: dict, cfg: Config) -> list[str]:
+def _recorded(config: dict | None, dotted: str):
+    """The value of `dotted` in run.json's whole config (a dict), or _MISSING."""
+    obj = config
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return _MISSING
+        obj = obj[part]
+    return obj
+
+
+def _old_values(before: dict, config: dict | None) -> dict:
+    """The run's value of each trajectory key: its trajectory entry, else its whole config's (a key added to
+    the trajectory after the run was made), else LEGACY, else today's default."""
+    old = {}
+    for k in TRAJECTORY_KEYS:
+        value = before[k] if k in before else _recorded(config, k)
+        old[k] = value if value is not _MISSING else LEGACY.get(k, _get(Config(), k))
+    return old
+
+
+def _counts(k: str, old: dict, cfg: Config) -> bool:
+    """Whether a differing key `k` changes this run (see _SCHEDULED; master weights by what they resolve to)."""
+    if k == "mezo.shaped_update":
+        return not old["mezo.reward_shaping"] == "none" == cfg.mezo.reward_shaping
+    if k in _SCHEDULED:
+        return not old["mezo.schedule"] == "constant" == cfg.mezo.schedule
+    if k == "mezo.master_weights":  # auto and on are the same in bf16: compare what each resolves to
+        adapter = cfg.peft.method != "none"
+        was = dataclasses.replace(cfg.mezo, master_weights=old[k])
+        return use_master_weights(was, cfg.model.dtype, adapter) != use_master_weights(cfg.mezo, cfg.model.dtype, adapter)
+    return True
+
+
+def trajectory_diff(before: dict, cfg: Config, config: dict | None = None) -> list[str]:
     """'key: old -> new' for each trajectory setting of `cfg` that differs from run.json's `before`.
 
-    A key newer than the run.json reads as its LEGACY value, else its default: the behaviour runs had
-    before the key existed (gaussian z, one seed, no adapter, shaped steps per eps, ...). The shaped
-    update rule only counts where a run shapes (an unshaped run steps the same under either rule).
+    A key missing from `before` reads as run.json's whole `config` has it, else as its LEGACY value, else
+    its default: the behaviour runs had before the key existed (gaussian z, one seed, no adapter, shaped
+    steps per eps, ...). Some keys only count where they act (_counts).
     """
-    old = {k: before[k] if k in before else LEGACY.get(k, _get(Config(), k)) for k in TRAJECTORY_KEYS}
-    diff = [k for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k)]
-    if old["mezo.reward_shaping"] == "none" == cfg.mezo.reward_shaping:
-        diff = [k for k in diff if k != "mezo.shaped_update"]
-    return [f"{k}: {old[k]!r} -> {_get(cfg, k)!r}" + (" (the run was made with it: set --mezo.shaped_update="
-                                                      f"{old[k]} to continue it)" if k == "mezo.shaped_update" else "")
-            for k in diff]
+    old = _old_values(before, config)
+    diff = [k for k in TRAJECTORY_KEYS if old[k] != _get(cfg, k) and _counts(k, old, cfg)]
+    out = []
+    for k in diff:
+        why = _WHY.get(k, "").format(cfg.mezo.schedule if cfg.mezo.schedule != "constant" else old["mezo.schedule"])
+        if k == "mezo.shaped_update":
+            why = f" (the run was made with it: set --mezo.shaped_update={old[k]} to continue it)"
+        out.append(f"{k}: {old[k]!r} -> {_get(cfg, k)!r}{why}")
+    return out
 
 
-def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None) -> None:
-    """Refuse a resume with other trajectory settings or another GGUF file; a new run's rank 0 writes run.json
-    (with `gguf`, the GGUF file's path and sha256 beside the converted directory it loads)."""
+def _model_diff(before: dict, out: Path, model_path: str) -> list[str]:
+    """The base model is the start of the trajectory: another model directory is refused (a GGUF run is
+    compared by its file's sha256 instead; its converted directory lives in a cache that may move)."""
+    stored = before.get("model_path")
+    if not stored or before.get("gguf"):
+        return []
+    now = Path(model_path).resolve()
+    same = [Path(stored)] if Path(stored).is_absolute() else [out / stored, Path(stored)]  # older runs: launch dir
+    if any(p.resolve() == now for p in same):
+        return []
+    return [f"model.path: {str(same[0].resolve())!r} -> {str(now)!r} (if you moved the base model, fix "
+            f"model_path in {out / 'run.json'})"]
+
+
+def run_json_refusal(out: Path, cfg: Config, model_path: str, gguf: dict | None = None,
+                     data: dict | None = None) -> str | None:
+    """Why this launch may not resume the run in `out`: other trajectory settings, another base model or GGUF
+    file, or other data content (None: a new run, or a resume of the same run). Logs a line for each data file
+    found at another path with the recorded content, and for a change of backend (both allowed).
+
+    Rank 0 calls it (it alone hashed the data, see data_record.py) after taking the lock; every rank raises
+    the verdict (Trainer, through rundir.agree).
+    """
+    path = out / "run.json"
+    if not path.exists() or not cfg.checkpoint.resume:
+        return None
+    before = json.loads(path.read_text())
+    diff = trajectory_diff(before.get("trajectory", {}), cfg, before.get("config"))
+    diff += _model_diff(before, out, model_path)
+    old_sha, new_sha = (before.get("gguf") or {}).get("sha256"), (gguf or {}).get("sha256")
+    if old_sha and old_sha != new_sha:
+        diff.append(f"GGUF sha256: {old_sha[:12]}... -> {new_sha[:12] + '...' if new_sha else 'no GGUF'}")
+    data_diff, moves = data_record.compare(before.get("data"), data or {}, lambda p: _resolved(out, p))
+    if diff:
+        return (f"{out} holds a run with other trajectory settings ({'; '.join(diff + data_diff)}); "
+                f"use another train.output_dir or the same settings")
+    if data_diff:
+        return (f"{out} holds a run trained on other data ({'; '.join(data_diff)}); resume with the run's data, "
+                f"or use another train.output_dir for a run on this data")
+    for move in moves:
+        log.info("%s: resuming on it (run.json keeps the recorded path)", move)
+    was = _recorded(before.get("config"), "model.backend")
+    if was is not _MISSING and was != cfg.model.backend:  # allowed: docs/elastic.md's table says why
+        log.info("model.backend: %s -> %s: the same objective, seeds and z, but another engine's float rounding "
+                 "of the losses: the steps from here are not bit-identical to those %s would take", was,
+                 cfg.model.backend, was)
+    return None
+
+
+def write_run_json(out: Path, cfg: Config, model_path: str, gguf: dict | None = None,
+                   data: dict | None = None) -> None:
+    """A new run's run.json (rank 0): the base model, the trajectory settings, the whole config; with `gguf`
+    the GGUF file's path and sha256, with `data` each data file's path and sha256. An existing one is kept
+    as the run wrote it (an older run gets no data hashes added)."""
     path = out / "run.json"
     if path.exists():
-        before = json.loads(path.read_text())
-        diff = trajectory_diff(before.get("trajectory", {}), cfg)
-        old_sha, new_sha = (before.get("gguf") or {}).get("sha256"), (gguf or {}).get("sha256")
-        if old_sha and old_sha != new_sha and cfg.checkpoint.resume:
-            diff.append(f"GGUF sha256: {old_sha[:12]}... -> {new_sha[:12] + '...' if new_sha else 'no GGUF'}")
-        if diff and cfg.checkpoint.resume:
-            raise ConfigError(f"{out} holds a run with other trajectory settings ({'; '.join(diff)}); "
-                              f"use another train.output_dir or the same settings")
-    elif is_main:
-        now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
-        info = {"model_path": stored_model_path(model_path, out), "trajectory": now, "config": cfg.to_dict()}
-        if gguf:
-            info["gguf"] = gguf
-        checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
+        return
+    now = {k: _get(cfg, k) for k in TRAJECTORY_KEYS}
+    info = {"model_path": stored_model_path(model_path, out), "trajectory": now, "config": cfg.to_dict()}
+    if gguf:
+        info["gguf"] = gguf
+    if data:
+        info["data"] = {role: {**d, "path": stored_model_path(d["path"], out)} for role, d in data.items()}
+    checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
+
+
+def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None,
+                   data: dict | None = None) -> None:
+    """run_json_refusal as an error, then (rank 0, a new run) write_run_json.
+
+    Raises:
+        ConfigError: the refusal, one line.
+    """
+    refusal = run_json_refusal(out, cfg, model_path, gguf, data)
+    if refusal:
+        raise ConfigError(refusal)
+    if is_main:
+        write_run_json(out, cfg, model_path, gguf, data)
+
+
+def _resolved(out: Path, stored: str) -> str:
+    """An absolute path from one run.json keeps (relative to the output directory when inside it)."""
+    return str(Path(stored) if Path(stored).is_absolute() else (out / stored).resolve())
 
 
 class ResumePlan:
@@ -104,7 +212,8 @@ class ResumePlan:
 def resume(trainer) -> int:
     """Load the newest valid checkpoint into `trainer`, replay the step log after it; return the next step."""
     out, cfg, ctx, comm = trainer.out, trainer.cfg, trainer.ctx, trainer.comm
-    check_run_json(out, cfg, trainer.data.model_path, ctx.is_main, trainer.data.gguf)
+    if ctx.is_main:  # the Trainer refused a resume that does not continue this run before it got here
+        write_run_json(out, cfg, trainer.data.model_path, trainer.data.gguf, trainer.data.files)
     if not cfg.checkpoint.resume:
         return 0
     # One rank decides, so every rank resumes from the same state; an error reaches every rank.

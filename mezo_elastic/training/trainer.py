@@ -63,6 +63,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self.lock = run_lock.acquire(ctx, self.out, cfg.checkpoint.lock_stale_s, comm)
             rundir.agree(ctx, comm, rundir.past_target, cfg)  # after the lock: a live job's directory is "in use"
+            # a resume with other trajectory settings, base model or data: before anything is copied or loaded
+            rundir.agree(ctx, comm, lambda c: resuming.run_json_refusal(
+                self.out, c, self.data.model_path, self.data.gguf, self.data.files), cfg)
             stage.commit()
             self._build(ctx, cfg, comm, tok)
         except BaseException:

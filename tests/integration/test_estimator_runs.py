@@ -38,21 +38,25 @@ def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     assert summary["final_eval_loss"] < summary["first_eval_loss"], summary
 
 
+def _run_from_before_the_rule(out, args) -> None:
+    """An output directory as a run made before mezo.shaped_update existed leaves it (per_eps is refused on
+    a new run): started for 0 steps, its run.json without the keys added since."""
+    train(out, *args, "--train.steps=0")
+    info = json.loads((out / "run.json").read_text())
+    for key in ("shaped_update", "estimator"):
+        del info["trajectory"][f"mezo.{key}"], info["config"]["mezo"][key]
+    (out / "run.json").write_text(json.dumps(info))
+
+
 def test_a_run_made_with_the_old_shaped_rule_replays_and_keeps_its_rule(tmp_path):
     shaped = [*FAST, "--mezo.perturbations=2", "--mezo.reward_shaping=zscore", "--mezo.lr=1e-5"]
     old, new = tmp_path / "old", tmp_path / "new"
+    _run_from_before_the_rule(old, shaped)
     train(old, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=3")
     train(new, *shaped, "--train.steps=3")
     # the first step sees the same weights and batch: the same losses, g smaller by exactly 1/eps's factor
     g_old, g_new = StepLog(old / "steps.jsonl").read()[0].grads, StepLog(new / "steps.jsonl").read()[0].grads
     assert g_new == pytest.approx([g * 1e-3 for g in g_old], rel=1e-9)
-    # make `old` a run directory from before mezo.shaped_update existed
-    info = json.loads((old / "run.json").read_text())
-    for key in ("mezo.shaped_update", "mezo.estimator"):
-        del info["trajectory"][key]
-    for key in ("shaped_update", "estimator"):
-        del info["config"]["mezo"][key]
-    (old / "run.json").write_text(json.dumps(info))
     assert export(old, tmp_path / "exported") == 3
     assert max_abs_diff(load_file(str(tmp_path / "exported" / "model.safetensors")), final_weights(old)) == 0.0
     res = train(old, *shaped, "--train.steps=5", check=False)
@@ -61,5 +65,6 @@ def test_a_run_made_with_the_old_shaped_rule_replays_and_keeps_its_rule(tmp_path
         in res.stderr, res.stderr[-2000:]
     train(old, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=5")
     whole = tmp_path / "whole"
+    _run_from_before_the_rule(whole, shaped)
     train(whole, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=5")
     assert max_abs_diff(final_weights(old), final_weights(whole)) == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import re
@@ -78,11 +79,12 @@ class HFRunner:
         except (ValueError, OSError) as e:  # custom code without trust_remote_code, missing/bad weight files
             raise BackendError(f"cannot load model.path={model_path!r}: {e}") from None
         self.model.eval()
-        # generate() fills every field left None from the checkpoint's generation_config.json, EOS
+        # generate() fills every field left None from model.generation_config (the checkpoint's), EOS
         # included: with settings.eos_ids=() it stopped at the checkpoint's EOS and padded the rest with
-        # pad_id (token 0) where SGLang and the referee went on. GenerationSettings.eos_ids is the only EOS.
-        if self.model.generation_config is not None:
-            self.model.generation_config.eos_token_id = None
+        # pad_id (token 0) where SGLang and the referee went on. GenerationSettings.eos_ids is the only EOS,
+        # so generate() sees a copy without it; model.generation_config itself stays the checkpoint's, because
+        # save_pretrained writes it out (clearing it there made every final/ and export generate past EOS).
+        self._own_generation = _without_eos(self.model.generation_config)
         self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers
         # peft.method=lora: the adapter's tensors are the trainable set; self.model stays the same
         # transformers model (peft injects its layers in place), so scoring and generate are unchanged.
@@ -219,7 +221,7 @@ class HFRunner:
         procs = LogitsProcessorList()
         if settings.temperature > 0:
             procs.append(_GumbelNoise(settings.temperature, [r.seed for r in requests], ids.shape[1], self.device))
-        with attention_kernels(self.device):
+        with attention_kernels(self.device), _swapped_generation_config(self.model, self._own_generation):
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       generation_config=gen, logits_processor=procs)
         return [cut_at_eos(row, settings.eos_ids) for row in out[:, ids.shape[1]:].tolist()]
@@ -260,6 +262,7 @@ class HFRunner:
             return
         self.model.save_pretrained(out_dir, safe_serialization=True)
         copy_tokenizer_files(self.model_path, out_dir)
+        keep_base_generation_config(self.model_path, out_dir)
 
     def save_merged(self, out_dir: Path) -> None:
         """LoRA: write the HF model with the adapter merged into the base weights (and the tokenizer
@@ -268,6 +271,7 @@ class HFRunner:
             raise BackendError("save_merged needs peft.method=lora; a full-weight model is saved by save_pretrained")
         self.adapter.save_merged(Path(out_dir))
         copy_tokenizer_files(self.model_path, Path(out_dir))
+        keep_base_generation_config(self.model_path, Path(out_dir))
         self.close()
 
     def close(self) -> None:
@@ -283,6 +287,37 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in ("config.json", ".complete") \
                 and not f.name.endswith(".index.json") and not (dst / f.name).exists():
             shutil.copy2(f, dst / f.name)
+
+
+def keep_base_generation_config(base: Path, out_dir: Path) -> None:
+    """What is saved generates as the base model does: its generation_config.json is the base's, byte for byte
+    (save_pretrained re-serialises the live one, which transformers may have filled in at load); a base without
+    one gets none (transformers then derives the same one from config.json, as it did for the base)."""
+    src, dst = Path(base) / "generation_config.json", Path(out_dir) / "generation_config.json"
+    if src.is_file():
+        shutil.copy2(src, dst)
+    else:
+        dst.unlink(missing_ok=True)
+
+
+def _without_eos(config):
+    """A copy of a model's generation config with no EOS (None when the model has none)."""
+    if config is None:
+        return None
+    own = copy.deepcopy(config)
+    own.eos_token_id = None
+    return own
+
+
+@contextlib.contextmanager
+def _swapped_generation_config(model, config):
+    """model.generation_config is `config` inside the block only (generate() merges its defaults from it)."""
+    saved = model.generation_config
+    model.generation_config = config if config is not None else saved
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class _GumbelNoise:
