@@ -230,11 +230,14 @@ def _exclusive(lock: Path) -> Iterator[None]:
 def _build(gguf: Path, sha: str, target: Path) -> None:
     """Convert into a temp sibling, mark it complete, rename it into place (a leftover without the mark goes)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.", dir=target.parent))
-    # mkdtemp makes 0700 whatever the umask: a shared MEZO_ELASTIC_CACHE must be readable as the umask
-    # allows (its files are written through the umask already), as mkdir would have made it.
-    os.chmod(tmp, 0o777 & ~_umask())
+    # mkdtemp makes 0700 and safetensors writes 0600, whatever the umask: a shared MEZO_ELASTIC_CACHE must
+    # be readable as the umask allows, as mkdir and open() would have made them.
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)
     try:
         _dequantize(gguf, tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
         (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": sha}, indent=1) + "\n")
         (tmp / ".complete").write_text("ok\n")
         if target.exists() and not (target / ".complete").is_file():
