@@ -7,7 +7,8 @@ directory, and a changed file gets a new directory. How: the first rank to take 
 converts into a temp sibling and renames it into place; the others wait on the lock, then load the result.
 On a shared filesystem whose flock does not span nodes, two nodes may both convert: the rename still lets only
 one complete directory in (the same bytes either way). Weights are saved in float32, the values the GGUF's
-dequantization gives (model.dtype converts at load).
+dequantization gives (model.dtype converts at load). Before any of it, check_gguf walks the file's header and
+compares the size it promises with the file's, so a file cut short is one line, not a reader's traceback.
 """
 
 from __future__ import annotations

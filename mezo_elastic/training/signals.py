@@ -61,7 +61,10 @@ class StopSignals:
 
     def _give_up(self, signum: int) -> None:
         """The grace ran out: say why on the way out (the log and stdout may be blocked: one raw write), exit."""
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:  # the wakeup fd carries one byte: a number, not always one of STOP_SIGNALS
+            name = f"signal {signum}"
         line = (f"mezo_elastic: rank {self.ctx.rank}: {name} arrived and step {self.steps_done + 1} had not ended "
                 f"{self.grace_s:g} s later (train.stop_grace_s); exiting now with code {128 + signum}, without "
                 f"that step: the step log holds {self.steps_done} steps done, and a relaunch of the same command "
