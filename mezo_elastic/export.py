@@ -139,6 +139,9 @@ def check_target(out: Path) -> None:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory for the exported model")
+    # export writes a temp sibling of `out` and renames it into place: the parent must take new files
+    # (read-only, under a file, /proc), checked as training checks train.output_dir.
+    checkpoint.check_output_dir(out, field="--out", writes_in=out.absolute().parent)
     if not out.is_dir() or not any(out.iterdir()):
         return
     marker = out / EXPORT_MARKER
@@ -162,11 +165,16 @@ def _write_dir(out: Path, write, info: dict) -> None:
     A previous export is renamed aside first and deleted only once the new one is in place, so a crash
     leaves the old or the new export (and at worst a hidden .NAME.old.PID folder), never neither.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = (out.with_name(f".{out.name}.{os.getpid()}.{kind}") for kind in ("tmp", "old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    checkpoint.atomic_write_text(tmp / EXPORT_MARKER, json.dumps({**info, "files": _files(tmp)}, indent=1))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        checkpoint.atomic_write_text(tmp / EXPORT_MARKER, json.dumps({**info, "files": _files(tmp)}, indent=1))
+    except OSError as e:  # a disk that fills up, a mount gone read-only since check_target
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"--out {out}: writing the export failed ({e.strerror or e}"
+                              f"{': ' + str(e.filename) if e.filename else ''}); nothing was replaced") from None
     if out.is_dir() and any(out.iterdir()):  # a previous export (check_target said so)
         os.rename(out, old)
     os.rename(tmp, out)  # onto a missing or empty directory

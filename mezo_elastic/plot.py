@@ -97,8 +97,23 @@ def _import_pyplot() -> Any:
     return plt
 
 
+def _marks(xs: list[int]) -> dict[str, Any]:
+    # A line needs two points: a series of one (a run with one train line) is drawn as a marker.
+    return {"marker": "o", "ms": 5} if len(xs) == 1 else {}
+
+
 def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
     """Draw the panels into a PNG at `out` and return its path."""
+    plt = _import_pyplot()
+    fig = draw(series, title, smoothing)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, metadata={"Title": title})  # also in the PNG's text chunk, for scripts
+    plt.close(fig)
+    return out
+
+
+def draw(series: Series, title: str, smoothing: float) -> Any:
+    """The matplotlib Figure of the panels (plot_run saves it; tests look at its artists)."""
     plt = _import_pyplot()
     acc_steps, acc = _column(series.eval, "eval_accuracy")
     n_panels = 3 if acc else 2
@@ -107,8 +122,9 @@ def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
     ax_loss, ax_lr = axes[0], axes[-1]
     steps, loss = _column(series.train, "loss")
     if loss:
-        ax_loss.plot(steps, loss, color="tab:blue", alpha=0.25, lw=1, label="train loss (raw)")
-        ax_loss.plot(steps, ema(steps, loss, smoothing), color="tab:blue", lw=2, label=f"train loss (EMA {smoothing:g} per step)")
+        ax_loss.plot(steps, loss, color="tab:blue", alpha=0.25, lw=1, label="train loss (raw)", **_marks(steps))
+        ax_loss.plot(steps, ema(steps, loss, smoothing), color="tab:blue", lw=2,
+                     label=f"train loss (EMA {smoothing:g} per step)", **_marks(steps))
     ev_steps, ev_loss = _column(series.eval, "eval_loss")
     if ev_loss:
         ax_loss.plot(ev_steps, ev_loss, color="tab:orange", marker="o", ms=4, lw=1.5, label="eval loss")
@@ -121,7 +137,7 @@ def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
         ax_acc.set_ylabel("eval accuracy (%)")
         ax_acc.set_ylim(0, 100)
     lr_steps, lr = _column(series.train, "lr")
-    ax_lr.plot(lr_steps, lr, color="tab:purple", lw=1.5)
+    ax_lr.plot(lr_steps, lr, color="tab:purple", lw=1.5, **_marks(lr_steps))
     ax_lr.set_ylabel("learning rate")
     if lr:  # from 0, so a constant lr reads as flat rather than as noise around an offset
         ax_lr.set_ylim(0, max(lr) * 1.1 or 1.0)
@@ -130,10 +146,7 @@ def plot_run(series: Series, out: Path, title: str, smoothing: float) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, metadata={"Title": title})  # also in the PNG's text chunk, for scripts
-    plt.close(fig)
-    return out
+    return fig
 
 
 def _title(run_dir: Path, s: Series) -> str:

@@ -48,7 +48,10 @@ def test_nodelist():
     ({**TORCHRUN, "RANK": "4"}, ["RANK=4", "[0, 4)"]),
     ({**TORCHRUN, "RANK": "-1"}, ["RANK=-1"]),
     ({**TORCHRUN, "LOCAL_RANK": "2"}, ["local rank 2", "[0, 2)"]),
-    ({**TORCHRUN, "WORLD_SIZE": "0", "RANK": "0"}, ["world size 0"]),
+    ({**TORCHRUN, "WORLD_SIZE": "0", "RANK": "0"}, ["WORLD_SIZE=0 is not allowed", ">= 1"]),
+    ({"WORLD_SIZE": "-1", "RANK": "0"}, ["WORLD_SIZE=-1 is not allowed"]),  # before 'LOCAL_RANK is not set'
+    ({**SLURM, "SLURM_NTASKS": "0"}, ["SLURM_NTASKS=0 is not allowed"]),
+    ({"LOCAL_RANK": "5"}, ["LOCAL_RANK=5 is set but RANK and WORLD_SIZE are not"]),  # not a silent rank 0 of 1
     ({**SLURM, "SLURM_PROCID": "9"}, ["SLURM_PROCID=9"]),
     ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, ["MASTER_ADDR"]),
 ])

@@ -69,6 +69,15 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
         raise LaunchEnvError(f"{name}={raw!r} is not an integer") from None
 
 
+def _world(env: Mapping[str, str], name: str) -> int:
+    """The world size, checked first: the other variables' defaults and ranges depend on it (WORLD_SIZE=0
+    was reported as 'LOCAL_RANK is not set', the default that only a world of 1 has)."""
+    world = _int(env, name)
+    if world < 1:
+        raise LaunchEnvError(f"{name}={world} is not allowed; it must be >= 1 (the number of processes in the job)")
+    return world
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """Expand a SLURM node list such as 'gpu[01-03,7],login1' into host names, in order.
 
@@ -102,7 +111,7 @@ def _torchrun(env: Mapping[str, str]) -> RankContext | None:
     if "TORCHELASTIC_RUN_ID" not in env and not ("RANK" in env and "WORLD_SIZE" in env):
         return None
     launcher: Launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in env else "env"
-    world = _int(env, "WORLD_SIZE")
+    world = _world(env, "WORLD_SIZE")
     return RankContext(
         rank=_int(env, "RANK"),
         local_rank=_int(env, "LOCAL_RANK", 0 if world == 1 else None),
@@ -123,7 +132,7 @@ def _torchrun(env: Mapping[str, str]) -> RankContext | None:
 def _slurm(env: Mapping[str, str]) -> RankContext | None:
     if "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
         return None
-    world = _int(env, "SLURM_NTASKS")
+    world = _world(env, "SLURM_NTASKS")
     job_id = env.get("SLURM_JOB_ID", "0")
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
     addr = env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0]
@@ -220,4 +229,9 @@ def detect(env: Mapping[str, str] | None = None) -> RankContext:
         ctx = detector(env)
         if ctx is not None:
             return validate(ctx)
+    if "LOCAL_RANK" in env:  # a lone LOCAL_RANK would be ignored: this process would run as rank 0 of 1
+        raise LaunchEnvError(
+            f"LOCAL_RANK={env['LOCAL_RANK']} is set but RANK and WORLD_SIZE are not; set all three (with "
+            f"MASTER_ADDR and MASTER_PORT), or none for a single process"
+        )
     return _single(env)

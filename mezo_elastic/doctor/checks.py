@@ -337,7 +337,18 @@ def check_context(env: dict[str, str] | os._Environ[str]) -> tuple[RankContext |
 
 
 def _launch_fix(message: str) -> str:
-    # The error names the bad variable; the fix says who should set it.
+    # The error names the bad variable (first, as NAME=value, where there is one); the fix is about that
+    # variable and says who should set it.
+    var = message.split("=", 1)[0] if "=" in message.split(" ", 1)[0] else ""
+    if var == "MASTER_PORT":
+        return (f"set MASTER_PORT to a free port in 1..65535 (e.g. MASTER_PORT={free_port()}), or let the launcher "
+                f"pick one (torchrun --standalone)")
+    if "is set but" in message:
+        return (f"unset {var} for a single process, or launch with torchrun or srun, which set RANK, LOCAL_RANK "
+                f"and WORLD_SIZE together")
+    if var in ("WORLD_SIZE", "SLURM_NTASKS") and "not allowed" in message:
+        return (f"{var} is the number of processes (>= 1): let torchrun or srun set it, or unset RANK and "
+                f"WORLD_SIZE for a single process")
     if "outside" in message and ("RANK" in message or "SLURM_PROCID" in message or "local rank" in message):
         return ("let the launcher set RANK/LOCAL_RANK/WORLD_SIZE (torchrun or srun); when setting them by hand "
                 "keep 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE")
@@ -379,3 +390,36 @@ def check_output_dir(cfg: Config | None) -> Section:
             "output-dir", problem,
             "pass --train.output_dir=<a new directory you can write, on a filesystem every node shares>"))
     return sec
+
+
+def check_model(cfg: Config | None) -> Section:
+    """model.path as training checks it before anything is written (the same function): it exists, and is an
+    HF model directory or a whole GGUF file (its header against its size; nothing is converted here)."""
+    from mezo_elastic.errors import MezoError
+    from mezo_elastic.runners.hf.runner import check_model_dir
+
+    sec = Section("Model")
+    if cfg is None:
+        return sec
+    path = cfg.model.path
+    if not path:
+        sec.lines.append("model.path: empty (the built-in tiny model)")
+        return sec
+    try:
+        check_model_dir(path, gguf_ok=True)
+    except MezoError as e:
+        sec.lines.append(f"model.path {path}: NOT usable")
+        sec.problems.append(Problem("model-path", str(e), _model_fix(str(e))))
+        return sec
+    sec.facts["model_path"] = path
+    sec.lines.append(f"model.path {path}: usable")
+    return sec
+
+
+def _model_fix(message: str) -> str:
+    if "truncated" in message or "not a GGUF file" in message or "not a valid GGUF" in message:
+        return "download or copy the file again and compare its sha256 with the source's"
+    if "pip install" in message:
+        return message.rsplit(": ", 1)[-1]
+    return ("pass --model.path=<an HF model directory holding config.json, or a .gguf file> (a relative path is "
+            "taken from the launch directory)")

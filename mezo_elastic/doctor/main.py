@@ -31,6 +31,7 @@ from mezo_elastic.doctor.checks import (
     check_backends,
     check_context,
     check_devices,
+    check_model,
     check_output_dir,
     check_ports,
 )
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if ctx is not None:
         sections.append(check_ports(ctx, cfg, args.timeout))
     sections.append(check_output_dir(cfg))
+    sections.append(check_model(cfg))
     blocked = any(p.code in BLOCKING and p.severity == "error" for s in sections for p in s.problems)
     reports, pg_sec = _gather(ctx, cfg, _rank_report(ctx, sections), args.timeout, blocked)
     sections.append(pg_sec)

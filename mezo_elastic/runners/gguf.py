@@ -7,7 +7,8 @@ directory, and a changed file gets a new directory. How: the first rank to take 
 converts into a temp sibling and renames it into place; the others wait on the lock, then load the result.
 On a shared filesystem whose flock does not span nodes, two nodes may both convert: the rename still lets only
 one complete directory in (the same bytes either way). Weights are saved in float32, the values the GGUF's
-dequantization gives (model.dtype converts at load).
+dequantization gives (model.dtype converts at load). Before any of it, check_gguf walks the file's header and
+compares the size it promises with the file's, so a file cut short is one line, not a reader's traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import importlib.util
 import json
 import logging
 import os
+import mmap
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +66,119 @@ def require_packages(path: str | Path) -> None:
                            f"{' and '.join(missing)}: {EXTRA}")
 
 
+class _Truncated(Exception):
+    """A read past the end of the file while walking the GGUF header."""
+
+
+# GGUF value types (gguf-py's GGUFValueType) of fixed size, as struct codes; 8 is a string, 9 an array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+MAGIC = b"GGUF"
+
+
+class _Header:
+    """A bounds-checked cursor over a GGUF file's bytes (little- or big-endian, as the version says)."""
+
+    def __init__(self, buf: bytes | mmap.mmap) -> None:
+        self.buf, self.pos, self.end = buf, 4, "<"
+        if struct.unpack_from("<I", buf, 4)[0] > 0xFFFF:  # a big-endian file's version reads huge in LE
+            self.end = ">"
+
+    def take(self, code: str, count: int = 1) -> tuple:
+        size = struct.calcsize(self.end + code) * count
+        if self.pos + size > len(self.buf):
+            raise _Truncated
+        out = struct.unpack_from(f"{self.end}{count}{code}", self.buf, self.pos)
+        self.pos += size
+        return out
+
+    def string(self) -> str:
+        (n,) = self.take("Q")
+        if self.pos + n > len(self.buf):
+            raise _Truncated
+        self.pos += n
+        return bytes(self.buf[self.pos - n:self.pos]).decode("utf-8", "replace")
+
+    def value(self, vtype: int, key: str) -> object:
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])[0]
+        if vtype == 8:
+            return self.string()
+        if vtype == 9:
+            item, n = self.take("I")[0], self.take("Q")[0]
+            if item in _SCALARS:  # skipped whole: a tokenizer's scores are 100k+ floats
+                self.take(_SCALARS[item], n)
+                return None
+            for _ in range(n):
+                self.value(item, key)
+            return None
+        raise ValueError(f"value type {vtype} of key {key!r} is not a GGUF type")
+
+
+def check_gguf(path: str | Path) -> None:
+    """The file is a whole GGUF file: the magic bytes, a header that parses, and tensor data that ends
+    within the file. Cheap (the header is read, the tensor data is not): a file cut short by a failed
+    download or copy is told apart here, where gguf-py and transformers answer with a struct or reshape
+    traceback.
+
+    Raises:
+        BackendError: one line naming the file, its size and what is wrong.
+    """
+    p, size = Path(path), Path(path).stat().st_size
+    head = f"model.path={str(path)!r} ({size} bytes)"
+    again = "download or copy it again"
+    if size < 24:  # magic, version, two counts
+        raise BackendError(f"{head} is truncated or not a GGUF file: shorter than a GGUF header; {again}")
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if buf[:4] != MAGIC:
+            raise BackendError(f"{head} is not a GGUF file: it starts with {bytes(buf[:4])!r}, a GGUF file with "
+                               f"{MAGIC!r}")
+        try:
+            promised = _promised_size(_Header(buf))
+        except _Truncated:
+            raise BackendError(f"{head} is truncated: it ends inside its GGUF header; {again}") from None
+        except (ValueError, KeyError) as e:
+            raise BackendError(f"{head} is not a valid GGUF file: {e}") from None
+    if promised > size:
+        raise BackendError(f"{head} is truncated: its GGUF header promises {promised} bytes of header and tensor "
+                           f"data; {again}")
+
+
+def _promised_size(h: _Header) -> int:
+    """Bytes the header says the file holds: the aligned end of the tensor infos plus the furthest tensor."""
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    except ImportError:  # the header is still walked; tensor sizes need gguf-py's table (require_packages says so)
+        GGML_QUANT_SIZES, GGMLQuantizationType = None, None
+
+    version, n_tensors, n_kv = h.take("I")[0], h.take("Q")[0], h.take("Q")[0]
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} (readable: 2 and 3)")
+    if n_tensors > len(h.buf) or n_kv > len(h.buf):  # each takes bytes: a count past the size is garbage
+        raise ValueError(f"header counts {n_tensors} tensors and {n_kv} keys")
+    align = 32
+    for _ in range(n_kv):
+        key = h.string()
+        val = h.value(h.take("I")[0], key)
+        if key == "general.alignment" and isinstance(val, int) and val > 0:
+            align = val
+    end = 0
+    for _ in range(n_tensors):
+        name = h.string()
+        dims = h.take("Q", h.take("I")[0])
+        gtype, offset = h.take("I")[0], h.take("Q")[0]
+        if GGML_QUANT_SIZES is None:
+            continue
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(gtype)]
+        except (ValueError, KeyError):
+            raise ValueError(f"tensor {name!r} has type {gtype}, not a GGML type") from None
+        n = 1
+        for d in dims:
+            n *= d
+        end = max(end, offset + n // block * type_size)
+    return -(-h.pos // align) * align + end
+
+
 # Bumped when what _dequantize writes changes, so a directory converted by an older version is not reused:
 # "-v2": tied embeddings stored under the embedding's name (v1 stored lm_head.weight, which SGLang skips).
 LAYOUT = "-v2"
@@ -72,8 +188,9 @@ def hf_dir_for(gguf: Path, root: Path | None = None) -> tuple[Path, str]:
     """(HF directory converted from `gguf`, the file's sha256): converted now unless already cached.
 
     Raises:
-        BackendError: gguf/accelerate missing, or transformers cannot read the file.
+        BackendError: gguf/accelerate missing, the file truncated or not GGUF, or transformers cannot read it.
     """
+    check_gguf(gguf)  # also where the run's file changed since (export, resume): one line, not a traceback
     sha = _sha256(gguf)
     base = Path(root) if root is not None else cache_dir() / "gguf"
     target = base / f"{sha}{LAYOUT}"
@@ -114,8 +231,14 @@ def _exclusive(lock: Path) -> Iterator[None]:
 def _build(gguf: Path, sha: str, target: Path) -> None:
     """Convert into a temp sibling, mark it complete, rename it into place (a leftover without the mark goes)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.", dir=target.parent))
+    # mkdtemp makes 0700 and safetensors writes 0600, whatever the umask: a shared MEZO_ELASTIC_CACHE must
+    # be readable as the umask allows, as mkdir and open() would have made them.
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)
     try:
         _dequantize(gguf, tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
         (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": sha}, indent=1) + "\n")
         (tmp / ".complete").write_text("ok\n")
         if target.exists() and not (target / ".complete").is_file():
@@ -127,6 +250,20 @@ def _build(gguf: Path, sha: str, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets it, and another
+    thread could create a file in between)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # the strictest value for the instant it is set
+    os.umask(mask)
+    return mask
 
 
 def _dequantize(gguf: Path, out: Path) -> None:

@@ -64,31 +64,37 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_output_dir(path: Path) -> None:
+def check_output_dir(path: Path, field: str = "train.output_dir", writes_in: Path | None = None) -> None:
     """Fail before anything is written when `path` cannot be an output directory.
 
     Probes the directory (or the nearest existing parent it would be made in) with an unnamed temporary
     file, so a refusal leaves nothing behind. Every rank can call it.
 
+    Args:
+        path: the directory asked for, named in the message as `field` (export passes "--out").
+        writes_in: where the files are created when that is not `path` itself (export writes a temp
+            sibling and renames it: `path`'s parent); its nearest existing parent is probed.
+
     Raises:
         ConfigError: the path is a file, sits under a file, or is not writable (naming the reason).
     """
     path = Path(path)
+    shown = f"{field}={str(path)!r}"
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"train.output_dir={str(path)!r} is a file, not a directory; give a directory path")
-    probe = path
+        raise ConfigError(f"{shown} is a file, not a directory; give a directory path")
+    probe = Path(writes_in) if writes_in is not None else path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(f"train.output_dir={str(path)!r} cannot be made: {probe} is a file")
+        raise ConfigError(f"{shown} cannot be made: {probe} is a file")
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise ConfigError(f"train.output_dir={str(path)!r} is not writable: {probe}: {e.strerror or e}") from None
+            raise ConfigError(f"{shown} is not writable: {probe}: {e.strerror or e}") from None
         # e.g. /proc: writable by its mode bits, yet creating a file there fails with ENOENT
-        raise ConfigError(f"train.output_dir={str(path)!r} cannot be made: {probe} does not take new files "
+        raise ConfigError(f"{shown} cannot be made: {probe} does not take new files "
                           f"(creating one fails: {e.strerror or e}); give a directory on a real file system") from None
 
 

@@ -30,6 +30,7 @@ class StopSignals:
     def __init__(self, ctx: RankContext, grace_s: float, requeue: bool) -> None:
         self.ctx, self.grace_s, self.requeue = ctx, grace_s, requeue
         self.signum: int | None = None
+        self.steps_done = 0  # kept current by the step loop, for the line printed when the grace runs out
 
     def _on_signal(self, signum: int, _frame) -> None:
         self.signum = signum  # acted on at the end of the current step, agreed by all ranks
@@ -52,11 +53,26 @@ class StopSignals:
 
         def watch() -> None:
             first = os.read(r, 1)[0]
-            timer = threading.Timer(grace, os._exit, args=(128 + first,))
+            timer = threading.Timer(grace, self._give_up, args=(first,))
             timer.daemon = True
             timer.start()
 
         threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
+
+    def _give_up(self, signum: int) -> None:
+        """The grace ran out: say why on the way out (the log and stdout may be blocked: one raw write), exit."""
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:  # the wakeup fd carries one byte: a number, not always one of STOP_SIGNALS
+            name = f"signal {signum}"
+        line = (f"mezo_elastic: rank {self.ctx.rank}: {name} arrived and step {self.steps_done + 1} had not ended "
+                f"{self.grace_s:g} s later (train.stop_grace_s); exiting now with code {128 + signum}, without "
+                f"that step: the step log holds {self.steps_done} steps done, and a relaunch of the same command "
+                f"resumes after them\n")
+        try:
+            os.write(2, line.encode())
+        finally:
+            os._exit(128 + signum)
 
     @property
     def vote(self) -> float:

@@ -158,6 +158,7 @@ class Trainer:
         self.signals.install()
         cfg = self.cfg
         start = self.resume()
+        self.signals.steps_done = start
         first_eval = self.evaluate(0) if start == 0 and self.data.eval else {}
         meter = _Meter(self, start)
         last: dict[str, float] = {}
@@ -172,6 +173,7 @@ class Trainer:
             if self.ctx.is_main:
                 self.steplog.append(rec)
             meter.log(t, rec)
+            self.signals.steps_done = done
             if stop:
                 meter.progress.close()
                 raise self.signals.stop(done)

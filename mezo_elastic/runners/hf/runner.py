@@ -29,13 +29,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 
 def check_model_dir(model_path: str, gguf_ok: bool = False) -> None:
     """An HF model directory's config.json must exist and parse (both backends read it); with `gguf_ok`, a
-    GGUF file (or a directory holding one) passes too when the packages that read it are installed.
+    GGUF file (or a directory holding one) passes too when the packages that read it are installed and
+    the file is whole (gguf.check_gguf).
 
     Raises:
         BackendError: one line naming the file and what is wrong (instead of transformers' traceback).
     """
+    if not Path(model_path).exists():  # before the directory checks: 'no config.json' misleads for a typo
+        raise BackendError(f"model.path={model_path!r} does not exist; give an HF model directory"
+                           + (" or a GGUF file" if gguf_ok else ""))
     if gguf_ok and (found := gguf.find_gguf(model_path)) is not None:
-        return gguf.require_packages(found)
+        gguf.require_packages(found)
+        return gguf.check_gguf(found)
     config = Path(model_path) / "config.json"
     if not config.is_file():
         raise BackendError(f"model.path={model_path!r} is not an HF model directory (no config.json)")

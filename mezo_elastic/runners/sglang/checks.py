@@ -40,6 +40,8 @@ def validate_mezo_config(cfg: Config, ctx: RankContext | None = None) -> None:
     if not 0 <= m.sglang_port <= 65535 - cfg.dist.port_attempts * 64:
         raise ConfigError(f"model.sglang_port={m.sglang_port} must be 0 (derived) or a port <= "
                           f"{65535 - cfg.dist.port_attempts * 64}, leaving room for one candidate range per replica")
+    if m.path and not Path(m.path).exists():
+        raise ConfigError(f"model.path={m.path!r} does not exist; give an HF model directory or a GGUF file")
     if m.path and gguf.find_gguf(m.path) is None and not (Path(m.path) / "config.json").is_file():
         raise ConfigError(f"model.path={m.path!r} is not an HF model directory (no config.json) or a GGUF file")
     if cfg.peft.method == "lora":
