@@ -1,11 +1,12 @@
 """The `sglang` backend: SGLang's ModelRunner in-process as the forward engine (GPU only).
 
-Scoring is one EXTEND batch per call (split only to fit the KV pool), with return_logprob and
-logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; no KV is reused
-between forwards (the last batch stays prepared for MeZO's second forward of the same tokens, which
-recomputes its KV) and no CUDA graphs are captured. Classification candidates share their prompt's KV
-within a forward (`score_choices`: the prompts first, then every candidate extends its prompt's
-slots). The weights are perturbed in place through segments keyed by HF name and element index
+Scoring (lm, classification) at tp_size 1 without LoRA runs fixed-shape batches through CUDA graphs
+(runners/sglang/graphs.py, model.scoring_graphs): one graph replay a forward. Elsewhere, or with
+model.scoring_graphs=false, it is one EXTEND batch per call (split only to fit the KV pool), with
+return_logprob and logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; no
+KV is reused between forwards (the last batch stays prepared for MeZO's second forward of the same
+tokens, which recomputes its KV). Classification candidates share their prompt's KV within a forward
+(`score_choices`: the prompts first, then every candidate extends its prompt's slots). The weights are perturbed in place through segments keyed by HF name and element index
 (runners/sglang/layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
 any TP size.
 
@@ -54,8 +55,8 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     """SGLang ServerArgs with every field MeZO depends on set explicitly (MeZO's defaults).
 
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
-    custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). CUDA
-    graphs: none for the scoring objectives by default (model.sglang_prefill_graphs turns SGLang's
+    custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). SGLang's CUDA
+    graphs: none for the scoring objectives by default (this package captures its own: graphs.py) (model.sglang_prefill_graphs turns SGLang's
     prefill graphs on); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
     to data.micro_batch (a smaller batch is padded to the next one); a replay reads the weights'
     storage, which every sweep updates in place.
