@@ -117,7 +117,7 @@ def test_all_candidates_held_fails_with_the_ports_and_holders():
 
 @pytest.mark.parametrize("bad, words", [
     ({"SLURM_NTASKS": "x"}, ["SLURM_NTASKS='x'", "not an integer"]),
-    ({"SLURM_NTASKS": "0"}, ["world size 0"]),
+    ({"SLURM_NTASKS": "0"}, ["SLURM_NTASKS=0 is not allowed", ">= 1"]),
 ])
 def test_bad_env_fails_fast_on_every_rank(bad, words):
     start = time.monotonic()
