@@ -12,6 +12,9 @@
 #            hf at CLS_LR; first/final eval accuracy and steps/s
 #   step     bench/bench_small_step.py on the real model: steps/s of ours (sglang, hf; scoring graphs on, off)
 #            beside the reference MeZO loop, and GPU busy during our step ($OUT/small_step_<task>.json)
+#   tta      bench/time_to_accuracy.py on the real model with $TTA_ARGS (e.g. "--tasks cls --methods reference
+#            --seeds 0"), OUT kept in /tmp/tta between calls on one warm machine, then the report; everything
+#            comes back as one file, $OUT/tta.tgz (a call returns at most 8 files)
 #   reward   reward learning (its reward task, exact_match, greedy): sglang, shaping none / zscore / centered_rank,
 #            K = 1 and 4; hf, none, K = 1; first/final eval reward and steps/s
 # Summaries: $OUT/real_model.jsonl (a line a run) and the table printed at the end. Wheels and environment as
@@ -86,6 +89,12 @@ d, sha = gguf.hf_dir_for(Path(os.environ['MEZO_REAL_GGUF'])); print(d, sha[:12],
         grep -A12 "^NVIDIA\|^| method" "$OUT/small_step_$task.log" | tail -12
       done
       cp /tmp/mezo_step/small_step_*.json /tmp/mezo_step/profile_*.txt "$OUT/" 2>/dev/null ;;
+    tta)
+      log "time to accuracy: ${TTA_ARGS:-}"
+      python3 bench/time_to_accuracy.py --model "$MEZO_REAL_GGUF" --out /tmp/tta ${TTA_ARGS:-} \
+        > "$OUT/tta_$(date +%H%M%S).log" 2>&1 || { log "tta FAILED"; rc=1; }
+      python3 bench/time_to_accuracy.py --model "$MEZO_REAL_GGUF" --out /tmp/tta --report-only 2>&1 | tail -12
+      tar czf "$OUT/tta.tgz" -C /tmp/tta --exclude=work --exclude=hf-model . ;;
     cls|reward)
       [ -f "$OUT/tasks/cls_train.jsonl" ] || python3 bench/real_tasks.py --out "$OUT/tasks" || { log "bench/real_tasks.py missing"; rc=1; continue; }
       T=$OUT/tasks
@@ -111,7 +120,7 @@ d, sha = gguf.hf_dir_for(Path(os.environ['MEZO_REAL_GGUF'])); print(d, sha[:12],
         done
         run reward_hf_none_k1 "${R[@]}" --model.backend=hf --train.steps=$((REWARD_STEPS / 2)) --mezo.lr="$REWARD_LR"
       fi ;;
-    *) echo "unknown stage $s (convert tests step cls reward)"; exit 2 ;;
+    *) echo "unknown stage $s (convert tests step tta cls reward)"; exit 2 ;;
   esac
 done
 [ -f "$OUT/real_model.jsonl" ] && python3 - "$OUT/real_model.jsonl" <<'PY'
