@@ -22,8 +22,8 @@ ES = [*FAST, "--mezo.estimator=es", "--mezo.perturbations=4", "--mezo.reward_sha
 @pytest.mark.parametrize("args, nproc", [(FZOO, 2), (ES, 1)], ids=["fzoo", "es"])
 def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(whole, *args, "--train.steps=8", nproc=nproc)
-    train(split, *args, "--train.steps=3", nproc=nproc)
+    train_together((whole, *args, "--train.steps=8", {"nproc": nproc}),
+                   (split, *args, "--train.steps=3", {"nproc": nproc}))
     res = train(split, *args, "--train.steps=8", nproc=nproc)
     assert "resumed after 3 steps" in res.stderr
     assert max_abs_diff(final_weights(split), final_weights(whole)) == 0.0
