@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -40,6 +41,17 @@ def train(out: Path, *args: str, nproc: int = 1, timeout: float = 300, check: bo
     if check and res.returncode != 0:
         raise AssertionError(f"{argv} exited {res.returncode}\nstdout:\n{res.stdout[-3000:]}\nstderr:\n{excerpt(res.stderr)}")
     return res
+
+
+def train_together(*jobs: tuple) -> list[subprocess.CompletedProcess]:
+    """Independent training jobs at once, each `train`'s positional arguments (out, *args) as a tuple, a dict
+    at its end for train's keywords (nproc=2): the suite runs on two cores and most of a tiny job is its
+    interpreter's start, so two jobs that do not depend on each other need not wait for each other. Any
+    job's failure raises as `train` would."""
+    split = [(job[:-1], job[-1]) if isinstance(job[-1], dict) else (job, {}) for job in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(train, *args, **kw) for args, kw in split]
+        return [f.result() for f in futures]
 
 
 def excerpt(out: str, n: int = 4000) -> str:

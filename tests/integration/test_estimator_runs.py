@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import FAST, final_weights, max_abs_diff, train
+from helpers import FAST, final_weights, max_abs_diff, train, train_together
 from safetensors.torch import load_file
 
 from mezo_elastic.export import export
@@ -22,8 +22,8 @@ ES = [*FAST, "--mezo.estimator=es", "--mezo.perturbations=4", "--mezo.reward_sha
 @pytest.mark.parametrize("args, nproc", [(FZOO, 2), (ES, 1)], ids=["fzoo", "es"])
 def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(whole, *args, "--train.steps=8", nproc=nproc)
-    train(split, *args, "--train.steps=3", nproc=nproc)
+    train_together((whole, *args, "--train.steps=8", {"nproc": nproc}),
+                   (split, *args, "--train.steps=3", {"nproc": nproc}))
     res = train(split, *args, "--train.steps=8", nproc=nproc)
     assert "resumed after 3 steps" in res.stderr
     assert max_abs_diff(final_weights(split), final_weights(whole)) == 0.0
@@ -38,10 +38,9 @@ def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     assert summary["final_eval_loss"] < summary["first_eval_loss"], summary
 
 
-def _run_from_before_the_rule(out, args) -> None:
+def _make_as_before_the_rule(out) -> None:
     """An output directory as a run made before mezo.shaped_update existed leaves it (per_eps is refused on
-    a new run): started for 0 steps, its run.json without the keys added since."""
-    train(out, *args, "--train.steps=0")
+    a new run): `out`, started for 0 steps, its run.json without the keys added since."""
     info = json.loads((out / "run.json").read_text())
     for key in ("shaped_update", "estimator"):
         del info["trajectory"][f"mezo.{key}"], info["config"]["mezo"][key]
@@ -50,10 +49,14 @@ def _run_from_before_the_rule(out, args) -> None:
 
 def test_a_run_made_with_the_old_shaped_rule_replays_and_keeps_its_rule(tmp_path):
     shaped = [*FAST, "--mezo.perturbations=2", "--mezo.reward_shaping=zscore", "--mezo.lr=1e-5"]
-    old, new = tmp_path / "old", tmp_path / "new"
-    _run_from_before_the_rule(old, shaped)
-    train(old, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=3")
-    train(new, *shaped, "--train.steps=3")
+    old, new, whole = tmp_path / "old", tmp_path / "new", tmp_path / "whole"
+    # independent jobs at once (two cores): old and whole both start as a run from before the rule
+    train_together((old, *shaped, "--train.steps=0"), (whole, *shaped, "--train.steps=0"),
+                   (new, *shaped, "--train.steps=3"))
+    for out in (old, whole):
+        _make_as_before_the_rule(out)
+    train_together((old, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=3"),
+                   (whole, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=5"))
     # the first step sees the same weights and batch: the same losses, g smaller by exactly 1/eps's factor
     g_old, g_new = StepLog(old / "steps.jsonl").read()[0].grads, StepLog(new / "steps.jsonl").read()[0].grads
     assert g_new == pytest.approx([g * 1e-3 for g in g_old], rel=1e-9)
@@ -64,7 +67,4 @@ def test_a_run_made_with_the_old_shaped_rule_replays_and_keeps_its_rule(tmp_path
     assert "mezo.shaped_update: 'per_eps' -> 'es' (the run was made with it: set --mezo.shaped_update=per_eps" \
         in res.stderr, res.stderr[-2000:]
     train(old, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=5")
-    whole = tmp_path / "whole"
-    _run_from_before_the_rule(whole, shaped)
-    train(whole, *shaped, "--mezo.shaped_update=per_eps", "--train.steps=5")
     assert max_abs_diff(final_weights(old), final_weights(whole)) == 0.0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import FAST, final_weights, max_abs_diff, train
+from helpers import FAST, final_weights, max_abs_diff, train, train_together
 
 from mezo_elastic.state.checkpoint import newest_valid_checkpoint
 
@@ -19,16 +19,15 @@ def test_rademacher_trains_resumes_exactly_and_exports(tmp_path):
     from mezo_elastic.export import export
 
     a, b = tmp_path / "a", tmp_path / "b"
-    train(a, *RAD, "--train.steps=10")
+    train_together((a, *RAD, "--train.steps=10"), (b, *RAD, "--train.steps=5"))  # two cores: at once
     summary = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()][-1]
     assert summary["final_eval_loss"] < summary["first_eval_loss"], summary
     assert json.loads((a / "run.json").read_text())["trajectory"]["mezo.distribution"] == "rademacher"
-    train(b, *RAD, "--train.steps=5")
-    res = train(b, *RAD, "--train.steps=10")
+    # the resume, and a live 8-step run for the export below, at once
+    res, _ = train_together((b, *RAD, "--train.steps=10"), (tmp_path / "c", *RAD, "--train.steps=8"))
     assert "resumed after 5 steps" in res.stderr
     assert max_abs_diff(final_weights(a), final_weights(b)) == 0.0
     # export at step 8: checkpoint 5 + 3 replayed rademacher steps == a live 8-step run
-    train(tmp_path / "c", *RAD, "--train.steps=8")
     assert export(a, tmp_path / "e8", step=8) == 8
     from safetensors.torch import load_file
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FAST, REPO, env, final_weights, max_abs_diff, train
+from helpers import FAST, final_weights, max_abs_diff, train, train_together
 from test_first_hour import _done, _line, _quote, _start
 from test_second_hour import tree_sha256
 
@@ -29,10 +29,12 @@ EOS, MAX_NEW = 3, 30
 EXACT = ["--mezo.fold_next_perturbation=false"]
 
 
-def _export(run: Path, step: int, out: Path) -> None:
-    res = subprocess.run([*EXPORT, "--run", str(run), "--step", str(step), "--out", str(out)], env=env(), cwd=REPO,
-                         capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stderr[-3000:]
+def _exports(*argvs: list[str]) -> None:
+    """python -m mezo_elastic.export with each argument list, all at once (they read one run, write apart)."""
+    procs = [_start([*EXPORT, *argv]) for argv in argvs]
+    for p in procs:
+        code, err = _done(p)
+        assert code == 0, err[-3000:]
 
 
 def _greedy(model_dir: Path) -> list[list[int]]:
@@ -62,16 +64,14 @@ def _refused(p: subprocess.Popen, words: str, tmp: Path) -> str:
 def test_saved_models_keep_the_base_generation_config_and_stop_at_eos(tmp_path):
     run = tmp_path / "run"
     # a small lr keeps the trained weights near the base, whose greedy generations reach EOS on some prompts
-    train(run, *FAST, "--train.batch_size=8", "--train.steps=4", "--checkpoint.every=2", "--mezo.lr=1e-5")
+    lora = tmp_path / "lora"  # a LoRA run's merged export is a whole model too
+    train_together((run, *FAST, "--train.batch_size=8", "--train.steps=4", "--checkpoint.every=2", "--mezo.lr=1e-5"),
+                   (lora, *FAST, "--train.batch_size=8", "--train.steps=1", "--peft.method=lora"))
     base = run / "builtin" / "tiny-model"
     assert json.loads((base / "generation_config.json").read_text())["eos_token_id"] == EOS
-    for step in (0, 3, 4):
-        _export(run, step, tmp_path / f"export-{step}")
-    lora = tmp_path / "lora"  # a LoRA run's merged export is a whole model too
-    train(lora, *FAST, "--train.batch_size=8", "--train.steps=1", "--peft.method=lora")
-    res = subprocess.run([*EXPORT, "--run", str(lora), "--merge", "--out", str(tmp_path / "merged")], env=env(),
-                         cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _exports(*(["--run", str(run), "--step", str(step), "--out", str(tmp_path / f"export-{step}")]
+               for step in (0, 3, 4)),
+             ["--run", str(lora), "--merge", "--out", str(tmp_path / "merged")])
     want = (base / "generation_config.json").read_bytes()
     for saved in (run / "final", *(tmp_path / f"export-{s}" for s in (0, 3, 4)), tmp_path / "merged"):
         assert (saved / "generation_config.json").read_bytes() == want, saved
@@ -100,8 +100,7 @@ def test_a_resume_on_other_data_is_refused_and_moved_data_is_accepted(tmp_path, 
                 *FAST, *EXACT, "--train.batch_size=8", "--data.eval_examples=16"]
 
     run, whole = tmp_path / "run", tmp_path / "whole"
-    train(run, *flags(data), "--train.steps=3")
-    train(whole, *flags(data), "--train.steps=5")
+    train_together((run, *flags(data), "--train.steps=3"), (whole, *flags(data), "--train.steps=5"))
     recorded = json.loads((run / "run.json").read_text())["data"]
     assert recorded["train"]["path"] == str(data / "train.jsonl") and len(recorded["eval"]["sha256"]) == 64
     # other content under the same names: the train file's rows reordered, the eval file cut
@@ -147,8 +146,7 @@ def test_a_resume_that_changes_the_trajectory_is_refused_and_the_rest_may_change
         shutil.copytree(tiny_inputs[0].partition("=")[2], d)
     args = [f"--model.path={model}", *tiny_inputs[1:], *FAST, *EXACT, "--train.batch_size=8"]
     run, whole = tmp_path / "run", tmp_path / "whole"
-    train(run, *args, "--train.steps=3")
-    train(whole, *args, "--train.steps=5")
+    train_together((run, *args, "--train.steps=3"), (whole, *args, "--train.steps=5"))
     cases = {  # flags, the difference named (the other keys: tests/test_trajectory_keys.py)
         "dtype": (["--model.dtype=bfloat16"], "model.dtype: 'float32' -> 'bfloat16'"),
         "max_length": (["--data.max_length=8"], "data.max_length: 128 -> 8"),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, REPO, env, train
+from helpers import FAST, REPO, env, train, train_together
 from test_first_hour import PREFIX, _done, _line, _quote, _start
 
 from mezo_elastic.data import builtin
@@ -147,13 +147,12 @@ def test_stop_and_resume_count_steps_done(tmp_path, tiny_inputs):
     done = len(StepLog(out / "steps.jsonl").read())
     assert rc == 128 + signal.SIGINT and f"stopped by SIGINT after {done} steps" in err, err[-2000:]
     _quote(_line(err, "stopped by SIGINT"), tmp_path)
-    res = train(out, *args, f"--train.steps={done + 1}")
+    nock = tmp_path / "nock"  # a run without checkpoints resumes from the base model (its first 2 steps: meanwhile)
+    res, _ = train_together((out, *args, f"--train.steps={done + 1}"), (nock, *tiny_inputs, *FAST, "--train.steps=2"))
     ck = (done - 1) // 4 * 4  # the stop comes before the checkpoint its own step would have saved
     assert f"resumed after {done} steps (checkpoint step-{ck} + {done - ck} replayed steps)" in res.stderr
     summary = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert summary["type"] == "summary" and summary["step"] == done + 1
-    nock = tmp_path / "nock"  # a run without checkpoints resumes from the base model
-    train(nock, *tiny_inputs, *FAST, "--train.steps=2")
     res = train(nock, *tiny_inputs, *FAST, "--train.steps=3")
     _quote(_line(res.stderr, "resumed after"), tmp_path)
     assert "resumed after 2 steps (no checkpoint: the base model + 2 replayed steps)" in res.stderr

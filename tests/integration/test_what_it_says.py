@@ -161,8 +161,15 @@ def test_invalid_world_size_and_lone_local_rank_are_named(tmp_path):
 # -- items 8, 9, 10: doctor ---------------------------------------------------------------------------
 
 
-def _doctor(*args: str, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*DOCTOR, *args], env=env(**extra), cwd=REPO, capture_output=True, text=True, timeout=120)
+def _doctors(*calls: tuple[list[str], dict[str, str]]) -> list[subprocess.CompletedProcess]:
+    """python -m mezo_elastic.doctor with each (arguments, environment), all at once (two cores; each only reads)."""
+    procs = [subprocess.Popen([*DOCTOR, *args], env=env(**extra), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, extra in calls]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
 
 
 def _problem(out: str, code: str) -> tuple[str, str]:
@@ -177,13 +184,16 @@ def _problem(out: str, code: str) -> tuple[str, str]:
 
 
 def test_doctor_names_the_port_and_the_lone_local_rank(tmp_path):
-    r = _doctor(f"--train.output_dir={tmp_path / 'run'}", RANK="0", WORLD_SIZE="1", MASTER_PORT="99999")
+    port, lone = _doctors(([f"--train.output_dir={tmp_path / 'run'}"], {"RANK": "0", "WORLD_SIZE": "1",
+                                                                        "MASTER_PORT": "99999"}),
+                          ([f"--train.output_dir={tmp_path / 'run'}"], {"LOCAL_RANK": "5"}))
+    r = port
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout[-3000:] + r.stderr[-2000:]
     message, fix = _problem(r.stdout, "launch-env")
     assert message == "MASTER_PORT=99999 is outside 1..65535"
     assert "MASTER_PORT" in fix and "RANK" not in fix and "WORLD_SIZE" not in fix
     _quote(fix, tmp_path)
-    r = _doctor(f"--train.output_dir={tmp_path / 'run'}", LOCAL_RANK="5")
+    r = lone
     assert r.returncode == 1 and "LOCAL_RANK=0" not in r.stdout, r.stdout[-3000:]
     message, fix = _problem(r.stdout, "launch-env")
     assert message.startswith("LOCAL_RANK=5 is set but RANK and WORLD_SIZE are not") and "unset LOCAL_RANK" in fix
@@ -193,13 +203,16 @@ def test_doctor_names_the_port_and_the_lone_local_rank(tmp_path):
 
 def test_doctor_reports_a_missing_or_truncated_gguf(tmp_path, ggufs):
     d = ggufs["whole"].parent
+    names = ("missing", "cut_data", "whole")
+    reports = dict(zip(names, _doctors(*(([f"--model.path={ggufs[name]}", f"--train.output_dir={tmp_path / 'run'}"], {})
+                                         for name in names))))
     for name in ("missing", "cut_data"):
-        r = _doctor(f"--model.path={ggufs[name]}", f"--train.output_dir={tmp_path / 'run'}")
+        r = reports[name]
         assert r.returncode == 1 and "OK, no problems found" not in r.stdout, r.stdout[-3000:]
         message, fix = _problem(r.stdout, "model-path")
         _quote(message.replace(str(d), "/scratch"), tmp_path)
         _quote(fix, tmp_path)
-    r = _doctor(f"--model.path={ggufs['whole']}", f"--train.output_dir={tmp_path / 'run'}")
+    r = reports["whole"]
     assert "[model-path]" not in r.stdout and f"model.path {ggufs['whole']}: usable" in r.stdout, r.stdout[-3000:]
 
 
