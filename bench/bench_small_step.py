@@ -9,7 +9,8 @@ batch 16, bf16. Ours is the trainer through its entry point (python -m mezo_elas
 checkpoints); steps/s is the median rate between its train lines (metrics.jsonl). The reference is
 bench_step.ReferenceMeZO (MeZO's loop: HF forwards, torch.normal z per tensor, 4 sweeps a step) scoring
 the same batches with the same classification loss through the hf runner's per-call batches. GPU busy:
-torch.profiler over 20 steps of our trainer in this process, the kernels' summed time over the wall time.
+torch.profiler over 20 steps of our trainer in this process, the union of kernel intervals over the profiled
+span (indicative: the profiler slows the step).
 --task reward measures the reward task instead (generated text: sglang with and without SGLang's prefill
 graphs, hf). Prints a table; writes OUT/small_step_<task>.json.
 """
