@@ -17,9 +17,12 @@ The rule (bench/tta/curves.py; W = --window 3, F = --fraction 0.8, --min-gain 0.
   reference's median total training seconds.
 
 Methods. The reference is MeZO as princeton-nlp/MeZO runs it (bench_step.ReferenceMeZO: HF forwards,
-torch.normal per tensor, 4 sweeps and 2 forwards a step) with the task's loss; its lr is the best of
+torch.normal per tensor, 4 sweeps and 2 forwards a step) with the task's loss, in float32 (--ref-dtype: MeZO's
+run.py loads float32 unless --load_float16/--load_bfloat16; with bfloat16 weights most of its updates lr g z are
+below half an ulp and round away, so it learns less per forward than it can); its lr is the best of
 --ref-lrs by final smoothed metric on seed 0 (the grid always runs on seed 0), then every seed runs that
-lr. Ours is python -m mezo_elastic.train (--backend, sglang on a GPU) with each estimator of --estimators:
+lr. Ours is python -m mezo_elastic.train (--backend, sglang on a GPU; --dtype, bfloat16 on a GPU, with the
+fp32 master weights it keeps for 16-bit dtypes) with each estimator of --estimators:
 spsa (--lr-spsa, default the reference's lr; eps = --eps), fzoo (FZOO's own settings: --lr-fzoo 1e-5,
 --eps-fzoo 1e-3, --fzoo-k 8, bench/tta/methods.py cites the source; --fzoo-scales S,... instead sets
 lr = S x lr_ref x median|g_ref|, the older rule), es (--lr-es, --eps-es, --es-n). A method with several
@@ -127,6 +130,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="", help="seeds to run, e.g. 0,1,2 (default 0,1,2; smoke 0); grids use seed 0")
     p.add_argument("--report-only", action="store_true", help="run nothing: table, tta.json, PNGs from OUT's runs")
     p.add_argument("--backend", default="", help="ours: sglang or hf (default: sglang on CUDA, else hf)")
+    p.add_argument("--dtype", default="", help="ours: the weights' dtype (default bfloat16 on CUDA, else float32)")
+    p.add_argument("--ref-dtype", default="float32",
+                   help="the reference's weights' dtype (default float32: MeZO's own default; bfloat16 weights lose "
+                        "most updates of lr x g x z to rounding)")
     r = p.add_argument_group("the target rule and budget")
     r.add_argument("--window", type=int, default=3, help="W: evals averaged by the smoothing")
     r.add_argument("--fraction", type=float, default=0.8, help="F: target = zero-shot + F (ref final - zero-shot)")
@@ -159,7 +166,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.builtin = builtin and not a.task
     a.seeds = [int(x) for x in (a.seeds or ("0" if a.smoke else "0,1,2")).split(",")]
     a.backend = a.backend or ("sglang" if cuda else "hf")
-    a.device, a.dtype = ("cuda", "bfloat16") if cuda else ("cpu", "float32")
+    a.device = "cuda" if cuda else "cpu"
+    a.dtype = a.dtype or ("bfloat16" if cuda else "float32")
     a.ref_lrs = [float(x) for x in (a.ref_lrs or ("1e-3,3e-3" if builtin else "1e-5,3e-5,1e-4")).split(",")]
     a.eps = a.eps or (1e-2 if builtin else 1e-3)
     a.lr_fzoo = a.lr_fzoo or ("3e-3" if builtin else "1e-5")

@@ -81,17 +81,18 @@ def table(result: dict) -> str:
             f"{result['backend']}; model {result['model']}; rule: W={result['rule']['window']}, "
             f"F={result['rule']['fraction']}, min gain {result['rule']['min_gain']}, budget "
             f"{result['budget']}x the reference's forwards\n")
-    lines = [head, "| task | method | lr | zero-shot | ref final | target | seeds reaching | time to target s, "
+    lines = [head, "| task | method | dtype | lr | zero-shot | ref final | target | seeds reaching | time to target s, "
              "median [min-max] | forwards to target | speed-up (s) | speed-up (forwards) | metric at ref wall-clock |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for task, r in result["tasks"].items():
         for name, m in r["methods"].items():
             label = "reference MeZO" if name == "reference" else f"ours, {name}"
             up = [f"{v:.2f}x" if v is not None else ("no verdict" if not r["learned"] else "n/a")
                   for v in (m["speedup_seconds"], m["speedup_forwards"])]
-            lines.append(f"| {task} | {label} | {m['lr']:.3g} | {r['zero_shot']:.3f} | {r['ref_final']:.3f} | "
-                         f"{r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
+            dtype = m["runs"][0]["settings"].get("dtype", "?")
+            lines.append(f"| {task} | {label} | {dtype} | {m['lr']:.3g} | {r['zero_shot']:.3f} | "
+                         f"{r['ref_final']:.3f} | {r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
                          f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} |")
             if m["stopped_under_other_target"]:
                 notes.append(f"{task} {label}: seeds {m['stopped_under_other_target']} stopped early under an "

@@ -57,11 +57,18 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def base_config(args, task: Task, seed: int, lr: float, eps: float, model: str) -> dict:
+def dtype_of(args, method: Method) -> str:
+    """The weights' dtype of a method's runs: --ref-dtype for the reference (MeZO's own default, float32:
+    princeton-nlp/MeZO's large_models/run.py loads float32 unless --load_float16/--load_bfloat16), --dtype for
+    ours (bfloat16 on a GPU, with the fp32 master weights mezo.master_weights=auto keeps in 16-bit dtypes)."""
+    return args.ref_dtype if method.estimator == "reference" else args.dtype
+
+
+def base_config(args, task: Task, seed: int, lr: float, eps: float, model: str, dtype: str) -> dict:
     """The config (nested dict) both sides use: model, data, generation, batch, seeds."""
     return {
         "seed": seed,
-        "model": {"backend": "hf", "path": model, "dtype": args.dtype, "device": args.device},
+        "model": {"backend": "hf", "path": model, "dtype": dtype, "device": args.device},
         "data": {"objective": task.objective, "path": task.train, "eval_path": task.eval, "seed": 1234 + seed,
                  "verbatim": task.verbatim, "eval_examples": args.eval_examples, "reward": task.reward,
                  "max_length": args.max_length},
@@ -83,7 +90,7 @@ def settings(args, task: Task, method: Method) -> dict:
            "train": file_digest(task.train), "eval": file_digest(task.eval), "metric": task.metric,
            "reward": task.reward, "max_new_tokens": task.max_new_tokens, "ref_steps": task.steps,
            "eval_every": args.eval_every, "batch_size": args.batch_size, "eval_examples": args.eval_examples,
-           "eps": method.eps, "mezo": dict(method.mezo), "dtype": args.dtype}
+           "eps": method.eps, "mezo": dict(method.mezo), "dtype": dtype_of(args, method)}
     if method.estimator != "reference":  # the reference always runs its own budget on HF
         out.update(budget=args.budget, backend=args.backend)
     return out
@@ -106,7 +113,7 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
             examples, step = inputs
             return torch.tensor(float(objective.losses(examples, step).mean()))
 
-    cfg = from_dict(base_config(args, task, seed, lr, args.eps, model))
+    cfg = from_dict(base_config(args, task, seed, lr, args.eps, model, args.ref_dtype))
     cfg.model.scoring_graphs = False  # the reference scores as MeZO does: HF forwards of per-call batches
     runner = HFRunner(cfg, torch.device(args.device), model)
     tok, data, stage = load_inputs(cfg, True)  # model.path is set: nothing is staged
@@ -192,7 +199,7 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
     `stop` = (target, rule, the reference's median training seconds): end the run (SIGTERM: the trainer
     stops after the current step) once curves.should_stop says so; None = the whole budget.
     """
-    cfg = base_config(args, task, seed, lr, method.eps, model)
+    cfg = base_config(args, task, seed, lr, method.eps, model, args.dtype)
     steps, every = ours_steps(args, task, method.forwards_per_step)
     cfg["model"]["backend"] = args.backend
     cfg["train"].update(steps=steps, eval_every=every, log_every=every, save_final=False, progress=False,
