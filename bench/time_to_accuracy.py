@@ -18,8 +18,8 @@ The rule (bench/tta/curves.py; W = --window 3, F = --fraction 0.8, --min-gain 0.
 
 Methods. The reference is MeZO as princeton-nlp/MeZO runs it (bench_step.ReferenceMeZO: HF forwards,
 torch.normal per tensor, 4 sweeps and 2 forwards a step) with the task's loss, in float32 (--ref-dtype: MeZO's
-run.py loads float32 unless --load_float16/--load_bfloat16; with bfloat16 weights most of its updates lr g z are
-below half an ulp and round away, so it learns less per forward than it can); its lr is the best of
+run.py loads float32 unless --load_float16/--load_bfloat16; with bfloat16 weights much of each update lr g z is
+below half an ulp and rounds away, so it learns less per forward than it can); its lr is the best of
 --ref-lrs by final smoothed metric on seed 0 (the grid always runs on seed 0), then every seed runs that
 lr. Ours is python -m mezo_elastic.train (--backend, sglang on a GPU; --dtype, bfloat16 on a GPU, with the
 fp32 master weights it keeps for 16-bit dtypes) with each estimator of --estimators:
@@ -132,8 +132,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", default="", help="ours: sglang or hf (default: sglang on CUDA, else hf)")
     p.add_argument("--dtype", default="", help="ours: the weights' dtype (default bfloat16 on CUDA, else float32)")
     p.add_argument("--ref-dtype", default="float32",
-                   help="the reference's weights' dtype (default float32: MeZO's own default; bfloat16 weights lose "
-                        "most updates of lr x g x z to rounding)")
+                   help="the reference's weights' dtype (default float32: MeZO's own default; with bfloat16 weights much "
+                        "of each update lr x g x z rounds away)")
     r = p.add_argument_group("the target rule and budget")
     r.add_argument("--window", type=int, default=3, help="W: evals averaged by the smoothing")
     r.add_argument("--fraction", type=float, default=0.8, help="F: target = zero-shot + F (ref final - zero-shot)")
