@@ -8,7 +8,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import REPO, env  # noqa: E402
+from helpers import REPO, SLURM_DOWN, SLURM_STARTED_MARK, env  # noqa: E402
+
+
+def pytest_unconfigure(config) -> None:
+    """The controller of an xdist run (make test: two workers) stops the SLURM cluster a worker started
+    (tests/slurm/conftest.py): a worker cannot, the other may still be submitting jobs."""
+    if hasattr(config, "workerinput") or not SLURM_STARTED_MARK.exists():
+        return
+    SLURM_STARTED_MARK.unlink(missing_ok=True)
+    subprocess.run([str(SLURM_DOWN)], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

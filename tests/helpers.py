@@ -12,6 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
+# The one-node SLURM cluster of tests/slurm (its conftest): start/stop scripts, the lock xdist workers take
+# around check-and-start, and the marker a worker that started it leaves for the controller to stop it.
+SLURM_UP, SLURM_DOWN = REPO / ".ci" / "slurm-up.sh", REPO / ".ci" / "slurm-down.sh"
+SLURM_LOCK = Path("/tmp/mezo-slurm-up.lock")
+SLURM_STARTED_MARK = Path("/tmp/mezo-slurm-started-by-pytest")
 FAST = ["--train.batch_size=16", "--train.eval_every=0", "--train.progress=false", "--checkpoint.every=0"]
 
 
