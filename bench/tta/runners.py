@@ -114,8 +114,12 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
             return torch.tensor(float(objective.losses(examples, step).mean()))
 
     cfg = from_dict(base_config(args, task, seed, lr, args.eps, model, args.ref_dtype))
-    cfg.model.scoring_graphs = False  # the reference scores as MeZO does: HF forwards of per-call batches
     runner = HFRunner(cfg, torch.device(args.device), model)
+    # The reference trains as MeZO does, on HF forwards of per-call batches (no graphs). Its evals are outside
+    # the timed training: they go through the HF runner's scoring graphs where it has them (CUDA; graph ==
+    # eager is tests/gpu/test_scoring_graphs.py's, float32 included), so a 1000-example eval costs device
+    # time like one of ours (which score through their backend's graphs) rather than 63 per-call batches.
+    graphs, runner.graphs = runner.graphs, None
     tok, data, stage = load_inputs(cfg, True)  # model.path is set: nothing is staged
     stage.discard()
     objective = make_objective(cfg, runner, tok)
@@ -125,8 +129,12 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
     key = METRIC_KEY[task.metric]
 
     def point(step: int, secs: float) -> dict:
-        return {"step": step, "seconds": secs, "forwards": 2 * step,
-                "metric": objective.eval_sums(data.eval, step)[key] / len(data.eval)}
+        runner.graphs = graphs
+        try:
+            metric = objective.eval_sums(data.eval, step)[key] / len(data.eval)
+        finally:
+            runner.graphs = None
+        return {"step": step, "seconds": secs, "forwards": 2 * step, "metric": metric}
 
     curve, grads, train_s = [point(0, 0.0)], [], 0.0
     for t in range(task.steps):
@@ -140,6 +148,7 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
         grads.append(abs(ref.projected_grad))
         if (t + 1) % args.eval_every == 0 or t + 1 == task.steps:
             curve.append(point(t + 1, train_s))
+    runner.graphs = graphs
     runner.close()
     nonzero = [g for g in grads if g > 0]  # a greedy reward often moves no argmax: g = 0 on most steps
     return {"forwards_per_step": 2, "n_eval": len(data.eval), "curve": curve, "stopped_early": False,
