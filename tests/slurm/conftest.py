@@ -12,6 +12,7 @@ when the whole run ends (tests/conftest.py, pytest_unconfigure).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -27,11 +28,24 @@ from helpers import SLURM_UP as UP
 from slurm_helpers import Cluster
 
 
+@contextlib.contextmanager
+def _start_lock():
+    """An exclusive lock on LOCK for the check-and-start; none where LOCK cannot be opened (another user's
+    file: such a user cannot start the cluster anyway, only use one that is up)."""
+    try:
+        f = open(LOCK, "a")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Cluster:
     """A running one-node cluster; started (and later stopped) here unless it was up already."""
-    with open(LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers: one starts the cluster, the other then finds it up
+    with _start_lock():  # xdist workers: one starts the cluster, the other then finds it up
         up = subprocess.run([str(UP), "--status"], capture_output=True, text=True, timeout=60)
         started_here = up.returncode != 0
         if started_here:
