@@ -7,13 +7,15 @@
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh'   then   scripts/gpu_detached.sh wait 540
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
 # piece, $OUT/probe/*.jsonl the probes' metrics. Wheels installed in /tmp/site first (scripts/gpu_suite.sh).
-# A dry run of the plumbing on a CPU: TTA_EXTRA=--smoke PROBE_STEPS=2 PROBE_EVAL=8 MEZO_REAL_GGUF=<the .gguf>.
+# A dry run of the plumbing on a CPU: TTA_EXTRA=--smoke PROBE_STEPS=2 PROBE_EVAL=8 PROBE_BACKEND=hf
+# MEZO_REAL_GGUF=<the .gguf> (and WHEELS=/nonexistent, so that gpu_real_model.sh installs nothing).
 export MEZO_REAL_GGUF=${MEZO_REAL_GGUF:-/tmp/m/model.gguf} PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
 export TVM_FFI_CACHE_DIR=/tmp/tvm
 R="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
 tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 probe() {  # probe NAME ARGS: a reward-task run of ours (sglang), metrics kept
-  python3 -m mezo_elastic.train --model.path=$MEZO_REAL_GGUF --model.dtype=bfloat16 --data.verbatim=true \
+  python3 -m mezo_elastic.train --model.path=$MEZO_REAL_GGUF --model.backend=${PROBE_BACKEND:-sglang} \
+    --model.dtype=bfloat16 --data.verbatim=true \
     --data.objective=reward --data.reward=exact_match --data.path=$OUT/tasks/reward_train.jsonl \
     --data.eval_path=$OUT/tasks/reward_eval.jsonl --generate.max_new_tokens=6 --train.batch_size=16 \
     --train.eval_every=100 --data.eval_examples=${PROBE_EVAL:-400} --train.steps=${PROBE_STEPS:-400} --train.output_dir=/tmp/probe/$1 \
