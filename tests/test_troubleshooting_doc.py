@@ -115,7 +115,7 @@ def test_gguf_and_architecture_messages_are_quoted(tmp_path, monkeypatch):
     from mezo_elastic.export import gguf_base
     from mezo_elastic.runners import gguf
     from mezo_elastic.runners.sglang.checks import check_architecture, check_context_length
-    from mezo_elastic.training.resume import check_run_json
+    from mezo_elastic.training.resume import run_json_refusal
 
     two = tmp_path / "smol"
     two.mkdir()
@@ -133,4 +133,6 @@ def test_gguf_and_architecture_messages_are_quoted(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"trajectory": {}, "gguf": {"path": "/m.gguf", "sha256": sha}}))
-    assert_quoted(_error(check_run_json, run, Config(), "/m", True, None).replace(str(run), "/scratch/run"))
+    refusal = run_json_refusal(run, Config(), "/m", None)
+    assert refusal is not None
+    assert_quoted(refusal.replace(str(run), "/scratch/run"))

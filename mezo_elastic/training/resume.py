@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from mezo_elastic.config import Config
-from mezo_elastic.errors import CheckpointError, ConfigError
+from mezo_elastic.errors import CheckpointError
 from mezo_elastic.state import checkpoint
 from mezo_elastic.training import data_record
 from mezo_elastic.training.inputs import stored_model_path
@@ -157,20 +157,6 @@ def write_run_json(out: Path, cfg: Config, model_path: str, gguf: dict | None = 
     if data:
         info["data"] = {role: {**d, "path": stored_model_path(d["path"], out)} for role, d in data.items()}
     checkpoint.atomic_write_text(path, json.dumps(info, indent=1))
-
-
-def check_run_json(out: Path, cfg: Config, model_path: str, is_main: bool, gguf: dict | None = None,
-                   data: dict | None = None) -> None:
-    """run_json_refusal as an error, then (rank 0, a new run) write_run_json.
-
-    Raises:
-        ConfigError: the refusal, one line.
-    """
-    refusal = run_json_refusal(out, cfg, model_path, gguf, data)
-    if refusal:
-        raise ConfigError(refusal)
-    if is_main:
-        write_run_json(out, cfg, model_path, gguf, data)
 
 
 def _resolved(out: Path, stored: str) -> str:

@@ -6,9 +6,9 @@ model.scoring_graphs=false, it is one EXTEND batch per call (split only to fit t
 return_logprob and logprob_start_len = prompt_len - 1, so only completion positions reach the LM head; no
 KV is reused between forwards (the last batch stays prepared for MeZO's second forward of the same
 tokens, which recomputes its KV). Classification candidates share their prompt's KV within a forward
-(`score_choices`: the prompts first, then every candidate extends its prompt's slots). The weights are perturbed in place through segments keyed by HF name and element index
-(runners/sglang/layout.py), so a seed moves an SGLang model exactly as it moves the same HF model, at
-any TP size.
+(`score_choices`: the prompts first, then every candidate extends its prompt's slots). The weights are
+perturbed in place through segments keyed by HF name and element index (runners/sglang/layout.py), so a
+seed moves an SGLang model exactly as it moves the same HF model, at any TP size.
 
     torchrun --nproc_per_node=4 -m mezo_elastic.train --model.backend=sglang --model.tp_size=2 \
         --model.dtype=bfloat16 --model.path=/models/Llama-3.2-1B
@@ -56,8 +56,8 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
 
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
     custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). SGLang's CUDA
-    graphs: none for the scoring objectives by default (this package captures its own: graphs.py) (model.sglang_prefill_graphs turns SGLang's
-    prefill graphs on); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
+    graphs: none for the scoring objectives by default, since this package captures its own (graphs.py);
+    model.sglang_prefill_graphs turns SGLang's prefill graphs on; decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
     to data.micro_batch (a smaller batch is padded to the next one); a replay reads the weights'
     storage, which every sweep updates in place.
     Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
