@@ -2,7 +2,8 @@
 # Issue 28's GPU sequence on the real model (SmolLM2-135M at /tmp/m/model.gguf, moved as
 # shared/notes/gpu-real-model.md says), in the order that gives a first reading soonest: the classification
 # task's reference and ours (spsa) on seed 0, two reward-task probes of ours (does the task learn, at which
-# eps), then the other seeds and FZOO (its paper's lr 1e-5 and 1e-3). Longer than one device call, so it runs
+# eps), MeZO-GV on seed 0 (2 x the reference's lr, as its README against MeZO's), then the other seeds and
+# FZOO (its paper's lr 1e-5 and 1e-3). Longer than one device call, so it runs
 # detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh'   then   scripts/gpu_detached.sh wait 540
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
@@ -28,6 +29,7 @@ tta $R $O --estimators spsa --seeds 0
 python3 bench/real_tasks.py --out $OUT/tasks > /dev/null
 probe lr1e-5_eps1e-3 --mezo.lr=1e-5 --mezo.eps=1e-3
 probe lr1e-5_eps1e-2 --mezo.lr=1e-5 --mezo.eps=1e-2
+tta $R $O --estimators gv --gv-lr-scales 2 --seeds 0
 tta $R --methods reference --seeds 1,2
 tta $R $O --estimators spsa --seeds 1,2
 tta $R $O --estimators fzoo --seeds 0

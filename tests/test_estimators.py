@@ -11,7 +11,8 @@ from mezo_elastic.config import Config, MezoConfig
 from mezo_elastic.errors import ConfigError
 from mezo_elastic.training.resume import trajectory_diff
 from mezo_elastic.zo import estimators
-from mezo_elastic.zo.optimizer import projected_grad
+from mezo_elastic.zo.optimizer import MezoOptimizer, StepRecord, projected_grad
+from mezo_elastic.zo.perturb import ParamSegment, z_range
 from mezo_elastic.zo.shaping import shape, shaped_grads
 
 
@@ -54,12 +55,62 @@ def test_one_sided_es_coefficients_and_spsa_points():
     assert estimators.forwards_per_step(spsa) == 4 and estimators.forwards_per_step(cfg) == 3
 
 
+def _authors_gv_step(theta, loss, seeds, name, lr, eps):
+    """stan-anony/MeZO-GV trainer.py's zo_step for M = 2 in float64, z from our generator: score the two
+    candidates at theta + eps z, v = z_best - z_worst, then theta +- eps v, g = (L1 - L2) / (2 eps),
+    theta -= lr g v."""
+    z = [z_range(s, name, 0, theta.numel()).double() for s in seeds]
+    fit = [loss(theta + eps * zi) for zi in z]
+    best, worst = (0, 1) if fit[0] <= fit[1] else (1, 0)
+    v = z[best] - z[worst]
+    g = (loss(theta + eps * v) - loss(theta - eps * v)) / (2 * eps)
+    return theta - lr * g * v
+
+
+def test_gv_is_the_authors_step_and_ranks_its_candidates():
+    cfg = MezoConfig(estimator="gv", perturbations=2, lr=1e-3, eps=1e-2)
+    target = torch.linspace(-1, 1, 64, dtype=torch.float64)
+    def loss(w):
+        return float(((w.double() - target) ** 2).sum())
+    theta0 = torch.zeros(64, dtype=torch.float64)
+    seg = ParamSegment(torch.zeros(64), "w")
+    opt = MezoOptimizer([seg], cfg, master_weights=True)
+    seeds = [101, 202]
+    # the trainer's step: phase 1 at +eps z_m, the guiding vector from its losses, phase 2 at +-eps v
+    phase1 = []
+    for s in seeds:
+        opt.perturb(s, 1.0)
+        phase1.append(loss(seg.tensor))
+    v = estimators.guided_direction(cfg, seeds, phase1)
+    phase2 = []
+    for sign in (1.0, -1.0):
+        opt.show(v, sign)
+        phase2.append(loss(seg.tensor))
+    grads, used, reported = estimators.coefficients(cfg, [phase1 + phase2])
+    opt.update(StepRecord(step=0, seeds=seeds, grads=grads, lr=cfg.lr, weight_decay=0.0), None)
+    want = _authors_gv_step(theta0, loss, seeds, "w", cfg.lr, cfg.eps)
+    assert torch.allclose(seg.master.double(), want, atol=1e-6), (seg.master.double() - want).abs().max()
+    assert loss(seg.tensor) < loss(theta0)  # the quadratic went down
+    assert used == phase1 + phase2 and reported == pytest.approx(sum(phase2) / 2)
+    assert estimators.forwards_per_step(cfg) == 4 and estimators.points(cfg, seeds) == [(101, 1.0, 0), (202, 1.0, 1)]
+    # M = 5, elite 0.4: the 2 lowest losses get +1/2, the other 3 -1/3; ties keep the seed order
+    five = MezoConfig(estimator="gv", perturbations=5, gv_elite=0.4)
+    assert estimators.guided_direction(five, [1, 2, 3, 4, 5], [0.5, 0.1, 0.9, 0.1, 0.7]) == [
+        (1, -1 / 3), (2, 0.5), (3, -1 / 3), (4, 0.5), (5, -1 / 3)]
+    # the elite never takes every candidate, nor none
+    assert [c > 0 for _, c in estimators.guided_direction(MezoConfig(estimator="gv", perturbations=2, gv_elite=0.9),
+                                                          [1, 2], [0.2, 0.1])] == [False, True]
+
+
 @pytest.mark.parametrize("kw, why", [
     (dict(estimator="fzoo"), "needs mezo.perturbations >= 2"),
     (dict(estimator="es", perturbations=4), "needs mezo.reward_shaping=zscore or centered_rank"),
     (dict(estimator="fzoo", perturbations=4, reward_shaping="zscore"), "set mezo.reward_shaping=none"),
     (dict(estimator="fzoo", perturbations=2, mode="multi_seed"), "needs mezo.mode=dp"),
     (dict(estimator="adam"), "mezo.estimator='adam' is not allowed"),
+    (dict(estimator="gv", perturbations=2, reward_shaping="zscore"), "set mezo.reward_shaping=none"),
+    (dict(estimator="gv", perturbations=2, gv_elite=1.0), "mezo.gv_elite=1.0 must be in"),
+    (dict(estimator="gv"), "needs mezo.perturbations >= 2"),
 ])
 def test_bad_estimator_settings_are_refused_in_one_line(kw, why):
     with pytest.raises(ConfigError, match=why):

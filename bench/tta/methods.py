@@ -8,6 +8,15 @@ theta + eps z_n, plus one forward at theta; g_n = (L_n - L_0) / (N std(L_1..L_N)
 unbiased=False; theta -= lr * sum_n g_n z_n, lr constant. Ours (mezo.estimator=fzoo,
 mezo.distribution=rademacher, mezo.perturbations=N) makes the same update: theta -= lr / N sum_n g_n z_n
 with g_n = (L_n - L_0) / std (mezo_elastic/zo/estimators.py).
+
+MeZO-GV as its code runs it (stan-anony/MeZO-GV at commit 70a2551, README and large_models/trainer.py):
+two candidates z_1, z_2 scored at theta + eps z, v = z_best - z_worst, MeZO's two-sided step along v,
+theta -= lr g v; its README runs OPT-13B at LR=2e-7 EPS=1e-3 (fp16, constant lr), where MeZO's own README
+runs the same model at LR=1e-7 EPS=1e-3. Absolute lrs do not carry across models; that ratio does, so
+gv's lr is --gv-lr-scales (default 2, the authors' ratio; 1 beside it on seed 0) x the reference's chosen
+lr, eps the reference's. Its code also re-uses the previous step's best seed without re-scoring it (one
+new candidate a step after the first); we score both candidates every step, as the paper's algorithm
+does (M + 2 forwards), so no loss measured at an older theta picks a direction.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ def make_methods(args) -> dict[str, Method]:
         "fzoo": Method("fzoo", args.eps_fzoo, args.fzoo_k + 1,
                        (("perturbations", args.fzoo_k), ("distribution", "rademacher"))),
         "es": Method("es", args.eps_es, args.es_n, (("perturbations", args.es_n), ("reward_shaping", "zscore"))),
+        "gv": Method("gv", args.eps, args.gv_k + 2, (("perturbations", args.gv_k),)),
     }
 
 
@@ -36,7 +46,7 @@ def our_lrs(args, est: str, refs: list[dict]) -> list[float]:
     """The lrs `est` tries (several: a grid on seed 0). spsa: --lr-spsa or the reference's chosen lr;
     fzoo: --lr-fzoo, or with --fzoo-scales scale x lr_ref x median|g_ref| (the median over the seed-0
     reference run's nonzero projected gradients: FZOO's g is normalised by the losses' std, so this maps
-    MeZO's step size onto it); es: --lr-es."""
+    MeZO's step size onto it); es: --lr-es; gv: --gv-lr-scales x lr_ref (see the module docstring)."""
     lr_ref = refs[0]["lr"]
     if est == "spsa":
         return floats(args.lr_spsa) or [lr_ref]
@@ -45,4 +55,6 @@ def our_lrs(args, est: str, refs: list[dict]) -> list[float]:
             g = refs[0]["median_abs_grad"]  # the lowest seed (0) of the reference at its chosen lr
             return [float(f"{s * lr_ref * g:.4g}") for s in floats(args.fzoo_scales)]
         return floats(args.lr_fzoo)
+    if est == "gv":
+        return [float(f"{s * lr_ref:.4g}") for s in floats(args.gv_lr_scales)]
     return floats(args.lr_es)

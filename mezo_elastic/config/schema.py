@@ -199,7 +199,7 @@ class DataConfig:
 
 
 def _check_estimator(m: "MezoConfig") -> None:
-    """fzoo and es: a one-sided population of at least 2 seeds in dp mode; es shapes, fzoo does not."""
+    """fzoo, es and gv: a population of at least 2 seeds in dp mode; es shapes, fzoo and gv do not."""
     if m.estimator == "spsa":
         return
     if m.mode != "dp":
@@ -211,6 +211,9 @@ def _check_estimator(m: "MezoConfig") -> None:
     if m.estimator == "fzoo" and m.reward_shaping != "none":
         raise ConfigError(f"mezo.estimator=fzoo divides by the losses' std itself; set mezo.reward_shaping=none "
                           f"(got {m.reward_shaping!r})")
+    if m.estimator == "gv" and m.reward_shaping != "none":
+        raise ConfigError(f"mezo.estimator=gv ranks the candidates' losses and takes MeZO's projected gradient along "
+                          f"their guiding vector; set mezo.reward_shaping=none (got {m.reward_shaping!r})")
     if m.estimator == "es" and m.reward_shaping == "none":
         raise ConfigError("mezo.estimator=es needs mezo.reward_shaping=zscore or centered_rank: its step is "
                           "theta += lr/K sum R_n z_n over normalised rewards")
@@ -253,10 +256,15 @@ class MezoConfig:
         "per_eps = g_k = (f+ - f-) / (2 eps), ~1/eps larger: only to continue a run made before it changed (refused "
         "on a new run)"
     )
-    estimator: Literal["spsa", "fzoo", "es"] = opt(
+    estimator: Literal["spsa", "fzoo", "es", "gv"] = opt(
         "spsa", "spsa: MeZO's two-sided +-eps z (2K forwards a step); fzoo: K one-sided +eps z plus theta itself "
         "(K+1 forwards), step over the std of the K losses (FZOO; use distribution=rademacher as it does); es: K "
-        "one-sided +eps z, theta += lr/K sum R_n z_n with shaped R (ES at scale). docs/estimators.md"
+        "one-sided +eps z, theta += lr/K sum R_n z_n with shaped R (ES at scale); gv: K one-sided +eps z, then "
+        "MeZO's two-sided step along v = mean(elite z) - mean(other z) (K+2 forwards; MeZO-GV). docs/estimators.md"
+    )
+    gv_elite: float = opt(
+        0.5, "estimator gv: the fraction of the K candidates (lowest losses) whose mean z is the guiding vector's "
+        "positive side; floor(gv_elite K) clamped to [1, K-1]. 0.5 with K=2 is z_best - z_worst, MeZO-GV's code"
     )
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
@@ -272,7 +280,9 @@ class MezoConfig:
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
         _choice("mezo", "reward_shaping", self.reward_shaping, ("none", "zscore", "centered_rank"))
         _choice("mezo", "shaped_update", self.shaped_update, ("es", "per_eps"))
-        _choice("mezo", "estimator", self.estimator, ("spsa", "fzoo", "es"))
+        _choice("mezo", "estimator", self.estimator, ("spsa", "fzoo", "es", "gv"))
+        if not 0 < self.gv_elite < 1:
+            raise ConfigError(f"mezo.gv_elite={self.gv_elite} must be in (0, 1): the elite's share of the candidates")
         _check_estimator(self)
         _positive("mezo", "perturbations", self.perturbations)
         if self.perturbations > 1 and self.master_weights == "off":

@@ -121,6 +121,8 @@ class Trainer:
             else:
                 self.opt.perturb(seed, sign)
             sums[slot] = float(self.objective.losses(examples, t).sum())
+        if cfg.mezo.estimator == "gv":
+            sums = self._guided_phase(t, examples, sums)
         rows, stop = reduce_losses(self.comm, cfg.mezo.mode, sums, len(examples), self.signals.vote)
         grads, losses, loss = estimators.coefficients(cfg.mezo, rows)
         seeds = seeds_for_step(cfg.seed, t, cfg.mezo.mode, self.comm.dp_size, cfg.mezo.perturbations)
@@ -129,6 +131,16 @@ class Trainer:
                          lr=lr_at(cfg.mezo, t, cfg.train.steps), weight_decay=cfg.mezo.weight_decay,
                          skipped=skipped, loss=loss)
         return rec, stop > 0
+
+    def _guided_phase(self, t: int, examples: list[Example], sums: list[float]) -> list[float]:
+        """gv's second phase: agree on the first phase's losses (one all-reduce, so every rank ranks the
+        same numbers), score theta +- eps v along the guiding vector; returns both phases' loss sums."""
+        rows, _ = reduce_losses(self.comm, "dp", sums, len(examples), 0.0)
+        v = estimators.guided_direction(self.cfg.mezo, self._my_seeds(t), rows[0])
+        for sign in (1.0, -1.0):
+            self.opt.show(v, sign)
+            sums = sums + [float(self.objective.losses(examples, t).sum())]
+        return sums
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Eval metrics at `step` (see evaluation.evaluate), written to metrics.jsonl."""

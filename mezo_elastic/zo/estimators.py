@@ -19,6 +19,12 @@ fzoo (FZOO, arXiv 2506.09034): +eps z_1 .. +eps z_N, then theta itself: N + 1 fo
   as DKmiyan/FZOO's zo_step: projected_grad = (loss1s - loss) / (N * std), theta -= lr * sum g z.
 es (ES at scale, one-sided): +eps z_1 .. +eps z_N: N forwards.
     g_n = f(L)_n                                f = mezo.reward_shaping (zscore or centered_rank)
+gv (MeZO-GV, arXiv 2601.04710, stan-anony/MeZO-GV): two phases, M + 2 forwards.
+    phase 1: +eps z_1 .. +eps z_M; the floor(a M) lowest losses are the elite (a = mezo.gv_elite)
+    v = mean(elite z) - mean(other z) = sum_m c_m z_m
+    phase 2: theta + eps v, theta - eps v;  g = (L+ - L-) / (2 eps);  theta -= lr g v
+  In the step log's form: g_m = M g c_m (theta -= lr / M sum_m g_m z_m). With M = 2 and a = 0.5,
+  v = z_best - z_worst, the direction of the authors' trainer.py.
 mezo.grad_clip clips every g_k alike.
 """
 
@@ -30,7 +36,7 @@ from typing import Sequence
 from mezo_elastic.config import MezoConfig
 from mezo_elastic.zo.shaping import shape, shaped_grads
 
-ESTIMATORS = ("spsa", "fzoo", "es")
+ESTIMATORS = ("spsa", "fzoo", "es", "gv")
 # A point to score: (seed, sign, slot). seed None = theta itself; sign * eps is the perturbation size;
 # slot = the loss's place in the vector the ranks reduce (kept as the code before estimators laid it out).
 Point = tuple  # (int | None, float, int)
@@ -39,12 +45,13 @@ Point = tuple  # (int | None, float, int)
 def forwards_per_step(cfg: MezoConfig) -> int:
     """Scoring passes over the batch a step makes (per data slot)."""
     k = cfg.perturbations
-    return {"spsa": 2 * k, "fzoo": k + 1, "es": k}[cfg.estimator]
+    return {"spsa": 2 * k, "fzoo": k + 1, "es": k, "gv": k + 2}[cfg.estimator]
 
 
 def points(cfg: MezoConfig, seeds: Sequence[int]) -> list[Point]:
-    """The points of one step in scoring order. The first is always (seeds[0], +1): the previous
-    update can fold it in, so a step starts without a sweep."""
+    """The points of one step in scoring order (gv: its first phase; guided_direction gives the second).
+    The first is always (seeds[0], +1): the previous update can fold it in, so a step starts without a
+    sweep."""
     if cfg.estimator == "spsa":
         k = len(seeds)
         return [p for i, s in enumerate(seeds) for p in ((s, 1.0, i), (s, -1.0, k + i))]
@@ -54,6 +61,17 @@ def points(cfg: MezoConfig, seeds: Sequence[int]) -> list[Point]:
 
 def _clip(g: float, clip: float) -> float:
     return max(-clip, min(clip, g)) if clip > 0 and math.isfinite(g) else g
+
+
+def guided_direction(cfg: MezoConfig, seeds: Sequence[int], losses: Sequence[float]) -> list[tuple[int, float]]:
+    """gv's v = mean(elite z) - mean(other z) as (seed, c_m) from the first phase's M losses (reduced,
+    so every rank gets the same v). Elite: the floor(gv_elite M) lowest losses, at least 1 and at most
+    M - 1; ties keep the seed order (a stable sort), so v is a pure function of the losses."""
+    m = len(seeds)
+    n_top = min(m - 1, max(1, math.floor(cfg.gv_elite * m)))
+    order = sorted(range(m), key=lambda i: losses[i])
+    elite = set(order[:n_top])
+    return [(s, 1.0 / n_top if i in elite else -1.0 / (m - n_top)) for i, s in enumerate(seeds)]
 
 
 def coefficients(cfg: MezoConfig, rows: list[list[float]]) -> tuple[list[float], list[float], float]:
@@ -66,6 +84,12 @@ def coefficients(cfg: MezoConfig, rows: list[list[float]]) -> tuple[list[float],
         grads = shaped_grads(plus, minus, cfg.reward_shaping, cfg.shaped_update, cfg.eps, cfg.grad_clip)
         return grads, plus + minus, (sum(plus) + sum(minus)) / (2 * len(plus))
     losses = list(rows[0])
+    if cfg.estimator == "gv":  # losses = the M one-sided ones, then L(theta + eps v), L(theta - eps v)
+        m = cfg.perturbations
+        plus, minus = losses[m], losses[m + 1]
+        g = _clip((plus - minus) / (2 * cfg.eps), cfg.grad_clip)
+        direction = guided_direction(cfg, range(m), losses[:m])
+        return [m * g * c for _, c in direction], losses, (plus + minus) / 2
     if cfg.estimator == "fzoo":
         perturbed, base = losses[:-1], losses[-1]
         n = len(perturbed)

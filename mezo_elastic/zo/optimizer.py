@@ -123,6 +123,13 @@ class MezoOptimizer:
         if self.offset != target:
             self._move(target)
 
+    def show(self, direction: list[Term], scale: float = 1.0) -> None:
+        """Show theta + scale * eps * sum_m c_m z(seed_m) for direction [(seed_m, c_m)] (one sweep;
+        none if already there): gv's points along its guiding vector."""
+        target = [(s, scale * self.cfg.eps * c) for s, c in direction]
+        if self.offset != target:
+            self._move(target)
+
     def clean(self) -> None:
         """Show theta exactly as far as the precision allows (one sweep; none if already clean)."""
         if self.offset:

@@ -1,5 +1,5 @@
 """mezo.estimator and the shaped update rule through the real entry points (python -m mezo_elastic.train,
-torchrun with gloo): fzoo and es train, resume bit-exactly after a stop, are recorded in run.json and
+torchrun with gloo): fzoo, es and gv train, resume bit-exactly after a stop, are recorded in run.json and
 export by replay; a shaped run made with the rule before issue 24 (a run.json without the key) still
 exports exactly and continues only under its own rule."""
 
@@ -16,10 +16,11 @@ from mezo_elastic.state.checkpoint import StepLog
 
 pytestmark = pytest.mark.integration
 FZOO = [*FAST, "--mezo.estimator=fzoo", "--mezo.perturbations=4", "--mezo.distribution=rademacher"]
+GV = [*FAST, "--mezo.estimator=gv", "--mezo.perturbations=4"]
 ES = [*FAST, "--mezo.estimator=es", "--mezo.perturbations=4", "--mezo.reward_shaping=zscore", "--mezo.lr=1e-2"]
 
 
-@pytest.mark.parametrize("args, nproc", [(FZOO, 2), (ES, 1)], ids=["fzoo", "es"])
+@pytest.mark.parametrize("args, nproc", [(FZOO, 2), (ES, 1), (GV, 2)], ids=["fzoo", "es", "gv"])
 def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     whole, split = tmp_path / "whole", tmp_path / "split"
     train_together((whole, *args, "--train.steps=8", {"nproc": nproc}),
