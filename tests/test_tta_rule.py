@@ -118,3 +118,36 @@ def test_pick_lr_grid_rules():
 def test_eval_standard_error():
     assert curves.eval_stderr(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
     assert curves.eval_stderr(2.0, 1000) is None and curves.eval_stderr(0.5, 0) is None
+
+
+def test_frozen_curves_are_flagged():
+    from tta.report import frozen_curve
+
+    assert frozen_curve(curve([0.485] * 21))
+    assert not frozen_curve(curve([0.485] * 3))  # too few evals to say
+    assert not frozen_curve(curve([0.485] * 20 + [0.486]))
+
+
+H100_LATE = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-06-h100-late" / "tta"
+
+
+def test_the_rule_on_the_h100_runs_of_2026_12_06():
+    """The report over the real model's runs kept in bench/results (H100, 2026-12-06): the reward task
+    learned under the reference (0.453 -> 0.666), ours (spsa) reached its target 7.6x sooner in wall-clock;
+    gv at 2 x the reference's lr collapsed; the classification reference's evals were frozen (the stale
+    graphs, fixed since) and are flagged."""
+    from tta import report
+
+    reward = report.task_result(H100_LATE, "reward", ["reference", "spsa", "gv"], Rule())
+    assert reward["learned"] and reward["zero_shot"] == pytest.approx(0.453) and reward["ref_final"] == pytest.approx((0.651 + 0.653 + 0.693) / 3)
+    spsa, gv = reward["methods"]["spsa"], reward["methods"]["gv"]
+    assert spsa["reached"] == 1 and spsa["speedup_seconds"] == pytest.approx(99.1 / 13.0, rel=0.02)
+    assert gv["reached"] == 0 and gv["seconds"]["median"] == INF
+    cls = report.task_result(H100_LATE, "cls", ["reference", "spsa"], Rule())
+    assert not cls["learned"]
+    assert all(report.frozen_curve(r["curve"]) for r in cls["methods"]["reference"]["runs"])
+    assert not any(report.frozen_curve(r["curve"]) for r in cls["methods"]["spsa"]["runs"])
+    text = report.table({"card": "H100", "date": "2026-12-06", "versions": {"torch": "", "transformers": "", "sglang": ""},
+                         "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
+                         "tasks": {"cls": cls}})
+    assert "cls reference MeZO: seeds [0, 1]: every eval gave the same metric" in text

@@ -74,6 +74,13 @@ def span(s: dict) -> str:
     return f"{s['median']:.3g} [{s['min']:.3g}-{hi}]"
 
 
+def frozen_curve(curve: list[dict]) -> bool:
+    """Whether every eval of a run of 4 or more gave the very same metric. On 1000 examples that does not
+    happen to a run whose weights move; it did to the reference's evals while its graphs read the step-0
+    weights (2026-12-06), and is what a run whose update never lands looks like."""
+    return len(curve) >= 4 and len({p["metric"] for p in curve}) == 1
+
+
 def table(result: dict) -> str:
     """Markdown: one row per (task, method), then a verdict line per task."""
     head = (f"{result['card']}; {result['date']}; torch {result['versions']['torch']}, transformers "
@@ -94,6 +101,11 @@ def table(result: dict) -> str:
             lines.append(f"| {task} | {label} | {dtype} | {m['lr']:.3g} | {r['zero_shot']:.3f} | "
                          f"{r['ref_final']:.3f} | {r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
                          f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} |")
+            frozen = [r["seed"] for r in m["runs"] if frozen_curve(r["curve"])]
+            if frozen:
+                notes.append(f"{task} {label}: seeds {frozen}: every eval gave the same metric "
+                             f"({m['runs'][0]['curve'][0]['metric']:.3f} on seed {m['runs'][0]['seed']}); its evals "
+                             "never saw the weights change: a broken run, not a result")
             if m["stopped_under_other_target"]:
                 notes.append(f"{task} {label}: seeds {m['stopped_under_other_target']} stopped early under an "
                              "earlier target (more reference seeds came later); rerun them in a fresh OUT")

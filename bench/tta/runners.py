@@ -119,6 +119,8 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
     # the timed training: they go through the HF runner's scoring graphs where it has them (CUDA; graph ==
     # eager is tests/gpu/test_scoring_graphs.py's, float32 included), so a 1000-example eval costs device
     # time like one of ours (which score through their backend's graphs) rather than 63 per-call batches.
+    # MeZO's update rebinds every weight (param.data = ...): the scorer sees the moved storage and captures
+    # again at each eval (runners/graph_scorer.py); before it did, every eval scored the step-0 weights.
     graphs, runner.graphs = runner.graphs, None
     tok, data, stage = load_inputs(cfg, True)  # model.path is set: nothing is staged
     stage.discard()

@@ -70,4 +70,7 @@ def hf_graph_scorer(model: torch.nn.Module, device: torch.device, capture: bool,
 
         return Slot(ids=ids, picks=picks, run=run)
 
-    return GraphScorer(make_slot, device, capture)
+    # The weights' addresses: a user's loop may rebind them (param.data = ...), which a graph would not see.
+    # The Parameter objects are listed once: walking the modules every forward costs ~0.5 ms (272 tensors).
+    params = list(model.parameters())
+    return GraphScorer(make_slot, device, capture, storage=lambda: tuple(p.data_ptr() for p in params))
