@@ -46,6 +46,7 @@ reference|ours, --seeds, --estimators); --report-only builds the table (printed,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
             "model": "built-in" if args.builtin else args.model,
             "budget": args.budget, "rule": {"window": args.window, "fraction": args.fraction, "min_gain": args.min_gain},
             "args": {k: v for k, v in vars(args).items()}}
+    if args.report_only and (out / "tta.json").exists():  # the machine that ran them, not this one
+        meta["measured"] = {k: v for k, v in json.loads((out / "tta.json").read_text()).items()
+                            if k in ("card", "versions", "date", "model")}
     return report.build(out, tasks, ["reference", *args.estimators], lambda t: rule_for(args, t), meta)
 
 

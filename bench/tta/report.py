@@ -169,7 +169,9 @@ def median_curve(cs: list[list[dict]], x: str, window: int) -> tuple[list[float]
 
 def build(out: Path, tasks: dict, methods: list[str], rule_of, meta: dict) -> dict:
     """tta.json, the table (printed and written as tta.md) and the PNGs from OUT's runs."""
-    result = {**meta, "versions": versions(), "date": time.strftime("%Y-%m-%d"), "tasks": {}}
+    # --report-only over runs made elsewhere: the card, versions, date and model of the machine that ran them
+    measured = meta.pop("measured", {})
+    result = {**meta, "versions": versions(), "date": time.strftime("%Y-%m-%d"), **measured, "tasks": {}}
     for name, task in tasks.items():
         rule = rule_of(task)
         r = task_result(out, name, methods, rule)
