@@ -151,3 +151,11 @@ def test_the_rule_on_the_h100_runs_of_2026_12_06():
                          "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
                          "tasks": {"cls": cls}})
     assert "cls reference MeZO: seeds [0, 1]: every eval gave the same metric" in text
+
+
+def test_peak_memory_is_the_runs_peak_over_its_forward_only_memory():
+    c = curve([0.5, 0.6, 0.7])
+    assert curves.peak_memory(c) is None  # CPU runs carry no memory keys
+    for p, peak in zip(c, (3.0, 3.2, 3.3)):
+        p.update(gpu_peak_gib=peak, master_gib=0.5)
+    assert curves.peak_memory(c) == pytest.approx((3.3, 3.3 / 2.5))

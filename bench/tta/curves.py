@@ -139,3 +139,14 @@ def summarise(curves: list[list[dict]], tgt: dict, rule: Rule, ref_seconds: floa
 def speedup(ref: float, ours: float) -> float | None:
     """ref / ours where both are finite and positive; None otherwise (either side never reached)."""
     return ref / ours if 0 < ref < INF and 0 < ours < INF else None
+
+
+def peak_memory(curve: list[dict]) -> tuple[float, float] | None:
+    """(the run's peak GiB, that peak over its forward-only memory) from a curve's memory keys (CUDA runs):
+    forward-only = the step-0 eval's peak (the engine, its graphs and an eval's forwards, before any training
+    step) less the fp32 master copy, which is training state; None where the curve has no memory keys."""
+    if not curve or "gpu_peak_gib" not in curve[0]:
+        return None
+    peak = max(p.get("gpu_peak_gib", 0.0) for p in curve)
+    forward_only = curve[0]["gpu_peak_gib"] - curve[0].get("master_gib", 0.0)
+    return peak, peak / forward_only

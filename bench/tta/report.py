@@ -74,6 +74,15 @@ def span(s: dict) -> str:
     return f"{s['median']:.3g} [{s['min']:.3g}-{hi}]"
 
 
+def memory_cell(runs: list[dict]) -> str:
+    """'peak (x forward-only)' of the method's runs, the largest ratio of its seeds; '-' without GPU memory."""
+    mem = [p for p in (curves.peak_memory(r["curve"]) for r in runs) if p is not None]
+    if not mem:
+        return "-"
+    peak, ratio = max(mem, key=lambda p: p[1])
+    return f"{peak:.2f} ({ratio:.2f}x)"
+
+
 def frozen_curve(curve: list[dict]) -> bool:
     """Whether every eval of a run of 4 or more gave the very same metric. On 1000 examples that does not
     happen to a run whose weights move; it did to the reference's evals while its graphs read the step-0
@@ -89,8 +98,9 @@ def table(result: dict) -> str:
             f"F={result['rule']['fraction']}, min gain {result['rule']['min_gain']}, budget "
             f"{result['budget']}x the reference's forwards\n")
     lines = [head, "| task | method | dtype | lr | zero-shot | ref final | target | seeds reaching | time to target s, "
-             "median [min-max] | forwards to target | speed-up (s) | speed-up (forwards) | metric at ref wall-clock |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "median [min-max] | forwards to target | speed-up (s) | speed-up (forwards) | metric at ref wall-clock | "
+             "peak GiB (x forward-only) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for task, r in result["tasks"].items():
         for name, m in r["methods"].items():
@@ -100,7 +110,8 @@ def table(result: dict) -> str:
             dtype = m["runs"][0]["settings"].get("dtype", "?")
             lines.append(f"| {task} | {label} | {dtype} | {m['lr']:.3g} | {r['zero_shot']:.3f} | "
                          f"{r['ref_final']:.3f} | {r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
-                         f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} |")
+                         f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} | "
+                         f"{memory_cell(m['runs'])} |")
             frozen = [r["seed"] for r in m["runs"] if frozen_curve(r["curve"])]
             if frozen:
                 notes.append(f"{task} {label}: seeds {frozen}: every eval gave the same metric "

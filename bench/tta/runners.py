@@ -23,6 +23,9 @@ import torch
 from tta.curves import Rule, should_stop
 
 REPO = Path(__file__).resolve().parents[2]
+# The trainer's eval lines on CUDA (training/evaluation.py gpu_memory): the allocator's peak so far and the
+# fp32 master copy's share; the reference's points carry the same keys (no master: 0).
+MEMORY_KEYS = ("gpu_peak_gib", "master_gib")
 METRIC_KEY = {"accuracy": "correct", "reward": "reward", "loss": "loss"}  # eval_sums key, per metric
 DEFAULT_METRIC = {"classification": "accuracy", "reward": "reward", "lm": "loss"}
 
@@ -136,7 +139,8 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
             metric = objective.eval_sums(data.eval, step)[key] / len(data.eval)
         finally:
             runner.graphs = None
-        return {"step": step, "seconds": secs, "forwards": 2 * step, "metric": metric}
+        mem = {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30, "master_gib": 0.0} if args.device == "cuda" else {}
+        return {"step": step, "seconds": secs, "forwards": 2 * step, "metric": metric, **mem}
 
     curve, grads, train_s = [point(0, 0.0)], [], 0.0
     for t in range(task.steps):
@@ -186,7 +190,8 @@ def read_curve(path: Path, metric: str, forwards_per_step: int) -> list[dict]:
             break
     secs = train_seconds(lines)
     return [{"step": m["step"], "seconds": secs[m["step"]], "forwards": m["step"] * forwards_per_step,
-             "metric": m[f"eval_{metric}"]} for m in lines if m["type"] == "eval" and m["step"] in secs]
+             "metric": m[f"eval_{metric}"], **{k: m[k] for k in MEMORY_KEYS if k in m}}
+            for m in lines if m["type"] == "eval" and m["step"] in secs]
 
 
 def eval_rows(task: Task, limit: int) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from mezo_elastic.data.jsonl import Example, rank_slice
 from mezo_elastic.data.tasks.metrics import task_metrics
 
@@ -35,7 +37,19 @@ def evaluate(trainer, step: int) -> dict[str, float]:
     if data.dev:
         out.update(eval_metrics(trainer, data.dev, step, "dev"))
     out.update(task_metrics(cfg.data, out))  # data.task: the metric MeZO reports, by its name
-    trainer.metrics.write("eval", step, **out)
+    trainer.metrics.write("eval", step, **out, **gpu_memory(trainer))
     log.info("eval step %d%s: %s", step, f" ({cfg.data.task})" if cfg.data.task else "",
              " ".join(f"{k}={v + 0.0:.4f}" for k, v in out.items()))  # + 0.0: never "-0.0000"
     return out
+
+
+def gpu_memory(trainer) -> dict[str, float]:
+    """On CUDA: the allocator's peak so far on this rank (SGLang's pools and the CUDA graphs' included: both
+    allocate through torch) and the fp32 master copy's share of it, in GiB, for the eval lines of
+    metrics.jsonl. The step-0 eval's peak less the master is the forward-only memory the training's peak is
+    compared with (bench/time_to_accuracy.py). {} on CPU."""
+    device = trainer.device
+    if device.type != "cuda":
+        return {}
+    master = sum(m.numel() * m.element_size() for _, m in trainer.opt.master_state())
+    return {"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30, "master_gib": master / 2**30}

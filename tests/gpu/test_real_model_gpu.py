@@ -167,3 +167,9 @@ def test_builtin_default_trains_on_sglang(tmp_path):
     summary = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]
     print(f"\nbuilt-in default on sglang: eval loss {summary['first_eval_loss']:.4f} -> {summary['final_eval_loss']:.4f}")
     assert summary["final_eval_loss"] < summary["first_eval_loss"]
+    # the eval lines carry the GPU memory (training/evaluation.py gpu_memory): bf16 keeps an fp32 master copy
+    evals = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["type"] == "eval"]
+    first, last = evals[0], evals[-1]
+    print(f"GPU peak {first['gpu_peak_gib']:.3f} GiB after the step-0 eval, {last['gpu_peak_gib']:.3f} at the end; "
+          f"master {first['master_gib']:.4f} GiB")
+    assert 0 < first["master_gib"] < first["gpu_peak_gib"] <= last["gpu_peak_gib"]
