@@ -26,7 +26,9 @@ fp32 master weights it keeps for 16-bit dtypes) with each estimator of --estimat
 spsa (--lr-spsa, default the reference's lr; eps = --eps), fzoo (FZOO's own settings: --lr-fzoo 1e-5,
 --eps-fzoo 1e-3, --fzoo-k 8, bench/tta/methods.py cites the source; --fzoo-scales S,... instead sets
 lr = S x lr_ref x median|g_ref|, the older rule), es (--lr-es, --eps-es, --es-n), gv (MeZO-GV: --gv-k
-candidates a step, lr = --gv-lr-scales x lr_ref, default 2 as its README against MeZO's; eps = --eps). A method with several
+candidates a step, lr = --gv-lr-scales x lr_ref, default 0.5,1,2: 2 is its README's ratio against MeZO's,
+0.5 MeZO's step size; eps = --eps), zo_muon (ZO-Muon: 4 subspace points + theta a step, r = --zo-muon-rank
+64, P redrawn every 100 steps, lr --lr-zo-muon, on the hf backend). A method with several
 lrs runs them on seed 0 and its soonest to the target on every seed.
 
 Budget and evals: the reference runs its step budget (--steps-cls / --steps-reward / --steps); each of ours
@@ -35,7 +37,7 @@ may run up to --budget (3) x the reference's forwards and evaluates as often in 
 ends once its smoothed curve has reached the target, W more evals are in, and its training seconds have
 passed the reference's median total (so the metric at the reference's wall-clock is observed);
 --no-stop-at-target runs the whole budget. Seconds count training only (start-up and evals out, both
-sides); forwards = steps x forward passes a step (reference, spsa 2; fzoo K + 1; es N; gv K + 2).
+sides); forwards = steps x forward passes a step (reference, spsa 2; fzoo K + 1; es N; gv K + 2; zo_muon 5).
 
 Pieces: every run writes OUT/runs/<task>/<method>-<lr>-s<seed>.json when it ends and a re-invocation with
 the same OUT skips finished runs, so the bench splits into commands of a few minutes (--tasks, --methods
@@ -128,7 +130,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--max-new-tokens", type=int, default=6, help="reward objective: generate.max_new_tokens")
     g.add_argument("--steps", type=int, default=500, help="the reference's step budget on your task")
     p.add_argument("--methods", default="reference,ours", help="what this invocation runs: reference, ours, or both")
-    p.add_argument("--estimators", default="spsa,fzoo", help="ours: spsa, fzoo, es, gv")
+    p.add_argument("--estimators", default="spsa,fzoo,gv", help="ours: spsa, fzoo, es, gv, zo_muon")
     p.add_argument("--seeds", default="", help="seeds to run, e.g. 0,1,2 (default 0,1,2; smoke 0); grids use seed 0")
     p.add_argument("--report-only", action="store_true", help="run nothing: table, tta.json, PNGs from OUT's runs")
     p.add_argument("--backend", default="", help="ours: sglang or hf (default: sglang on CUDA, else hf)")
@@ -155,8 +157,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     m.add_argument("--eps-es", type=float, default=1e-3, help="es eps = ES's sigma (ES at scale: 1e-3)")
     m.add_argument("--es-n", type=int, default=30, help="es population N (ES at scale: 30)")
     m.add_argument("--gv-k", type=int, default=2, help="gv candidates a step, MeZO-GV's M (its code: 2)")
-    m.add_argument("--gv-lr-scales", default="2,1",
-                   help="gv lr(s) = scale x the reference's chosen lr (MeZO-GV's README: 2e-7 where MeZO's is 1e-7)")
+    m.add_argument("--gv-lr-scales", default="",
+                   help="gv lr(s) = scale x the reference's chosen lr (default 0.5,1,2; smoke 1). 2 is MeZO-GV's README "
+                        "ratio (2e-7 where MeZO's is 1e-7); 0.5 gives MeZO's step size (v = z_best - z_worst)")
+    m.add_argument("--lr-zo-muon", default="", help="zo_muon lr(s) (default 1e-3,3e-3,1e-2: ZO-Muon's README runs "
+                   "OPT-13B at 1e-2; smoke 3e-2)")
+    m.add_argument("--zo-muon-rank", type=int, default=None, help="zo_muon r (default 64, the authors'; smoke 8)")
     b = p.add_argument_group("budgets and evals")
     b.add_argument("--steps-cls", type=int, default=None, help="reference step budget (default 800; smoke 30)")
     b.add_argument("--steps-reward", type=int, default=None, help="reference step budget (default 400; smoke 20)")
@@ -178,6 +184,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.lr_fzoo = a.lr_fzoo or ("3e-3" if builtin else "1e-5")
     a.eps_fzoo = a.eps_fzoo or (1e-2 if builtin else 1e-3)
     a.fzoo_k = a.fzoo_k or (4 if a.smoke else 8)
+    a.gv_lr_scales = a.gv_lr_scales or ("1" if a.smoke else "0.5,1,2")
+    a.lr_zo_muon = a.lr_zo_muon or ("3e-2" if builtin else "1e-3,3e-3,1e-2")
+    a.zo_muon_rank = a.zo_muon_rank or (8 if a.smoke else 64)
     a.steps_cls = a.steps_cls or (30 if a.smoke else 800)
     a.steps_reward = a.steps_reward or (20 if a.smoke else 400)
     a.eval_every = a.eval_every or (10 if a.smoke else 40)
@@ -185,10 +194,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.methods = a.methods.split(",")
     a.estimators = [e for e in a.estimators.split(",") if e]
     bad = [x for x in a.methods if x not in ("reference", "ours")] + [
-        e for e in a.estimators if e not in ("spsa", "fzoo", "es", "gv")]
+        e for e in a.estimators if e not in ("spsa", "fzoo", "es", "gv", "zo_muon")]
     if bad:
         p.error(f"unknown --methods/--estimators value(s) {bad}: methods are reference, ours; estimators spsa, fzoo, "
-                f"es, gv")
+                f"es, gv, zo_muon")
     if a.task and not (a.train and a.eval):
         p.error("--task needs --train and --eval (JSONL files)")
     return a

@@ -30,7 +30,8 @@ from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.runners import gguf
 from mezo_elastic.runners.hf.runner import HFRunner
 from mezo_elastic.state import checkpoint
-from mezo_elastic.zo.optimizer import MezoOptimizer, use_master_weights
+from mezo_elastic.zo.factory import make_optimizer
+from mezo_elastic.zo.optimizer import use_master_weights
 
 EXPORT_MARKER = "export.json"  # in every export: what it is and the files export wrote (the only ones it replaces)
 
@@ -110,7 +111,7 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
     _check_gaps(run_dir, log.gaps, base, step)
     runner = HFRunner(cfg, torch.device("cpu"), model_path_of(run_dir, info["model_path"], info.get("gguf")))
     master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
-    opt = MezoOptimizer(runner.segments(), cfg.mezo, master)
+    opt = make_optimizer(runner.segments(), cfg.mezo, master, cfg.seed)
     if ck:
         runner.load_hf_state_dict(ck[1])
         opt.load_master(ck[1])

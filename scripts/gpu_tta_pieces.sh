@@ -15,6 +15,7 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # evals had read stale graphs (fixed: runners/graph_scorer.py). Timings compare within one machine, so each
 # task's seeds all run here, the reward task first (its verdict), then classification, then the estimators.
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
+# ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on seed 0.
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
 python3 -m pytest tests/gpu/test_scoring_graphs.py -m gpu -q -k rebound -s -p no:cacheprovider > $OUT/test_rebound.log 2>&1
 tail -3 $OUT/test_rebound.log
@@ -26,6 +27,8 @@ tta $RC --methods reference --seeds 1,2
 tta $RC $O --estimators spsa --seeds 1,2
 tta $RW $O --estimators gv --gv-lr-scales 0.5 --seeds 0
 tta $RC $O --estimators gv --gv-lr-scales 0.5 --seeds 0
+tta $RW $O --estimators zo_muon --seeds 0
+tta $RC $O --estimators zo_muon --seeds 0
 tta $RW $O --estimators fzoo --seeds 0
 tta $RC $O --estimators fzoo --seeds 0
 echo plan done

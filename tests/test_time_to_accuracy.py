@@ -1,5 +1,5 @@
 """bench/time_to_accuracy.py --smoke end to end on the CPU: the reference MeZO (grid + seeds), ours through
-python -m mezo_elastic.train with spsa and fzoo, on the built-in classification and reward tasks; then a
+python -m mezo_elastic.train with spsa, fzoo and gv, on the built-in classification and reward tasks; then a
 re-invocation on the same OUT that skips every finished run and rebuilds the report from OUT."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def test_time_to_accuracy_smoke(tmp_path):
         ref = t["methods"]["reference"]
         assert sorted(ref["lrs_tried"]) == [1e-3, 3e-3]  # the grid ran on seed 0
         assert len(ref["runs"][0]["curve"]) == 1 + out["args"][f"steps_{task}"] // out["args"]["eval_every"]
-        for est, fwd in (("spsa", 2), ("fzoo", 5)):
+        for est, fwd in (("spsa", 2), ("fzoo", 5), ("gv", 4)):
             run = t["methods"][est]["runs"][0]
             c = run["curve"]
             assert c[0]["seconds"] == 0.0 and c[-1]["seconds"] > 0 and run["forwards_per_step"] == fwd
@@ -45,6 +45,6 @@ def test_time_to_accuracy_smoke(tmp_path):
             assert info["trajectory"]["mezo.estimator"] == est
     # the same OUT again: nothing reruns, the report is rebuilt from OUT's runs (as --report-only does)
     again = bench(tmp_path, "--methods", "reference,ours")
-    assert "running" not in again.stdout and again.stdout.count("done already") == 10, again.stdout
+    assert "running" not in again.stdout and again.stdout.count("done already") == 12, again.stdout
     assert json.loads((tmp_path / "tta.json").read_text())["tasks"]["cls"]["target"] == out["tasks"]["cls"]["target"]
     assert "| cls | ours, spsa |" in again.stdout

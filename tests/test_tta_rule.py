@@ -123,9 +123,10 @@ def test_eval_standard_error():
 def test_frozen_curves_are_flagged():
     from tta.report import frozen_curve
 
-    assert frozen_curve(curve([0.485] * 21))
-    assert not frozen_curve(curve([0.485] * 3))  # too few evals to say
-    assert not frozen_curve(curve([0.485] * 20 + [0.486]))
+    assert frozen_curve(curve([0.485] * 21), 1000)
+    assert not frozen_curve(curve([0.485] * 21), 64)  # a small eval set: a discrete metric may stay put
+    assert not frozen_curve(curve([0.485] * 3), 1000)  # too few evals to say
+    assert not frozen_curve(curve([0.485] * 20 + [0.486]), 1000)
 
 
 H100_LATE = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-06-h100-late" / "tta"
@@ -145,8 +146,8 @@ def test_the_rule_on_the_h100_runs_of_2026_12_06():
     assert gv["reached"] == 0 and gv["seconds"]["median"] == INF
     cls = report.task_result(H100_LATE, "cls", ["reference", "spsa"], Rule())
     assert not cls["learned"]
-    assert all(report.frozen_curve(r["curve"]) for r in cls["methods"]["reference"]["runs"])
-    assert not any(report.frozen_curve(r["curve"]) for r in cls["methods"]["spsa"]["runs"])
+    assert all(report.frozen_curve(r["curve"], r["n_eval"]) for r in cls["methods"]["reference"]["runs"])
+    assert not any(report.frozen_curve(r["curve"], r["n_eval"]) for r in cls["methods"]["spsa"]["runs"])
     text = report.table({"card": "H100", "date": "2026-12-06", "versions": {"torch": "", "transformers": "", "sglang": ""},
                          "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
                          "tasks": {"cls": cls}})

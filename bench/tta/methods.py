@@ -17,6 +17,14 @@ gv's lr is --gv-lr-scales (default 2, the authors' ratio; 1 beside it on seed 0)
 lr, eps the reference's. Its code also re-uses the previous step's best seed without re-scoring it (one
 new candidate a step after the first); we score both candidates every step, as the paper's algorithm
 does (M + 2 forwards), so no loss measured at an older theta picks a direction.
+
+ZO-Muon as its code runs it (OPTML-Group/ZO-Muon at commit 166a8f3, llm/README.md's OPT-13B command and
+llm/LowDimTrainer.py): RANK=64, STEP_INTERVAL=100, NUM_SAMPLES=4 with MULTIPLE_SAMPLE=True (4 one-sided
+subspace points and one at theta), EPS=1e-3, LR=1e-2, OPT=muon, constant lr, vectors at a fixed 1e-7.
+Its step P NS5(.) has a Frobenius norm of about sqrt(r) per matrix whatever the model, so the same lr moves
+each element of a 576 x 576 matrix (135M) about 9x as far as of a 5120 x 5120 one (OPT-13B): the bench
+tries --lr-zo-muon 1e-3, 3e-3, 1e-2 on seed 0 (1e-2 the authors'). It runs on the hf backend (zo_muon needs
+whole weight matrices).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 from tta.runners import Method
 
 FZOO_LR, FZOO_EPS, FZOO_N = 1e-5, 1e-3, 8  # DKmiyan/FZOO fzoo.sh defaults (see the module docstring)
+ZO_MUON_N, ZO_MUON_INTERVAL = 4, 100  # OPTML-Group/ZO-Muon's README command (see the module docstring)
 
 
 def make_methods(args) -> dict[str, Method]:
@@ -35,6 +44,9 @@ def make_methods(args) -> dict[str, Method]:
                        (("perturbations", args.fzoo_k), ("distribution", "rademacher"))),
         "es": Method("es", args.eps_es, args.es_n, (("perturbations", args.es_n), ("reward_shaping", "zscore"))),
         "gv": Method("gv", args.eps, args.gv_k + 2, (("perturbations", args.gv_k),)),
+        "zo_muon": Method("zo_muon", args.eps, ZO_MUON_N + 1,
+                          (("perturbations", ZO_MUON_N), ("zo_muon_rank", args.zo_muon_rank),
+                           ("zo_muon_interval", ZO_MUON_INTERVAL)), (("backend", "hf"),)),
     }
 
 
@@ -57,4 +69,6 @@ def our_lrs(args, est: str, refs: list[dict]) -> list[float]:
         return floats(args.lr_fzoo)
     if est == "gv":
         return [float(f"{s * lr_ref:.4g}") for s in floats(args.gv_lr_scales)]
+    if est == "zo_muon":
+        return floats(args.lr_zo_muon)
     return floats(args.lr_es)

@@ -83,11 +83,12 @@ def memory_cell(runs: list[dict]) -> str:
     return f"{peak:.2f} ({ratio:.2f}x)"
 
 
-def frozen_curve(curve: list[dict]) -> bool:
-    """Whether every eval of a run of 4 or more gave the very same metric. On 1000 examples that does not
-    happen to a run whose weights move; it did to the reference's evals while its graphs read the step-0
-    weights (2026-12-06), and is what a run whose update never lands looks like."""
-    return len(curve) >= 4 and len({p["metric"] for p in curve}) == 1
+def frozen_curve(curve: list[dict], n_eval: int) -> bool:
+    """Whether every eval of a run of 4 or more, each on 200 examples or more, gave the very same metric. On
+    1000 examples that does not happen to a run whose weights move; it did to the reference's evals while its
+    graphs read the step-0 weights (2026-12-06), and is what a run whose update never lands looks like. (On
+    the smoke's 64 examples a discrete reward can stay put for real: not flagged.)"""
+    return n_eval >= 200 and len(curve) >= 4 and len({p["metric"] for p in curve}) == 1
 
 
 def table(result: dict) -> str:
@@ -112,7 +113,7 @@ def table(result: dict) -> str:
                          f"{r['ref_final']:.3f} | {r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
                          f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} | "
                          f"{memory_cell(m['runs'])} |")
-            frozen = [r["seed"] for r in m["runs"] if frozen_curve(r["curve"])]
+            frozen = [r["seed"] for r in m["runs"] if frozen_curve(r["curve"], r["n_eval"])]
             if frozen:
                 notes.append(f"{task} {label}: seeds {frozen}: every eval gave the same metric "
                              f"({m['runs'][0]['curve'][0]['metric']:.3f} on seed {m['runs'][0]['seed']}); its evals "

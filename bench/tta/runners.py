@@ -49,10 +49,11 @@ class Task:
 class Method:
     """What a run of ours sets beyond the task: estimator, eps and the mezo settings of its population."""
 
-    estimator: str  # spsa | fzoo | es ("reference" for the reference)
+    estimator: str  # spsa | fzoo | es | gv | zo_muon ("reference" for the reference)
     eps: float
     forwards_per_step: int
     mezo: tuple = ()  # extra (key, value) mezo settings
+    model: tuple = ()  # extra (key, value) model settings (zo_muon: the hf backend, whatever --backend says)
 
 
 def sync() -> None:
@@ -222,6 +223,7 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
                         output_dir=str(work))
     cfg["checkpoint"] = {"every": 0}
     cfg["mezo"].update(estimator=method.estimator, **dict(method.mezo))
+    cfg["model"].update(dict(method.model))
     flags = [f"--{s}.{k}={v}" for s, sub in cfg.items() if isinstance(sub, dict) for k, v in sub.items()]
     flags.append(f"--seed={seed}")
     if work.exists():

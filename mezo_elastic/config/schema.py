@@ -207,9 +207,13 @@ def _check_estimator(m: "MezoConfig") -> None:
     if m.mode != "dp":
         raise ConfigError(f"mezo.estimator={m.estimator} needs mezo.mode=dp (got {m.mode!r}): its population "
                           f"is one step's seeds, scored on the whole batch")
-    if m.perturbations < 2:
+    if m.perturbations < 2 and m.estimator != "zo_muon":
         raise ConfigError(f"mezo.estimator={m.estimator} needs mezo.perturbations >= 2 (got {m.perturbations}): "
                           f"it normalises over the population's losses")
+    if m.estimator == "zo_muon" and (m.reward_shaping != "none" or m.master_weights == "off"):
+        raise ConfigError(f"mezo.estimator=zo_muon steps on (L_n - L_0) / eps and keeps the fp32 master weights; set "
+                          f"mezo.reward_shaping=none and mezo.master_weights=auto or on (got {m.reward_shaping!r}, "
+                          f"{m.master_weights!r})")
     if m.estimator == "fzoo" and m.reward_shaping != "none":
         raise ConfigError(f"mezo.estimator=fzoo divides by the losses' std itself; set mezo.reward_shaping=none "
                           f"(got {m.reward_shaping!r})")
@@ -258,11 +262,18 @@ class MezoConfig:
         "per_eps = g_k = (f+ - f-) / (2 eps), ~1/eps larger: only to continue a run made before it changed (refused "
         "on a new run)"
     )
-    estimator: Literal["spsa", "fzoo", "es", "gv"] = opt(
+    estimator: Literal["spsa", "fzoo", "es", "gv", "zo_muon"] = opt(
         "spsa", "spsa: MeZO's two-sided +-eps z (2K forwards a step); fzoo: K one-sided +eps z plus theta itself "
         "(K+1 forwards), step over the std of the K losses (FZOO; use distribution=rademacher as it does); es: K "
         "one-sided +eps z, theta += lr/K sum R_n z_n with shaped R (ES at scale); gv: K one-sided +eps z, then "
-        "MeZO's two-sided step along v = mean(elite z) - mean(other z) (K+2 forwards; MeZO-GV). docs/estimators.md"
+        "MeZO's two-sided step along v = mean(elite z) - mean(other z) (K+2 forwards; MeZO-GV); zo_muon: K one-sided "
+        "subspace points P u plus theta, step P NS5(mean g u) (K+1 forwards; ZO-Muon; hf backend). docs/estimators.md"
+    )
+    zo_muon_rank: int = opt(64, "estimator zo_muon: r, the subspace's dimension per weight matrix (the authors' 64)")
+    zo_muon_interval: int = opt(100, "estimator zo_muon: steps between new subspaces P (the authors' 100)")
+    zo_muon_vector_lr: float = opt(
+        1e-7, "estimator zo_muon: lr of the vectors (norms, biases), which take MeZO's step with the same g (the "
+        "authors' code: 1e-7, fixed)"
     )
     gv_elite: float = opt(
         0.5, "estimator gv: the fraction of the K candidates (lowest losses) whose mean z is the guiding vector's "
@@ -282,7 +293,10 @@ class MezoConfig:
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
         _choice("mezo", "reward_shaping", self.reward_shaping, ("none", "zscore", "centered_rank"))
         _choice("mezo", "shaped_update", self.shaped_update, ("es", "per_eps"))
-        _choice("mezo", "estimator", self.estimator, ("spsa", "fzoo", "es", "gv"))
+        _choice("mezo", "estimator", self.estimator, ("spsa", "fzoo", "es", "gv", "zo_muon"))
+        _positive("mezo", "zo_muon_rank", self.zo_muon_rank)
+        _positive("mezo", "zo_muon_interval", self.zo_muon_interval)
+        _positive("mezo", "zo_muon_vector_lr", self.zo_muon_vector_lr, zero_ok=True)
         if not 0 < self.gv_elite < 1:
             raise ConfigError(f"mezo.gv_elite={self.gv_elite} must be in (0, 1): the elite's share of the candidates")
         _check_estimator(self)
@@ -431,6 +445,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        if self.mezo.estimator == "zo_muon" and (self.model.backend == "sglang" or self.peft.method != "none"):
+            raise ConfigError(f"mezo.estimator=zo_muon runs on whole weight matrices: model.backend=hf without a "
+                              f"LoRA adapter (got model.backend={self.model.backend!r}, peft.method={self.peft.method!r})")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts (JSON/TOML-able)."""

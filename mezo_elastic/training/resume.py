@@ -24,7 +24,8 @@ TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "m
                    "data.num_dev", "data.sample_seed", "data.verbatim", "data.candidate_score", "data.class_loss",
                    "peft.method", "peft.rank", "peft.alpha", "peft.targets", "mezo.estimator",
                    "mezo.shaped_update", "model.dtype", "model.sglang_load_format", "data.max_length",
-                   "mezo.min_lr_ratio", "mezo.grad_clip", "mezo.master_weights", "train.steps", "mezo.gv_elite")
+                   "mezo.min_lr_ratio", "mezo.grad_clip", "mezo.master_weights", "train.steps", "mezo.gv_elite",
+                   "mezo.zo_muon_rank", "mezo.zo_muon_interval", "mezo.zo_muon_vector_lr")
 # What a key missing from an older run.json (and from its config) means, where that is not today's default:
 # shaped populations stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
 LEGACY = {"mezo.shaped_update": "per_eps"}
@@ -68,6 +69,8 @@ def _counts(k: str, old: dict, cfg: Config) -> bool:
         return not old["mezo.reward_shaping"] == "none" == cfg.mezo.reward_shaping
     if k == "mezo.gv_elite":  # only the gv estimator reads it
         return "gv" in (old["mezo.estimator"], cfg.mezo.estimator)
+    if k.startswith("mezo.zo_muon_"):
+        return "zo_muon" in (old["mezo.estimator"], cfg.mezo.estimator)
     if k in _SCHEDULED:
         return not old["mezo.schedule"] == "constant" == cfg.mezo.schedule
     if k == "mezo.master_weights":  # auto and on are the same in bf16: compare what each resolves to

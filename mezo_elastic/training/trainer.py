@@ -29,13 +29,8 @@ from mezo_elastic.training.inputs import load_inputs, stored_model_path
 from mezo_elastic.training.metrics import MetricsWriter, Progress
 from mezo_elastic.training.signals import StopRequested, StopSignals
 from mezo_elastic.zo import estimators
-from mezo_elastic.zo.optimizer import (
-    MezoOptimizer,
-    StepRecord,
-    lr_at,
-    seeds_for_step,
-    use_master_weights,
-)
+from mezo_elastic.zo.factory import make_optimizer
+from mezo_elastic.zo.optimizer import StepRecord, lr_at, seeds_for_step, use_master_weights
 
 __all__ = ["StopRequested", "Trainer"]
 log = logging.getLogger(__name__)
@@ -80,7 +75,7 @@ class Trainer:
         self.objective = make_objective(cfg, self.runner, tok)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
         master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
-        self.opt = MezoOptimizer(self.runner.segments(), cfg.mezo, master)
+        self.opt = make_optimizer(self.runner.segments(), cfg.mezo, master, cfg.seed)
         self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)
         self.nonfinite = 0
@@ -114,6 +109,7 @@ class Trainer:
         """Score the estimator's points, agree on g (and on stopping), return the record; the update is separate."""
         cfg, examples = self.cfg, self._local(t)
         pts = estimators.points(cfg.mezo, self._my_seeds(t))
+        self.opt.at_step(t)
         sums = [0.0] * len(pts)
         for seed, sign, slot in pts:  # one sweep moves the weights from each point to the next
             if seed is None:
@@ -161,7 +157,7 @@ class Trainer:
 
     def _needs_clean_after(self, steps_done: int) -> bool:
         c = self.cfg
-        return (not c.mezo.fold_next_perturbation or steps_done == c.train.steps
+        return (not c.mezo.fold_next_perturbation or c.mezo.estimator == "zo_muon" or steps_done == c.train.steps
                 or (c.checkpoint.every and steps_done % c.checkpoint.every == 0)
                 or (c.train.eval_every and steps_done % c.train.eval_every == 0))
 

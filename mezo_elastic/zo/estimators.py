@@ -25,6 +25,8 @@ gv (MeZO-GV, arXiv 2601.04710, stan-anony/MeZO-GV): two phases, M + 2 forwards.
     phase 2: theta + eps v, theta - eps v;  g = (L+ - L-) / (2 eps);  theta -= lr g v
   In the step log's form: g_m = M g c_m (theta -= lr / M sum_m g_m z_m). With M = 2 and a = 0.5,
   v = z_best - z_worst, the direction of the authors' trainer.py.
+zo_muon (ZO-Muon, arXiv 2602.17155): +eps P u_1 .. +eps P u_N (subspace points), then theta: N + 1 forwards.
+    g_n = (L_n - L_0) / eps                     the step itself is zo/lowrank.py's (nonlinear in g)
 mezo.grad_clip clips every g_k alike.
 """
 
@@ -36,7 +38,7 @@ from typing import Sequence
 from mezo_elastic.config import MezoConfig
 from mezo_elastic.zo.shaping import shape, shaped_grads
 
-ESTIMATORS = ("spsa", "fzoo", "es", "gv")
+ESTIMATORS = ("spsa", "fzoo", "es", "gv", "zo_muon")
 # A point to score: (seed, sign, slot). seed None = theta itself; sign * eps is the perturbation size;
 # slot = the loss's place in the vector the ranks reduce (kept as the code before estimators laid it out).
 Point = tuple  # (int | None, float, int)
@@ -45,7 +47,7 @@ Point = tuple  # (int | None, float, int)
 def forwards_per_step(cfg: MezoConfig) -> int:
     """Scoring passes over the batch a step makes (per data slot)."""
     k = cfg.perturbations
-    return {"spsa": 2 * k, "fzoo": k + 1, "es": k, "gv": k + 2}[cfg.estimator]
+    return {"spsa": 2 * k, "fzoo": k + 1, "es": k, "gv": k + 2, "zo_muon": k + 1}[cfg.estimator]
 
 
 def points(cfg: MezoConfig, seeds: Sequence[int]) -> list[Point]:
@@ -56,7 +58,7 @@ def points(cfg: MezoConfig, seeds: Sequence[int]) -> list[Point]:
         k = len(seeds)
         return [p for i, s in enumerate(seeds) for p in ((s, 1.0, i), (s, -1.0, k + i))]
     pts = [(s, 1.0, i) for i, s in enumerate(seeds)]
-    return pts + [(None, 0.0, len(seeds))] if cfg.estimator == "fzoo" else pts
+    return pts + [(None, 0.0, len(seeds))] if cfg.estimator in ("fzoo", "zo_muon") else pts
 
 
 def _clip(g: float, clip: float) -> float:
@@ -90,6 +92,9 @@ def coefficients(cfg: MezoConfig, rows: list[list[float]]) -> tuple[list[float],
         g = _clip((plus - minus) / (2 * cfg.eps), cfg.grad_clip)
         direction = guided_direction(cfg, range(m), losses[:m])
         return [m * g * c for _, c in direction], losses, (plus + minus) / 2
+    if cfg.estimator == "zo_muon":  # the authors' multiple_sample: (loss_perturbed - loss_baseline) / eps
+        base = losses[-1]
+        return [_clip((v - base) / cfg.eps, cfg.grad_clip) for v in losses[:-1]], losses, base
     if cfg.estimator == "fzoo":
         perturbed, base = losses[:-1], losses[-1]
         n = len(perturbed)

@@ -117,6 +117,10 @@ class MezoOptimizer:
             self._sweep(SweepPlan(post=delta))
         self.offset = list(new_offset)
 
+    def at_step(self, step: int) -> None:
+        """The step whose points come next: nothing to do here (z depends on its seed alone); the
+        zo_muon optimizer (zo/lowrank.py) draws its subspace by the step."""
+
     def perturb(self, seed: int, scale: float = 1.0) -> None:
         """Show theta + scale * eps * z(seed) (one sweep; none if already there)."""
         target = [(seed, scale * self.cfg.eps)]

@@ -1,5 +1,5 @@
 """mezo.estimator and the shaped update rule through the real entry points (python -m mezo_elastic.train,
-torchrun with gloo): fzoo, es and gv train, resume bit-exactly after a stop, are recorded in run.json and
+torchrun with gloo): fzoo, es, gv and zo_muon train, resume bit-exactly after a stop, are recorded in run.json and
 export by replay; a shaped run made with the rule before issue 24 (a run.json without the key) still
 exports exactly and continues only under its own rule."""
 
@@ -17,10 +17,13 @@ from mezo_elastic.state.checkpoint import StepLog
 pytestmark = pytest.mark.integration
 FZOO = [*FAST, "--mezo.estimator=fzoo", "--mezo.perturbations=4", "--mezo.distribution=rademacher"]
 GV = [*FAST, "--mezo.estimator=gv", "--mezo.perturbations=4"]
+# interval 3: the 3-step split run resumes into a new subspace; lr as ZO-Muon's scale (its README: 1e-2)
+ZO_MUON = [*FAST, "--mezo.estimator=zo_muon", "--mezo.perturbations=4", "--mezo.zo_muon_rank=8",
+           "--mezo.zo_muon_interval=3", "--mezo.lr=3e-2", "--mezo.zo_muon_vector_lr=1e-3"]
 ES = [*FAST, "--mezo.estimator=es", "--mezo.perturbations=4", "--mezo.reward_shaping=zscore", "--mezo.lr=1e-2"]
 
 
-@pytest.mark.parametrize("args, nproc", [(FZOO, 2), (ES, 1), (GV, 2)], ids=["fzoo", "es", "gv"])
+@pytest.mark.parametrize("args, nproc", [(FZOO, 2), (ES, 1), (GV, 2), (ZO_MUON, 2)], ids=["fzoo", "es", "gv", "zo_muon"])
 def test_estimator_resumes_bit_exactly_and_exports(tmp_path, args, nproc):
     whole, split = tmp_path / "whole", tmp_path / "split"
     train_together((whole, *args, "--train.steps=8", {"nproc": nproc}),

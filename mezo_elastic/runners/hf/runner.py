@@ -112,7 +112,7 @@ class HFRunner:
         if self.adapter is not None:
             return self.adapter.segments(trainable)
         pattern = re.compile(trainable)
-        return [ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2)
+        return [ParamSegment(p.data.view(-1), name, 0, decay=p.dim() >= 2, shape=tuple(p.shape))
                 for name, p in self.model.named_parameters() if pattern.search(name)]
 
     def segments(self) -> list[ParamSegment]:

@@ -35,6 +35,7 @@ class ParamSegment:
     offset: int = 0
     decay: bool = True
     master: torch.Tensor | None = None  # fp32 copy when master weights are kept
+    shape: tuple[int, ...] | None = None  # the HF parameter's shape, where the segment is all of it (hf backend)
 
     def __post_init__(self) -> None:
         if self.tensor.dim() != 1 or not self.tensor.is_contiguous():

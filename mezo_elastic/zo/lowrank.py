@@ -1,0 +1,180 @@
+"""ZO-Muon (mezo.estimator=zo_muon): subspace perturbations and an orthogonalised subspace step.
+
+Lang et al., "Powering Up Zeroth-Order Training via Subspace Gradient Orthogonalization", arXiv 2602.17155;
+code OPTML-Group/ZO-Muon at commit 166a8f3, llm/LowDimTrainer.py (lowdim_zo_step with multiple_sample,
+lowdim_zo_update with zo_optimizer=muon). For every trainable matrix W (m x n):
+    P      m x r, orthonormal columns: the Q of a QR of a Gaussian (signs from R's diagonal), redrawn every
+           mezo.zo_muon_interval steps
+    u_i    r x n Gaussian, one per sample i = 1..N (N = mezo.perturbations)
+    points W + eps P u_i (N forwards), then W itself
+    g_i    (L_i - L_0) / eps
+    step   W -= lr (P NS5(1/N sum_i g_i u_i) + wd W)         NS5: Newton-Schulz, 5 quintic iterations
+Vectors (norm weights, biases) take MeZO's step with the same g_i and their own z_i at
+mezo.zo_muon_vector_lr (the authors' code: a fixed 1e-7).
+
+What differs from MeZO's machinery, and why this is a module of its own:
+- a perturbation is a matrix product per weight, not an elementwise z(seed, name, index), so the fused
+  sweep does not apply: every point is written as weights = cast(master + eps P u_i) in torch ops
+  (the fp32 master copy is always kept: a point never moves the master, so there is no drift to undo);
+- the step is nonlinear in the g_i (NS5), so the step log's (seeds, grads, lr) replays through this
+  module (`replay`), not as a sum of seeded z. For replay to give the live run's weights on any device,
+  every number the step depends on is device-independent: u_i, z_i and P's Gaussian come from this
+  package's Philox generator (perturb.z_range: the same bits on CPU and GPU), P's QR, the subspace
+  gradient and NS5 run in float64 on the CPU (r x n, small), and P NS5(.) is a float64 product rounded
+  once to float32. (A float64 result that falls within 1e-16 of a float32 rounding boundary could still
+  round differently on another device: possible, not seen.)
+- only whole HF parameters with their 2-D shape (the hf backend without LoRA): the SGLang backend's
+  fused and sharded tensors are refused in one line by the config.
+Memory: P (m x r, float32 and float64 copies) per matrix on top of the master copy: m r 12 bytes a matrix
+(SmolLM2-135M at r = 64: about 160 MB, 38 MB of it the 49152 x 576 embedding's).
+Cost: the update regenerates every u_i (r x n a matrix) on the CPU, where the step's numbers are computed;
+at 135M with r = 64 and N = 4 that is ~30 M Philox values a step: not yet measured on a GPU, and the first
+thing to make faster (u on the device, the reduction kept in an exact order) if it shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from mezo_elastic.config import MezoConfig
+from mezo_elastic.zo.optimizer import StepRecord
+from mezo_elastic.zo.perturb import ParamSegment, step_seed, z_range
+
+P_SLOT = 1 << 40  # step_seed slot of P's seeds: far from any population's slots (< world x K)
+
+
+def newton_schulz5(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The authors' zeropower_via_newtonschulz5 (Muon's quintic iteration), in g's dtype: an approximate
+    U V^T of g = U S V^T."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.mT if g.size(-2) > g.size(-1) else g
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        m = x @ x.mT
+        x = a * x + (b * m + c * m @ m) @ x
+    return x.mT if g.size(-2) > g.size(-1) else x
+
+
+def orthonormal_p(seed: int, name: str, m: int, r: int) -> torch.Tensor:
+    """P (m x r, float64, CPU): Q of the QR of a Gaussian from (seed, name), columns' signs from R's diagonal
+    (the authors' _sample_orthogonal_P, which makes Q Haar-distributed)."""
+    a = z_range(seed, f"{name}|P", 0, m * r).double().view(m, r)
+    q, rr = torch.linalg.qr(a, mode="reduced")
+    signs = torch.sign(torch.diagonal(rr))
+    signs[signs == 0] = 1.0
+    return q * signs
+
+
+class LowRankOptimizer:
+    """ZO-Muon over the hf backend's whole-parameter segments; the same interface as MezoOptimizer
+    (perturb, clean, clean_weights, update, replay, load_master, master_state)."""
+
+    master = True
+
+    def __init__(self, segments: list[ParamSegment], cfg: MezoConfig, run_seed: int) -> None:
+        self.segments, self.cfg, self.run_seed = segments, cfg, run_seed
+        for seg in segments:
+            if seg.shape is None:
+                raise ValueError(f"segment {seg.name}: zo_muon needs whole parameters with their shape")
+            seg.master = seg.tensor.detach().to(torch.float32, copy=True)
+        self._p: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (P float64, P float32), on the device
+        self._epoch: int | None = None
+        self.offset: tuple[int, float] | None = None  # (seed, scale) shown, or None: theta
+
+    # -- the subspace -------------------------------------------------------------------------------
+
+    def _matrices(self):
+        return [s for s in self.segments if len(s.shape) == 2]
+
+    def _subspace(self, step: int) -> None:
+        """P of every matrix for `step`'s epoch (step // zo_muon_interval), drawn once an epoch."""
+        epoch = step // self.cfg.zo_muon_interval
+        if epoch == self._epoch:
+            return
+        seed = step_seed(self.run_seed, epoch, P_SLOT)
+        r = self.cfg.zo_muon_rank
+        self._p = {}
+        for seg in self._matrices():
+            m, _ = seg.shape
+            p64 = orthonormal_p(seed, seg.name, m, min(r, m)).to(seg.tensor.device)
+            self._p[seg.name] = (p64, p64.float())
+        self._epoch = epoch
+
+    def _u(self, seed: int, seg: ParamSegment, device) -> torch.Tensor:
+        """u (r x n float32) of a matrix, or z (numel) of a vector, for sample `seed`."""
+        if len(seg.shape) == 2:
+            r, n = self._p[seg.name][0].shape[1], seg.shape[1]
+            return z_range(seed, f"{seg.name}|u", 0, r * n, device).view(r, n)
+        return z_range(seed, seg.name, 0, seg.tensor.numel(), device)
+
+    # -- points ---------------------------------------------------------------------------------------
+
+    def at_step(self, step: int) -> None:
+        """The step whose points come next: its subspace (P is redrawn every zo_muon_interval steps)."""
+        self._subspace(step)
+
+    def perturb(self, seed: int, scale: float = 1.0) -> None:
+        """Show theta + scale eps (P u(seed) for matrices, z(seed) for vectors) in the current subspace
+        (at_step's)."""
+        if self.offset == (seed, scale):
+            return
+        eps = scale * self.cfg.eps
+        for seg in self.segments:
+            u = self._u(seed, seg, seg.tensor.device)
+            d = (self._p[seg.name][1] @ u).view(-1) if len(seg.shape) == 2 else u
+            seg.tensor.copy_(seg.master + eps * d)
+        self.offset = (seed, scale)
+
+    def clean(self) -> None:
+        """Show theta (the master cast to the model dtype)."""
+        if self.offset is not None:
+            for seg in self.segments:
+                seg.tensor.copy_(seg.master)
+            self.offset = None
+
+    @contextlib.contextmanager
+    def clean_weights(self):
+        """Within the block the weights are theta (no perturbation is folded across steps here)."""
+        self.clean()
+        yield
+
+    # -- the step -------------------------------------------------------------------------------------
+
+    def update(self, rec: StepRecord, next_seed: int | None = None) -> None:
+        """theta -= lr (P NS5(mean g u) + wd theta) for matrices, lr_vec (mean g z + wd theta) for
+        vectors; then clean weights (`next_seed` is ignored: a ZO-Muon step starts from theta)."""
+        if not rec.skipped:
+            self._subspace(rec.step)
+            n = len(rec.seeds)
+            for seg in self.segments:
+                if len(seg.shape) == 2:
+                    p64 = self._p[seg.name][0]
+                    g = sum(gi * self._u(s, seg, "cpu").double() for s, gi in zip(rec.seeds, rec.grads)) / n
+                    step = (p64 @ newton_schulz5(g).to(p64.device)).view(-1)
+                    lr = rec.lr
+                else:
+                    step = sum(gi * self._u(s, seg, "cpu").double() for s, gi in zip(rec.seeds, rec.grads)) / n
+                    step = step.to(seg.master.device)
+                    lr = self.cfg.zo_muon_vector_lr
+                if seg.decay and rec.weight_decay:
+                    step = step + rec.weight_decay * seg.master.double()
+                seg.master.copy_((seg.master.double() - lr * step).float())
+        self.offset = (None, 0.0)  # the weights show a point of the step, not the new theta
+        self.clean()
+
+    def replay(self, rec: StepRecord) -> None:
+        """A logged step without forwards: the same update, bit for bit."""
+        self.update(rec)
+
+    def load_master(self, state: dict[str, torch.Tensor]) -> None:
+        """Masters (and weights) from HF-named tensors (a checkpoint)."""
+        for seg in self.segments:
+            seg.master.copy_(state[seg.name].reshape(-1).to(torch.float32))
+            seg.tensor.copy_(seg.master)
+        self.offset = None
+
+    def master_state(self) -> list[tuple[ParamSegment, torch.Tensor]]:
+        """(segment, exact fp32 theta) pairs."""
+        return [(seg, seg.master) for seg in self.segments]
