@@ -4,7 +4,8 @@
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh'   then   scripts/gpu_detached.sh wait 540
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
-# piece, $OUT/test_rebound.log the graph test. Wheels installed in /tmp/site first (scripts/gpu_suite.sh).
+# piece, $OUT/test_rebound.log the GPU tests of the rebound graphs and zo_muon. Wheels installed in /tmp/site
+# first (scripts/gpu_suite.sh).
 # A dry run of the plumbing on a CPU: TTA_EXTRA=--smoke MEZO_REAL_GGUF=<the .gguf> (and WHEELS=/nonexistent,
 # so that gpu_real_model.sh installs nothing; the GPU test then skips).
 export MEZO_REAL_GGUF=${MEZO_REAL_GGUF:-/tmp/m/model.gguf} PYTHONPATH=/tmp/site:$PWD MEZO_GPU_COMPAT=1 PYTHONUNBUFFERED=1
@@ -17,7 +18,8 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on seed 0.
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-python3 -m pytest tests/gpu/test_scoring_graphs.py -m gpu -q -k rebound -s -p no:cacheprovider > $OUT/test_rebound.log 2>&1
+python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" -s \
+  -p no:cacheprovider > $OUT/test_rebound.log 2>&1
 tail -3 $OUT/test_rebound.log
 tta $RW --methods reference --seeds 0,1,2
 tta $RW $O --estimators spsa --seeds 0,1,2
