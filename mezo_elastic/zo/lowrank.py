@@ -19,17 +19,18 @@ What differs from MeZO's machinery, and why this is a module of its own:
 - the step is nonlinear in the g_i (NS5), so the step log's (seeds, grads, lr) replays through this
   module (`replay`), not as a sum of seeded z. For replay to give the live run's weights on any device,
   every number the step depends on is device-independent: u_i, z_i and P's Gaussian come from this
-  package's Philox generator (perturb.z_range: the same bits on CPU and GPU), P's QR, the subspace
-  gradient and NS5 run in float64 on the CPU (r x n, small), and P NS5(.) is a float64 product rounded
-  once to float32. (A float64 result that falls within 1e-16 of a float32 rounding boundary could still
+  package's Philox generator (perturb.z_range: the same bits on CPU and GPU), the subspace gradient is an
+  elementwise float64 sum, P's QR and NS5 run in float64 on the CPU (r x n, small), and P NS5(.) is a
+  float64 product rounded once to float32. (A float64 result that falls within 1e-16 of a float32 rounding boundary could still
   round differently on another device: possible, not seen.)
 - only whole HF parameters with their 2-D shape (the hf backend without LoRA): the SGLang backend's
   fused and sharded tensors are refused in one line by the config.
 Memory: P (m x r, float32 and float64 copies) per matrix on top of the master copy: m r 12 bytes a matrix
 (SmolLM2-135M at r = 64: about 160 MB, 38 MB of it the 49152 x 576 embedding's).
-Cost: the update regenerates every u_i (r x n a matrix) on the CPU, where the step's numbers are computed;
-at 135M with r = 64 and N = 4 that is ~30 M Philox values a step: not yet measured on a GPU, and the first
-thing to make faster (u on the device, the reduction kept in an exact order) if it shows.
+Cost: the update regenerates every u_i (r x n a matrix; ~30 M values a step at 135M with r = 64 and N = 4)
+on the weights' device, sums g_i u_i there in float64 (elementwise, in the seeds' order: the same bits as on
+the CPU) and copies the r x n result to the CPU for NS5 (about 60 MB a step at 135M). Not yet measured on a
+GPU.
 """
 
 from __future__ import annotations
@@ -149,15 +150,15 @@ class LowRankOptimizer:
             self._subspace(rec.step)
             n = len(rec.seeds)
             for seg in self.segments:
+                dev = seg.master.device
+                # mean g u in float64, elementwise in a fixed order: the same bits on any device
+                g = sum(gi * self._u(s, seg, dev).double() for s, gi in zip(rec.seeds, rec.grads)) / n
                 if len(seg.shape) == 2:
                     p64 = self._p[seg.name][0]
-                    g = sum(gi * self._u(s, seg, "cpu").double() for s, gi in zip(rec.seeds, rec.grads)) / n
-                    step = (p64 @ newton_schulz5(g).to(p64.device)).view(-1)
+                    step = (p64 @ newton_schulz5(g.cpu()).to(dev)).view(-1)  # NS5's matmuls on the CPU
                     lr = rec.lr
                 else:
-                    step = sum(gi * self._u(s, seg, "cpu").double() for s, gi in zip(rec.seeds, rec.grads)) / n
-                    step = step.to(seg.master.device)
-                    lr = self.cfg.zo_muon_vector_lr
+                    step, lr = g, self.cfg.zo_muon_vector_lr
                 if seg.decay and rec.weight_decay:
                     step = step + rec.weight_decay * seg.master.double()
                 seg.master.copy_((seg.master.double() - lr * step).float())
