@@ -104,11 +104,13 @@ class LowRankOptimizer:
         self._epoch = epoch
 
     def _u(self, seed: int, seg: ParamSegment, device) -> torch.Tensor:
-        """u (r x n float32) of a matrix, or z (numel) of a vector, for sample `seed`."""
+        """u (r x n float32) of a matrix, or z (numel) of a vector, for sample `seed`, from the run's
+        mezo.distribution (the authors' Gaussian by default; P's draw is always Gaussian)."""
+        dist = self.cfg.distribution
         if len(seg.shape) == 2:
             r, n = self._p[seg.name][0].shape[1], seg.shape[1]
-            return z_range(seed, f"{seg.name}|u", 0, r * n, device).view(r, n)
-        return z_range(seed, seg.name, 0, seg.tensor.numel(), device)
+            return z_range(seed, f"{seg.name}|u", 0, r * n, device, dist).view(r, n)
+        return z_range(seed, seg.name, 0, seg.tensor.numel(), device, dist)
 
     # -- points ---------------------------------------------------------------------------------------
 
