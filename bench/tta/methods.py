@@ -13,8 +13,9 @@ MeZO-GV as its code runs it (stan-anony/MeZO-GV at commit 70a2551, README and la
 two candidates z_1, z_2 scored at theta + eps z, v = z_best - z_worst, MeZO's two-sided step along v,
 theta -= lr g v; its README runs OPT-13B at LR=2e-7 EPS=1e-3 (fp16, constant lr), where MeZO's own README
 runs the same model at LR=1e-7 EPS=1e-3. Absolute lrs do not carry across models; that ratio does, so
-gv's lr is --gv-lr-scales (default 2, the authors' ratio; 1 beside it on seed 0) x the reference's chosen
-lr, eps the reference's. Its code also re-uses the previous step's best seed without re-scoring it (one
+gv's lr is --gv-lr-scales x the reference's chosen lr (default 0.5, 1, 2 on seed 0: 2 is the authors'
+ratio, which collapsed on SmolLM2-135M on 2026-12-06; 0.5 gives MeZO's expected step, since
+v = z_best - z_worst has twice z's squared norm), eps the reference's. Its code also re-uses the previous step's best seed without re-scoring it (one
 new candidate a step after the first); we score both candidates every step, as the paper's algorithm
 does (M + 2 forwards), so no loss measured at an older theta picks a direction.
 
@@ -58,7 +59,8 @@ def our_lrs(args, est: str, refs: list[dict]) -> list[float]:
     """The lrs `est` tries (several: a grid on seed 0). spsa: --lr-spsa or the reference's chosen lr;
     fzoo: --lr-fzoo, or with --fzoo-scales scale x lr_ref x median|g_ref| (the median over the seed-0
     reference run's nonzero projected gradients: FZOO's g is normalised by the losses' std, so this maps
-    MeZO's step size onto it); es: --lr-es; gv: --gv-lr-scales x lr_ref (see the module docstring)."""
+    MeZO's step size onto it); es: --lr-es; gv: --gv-lr-scales x lr_ref; zo_muon: --lr-zo-muon (see the
+    module docstring)."""
     lr_ref = refs[0]["lr"]
     if est == "spsa":
         return floats(args.lr_spsa) or [lr_ref]

@@ -113,10 +113,10 @@ def table(result: dict) -> str:
                          f"{r['ref_final']:.3f} | {r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
                          f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {m['metric_at_ref_seconds']:.3f} | "
                          f"{memory_cell(m['runs'])} |")
-            frozen = [r["seed"] for r in m["runs"] if frozen_curve(r["curve"], r["n_eval"])]
+            frozen = [run for run in m["runs"] if frozen_curve(run["curve"], run["n_eval"])]
             if frozen:
-                notes.append(f"{task} {label}: seeds {frozen}: every eval gave the same metric "
-                             f"({m['runs'][0]['curve'][0]['metric']:.3f} on seed {m['runs'][0]['seed']}); its evals "
+                notes.append(f"{task} {label}: seeds {[run['seed'] for run in frozen]}: every eval gave the same "
+                             f"metric ({frozen[0]['curve'][0]['metric']:.3f} on seed {frozen[0]['seed']}); its evals "
                              "never saw the weights change: a broken run, not a result")
             if m["stopped_under_other_target"]:
                 notes.append(f"{task} {label}: seeds {m['stopped_under_other_target']} stopped early under an "
