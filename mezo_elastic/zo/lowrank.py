@@ -17,20 +17,21 @@ What differs from MeZO's machinery, and why this is a module of its own:
   sweep does not apply: every point is written as weights = cast(master + eps P u_i) in torch ops
   (the fp32 master copy is always kept: a point never moves the master, so there is no drift to undo);
 - the step is nonlinear in the g_i (NS5), so the step log's (seeds, grads, lr) replays through this
-  module (`replay`), not as a sum of seeded z. For replay to give the live run's weights on any device,
-  every number the step depends on is device-independent: u_i, z_i and P's Gaussian come from this
-  package's Philox generator (perturb.z_range: the same bits on CPU and GPU), the subspace gradient is an
-  elementwise float64 sum, P's QR and NS5 run in float64 on the CPU (r x n, small), and P NS5(.) is a
-  float64 product rounded once to float32. (A float64 result that falls within 1e-16 of a float32 rounding boundary could still
-  round differently on another device: possible, not seen.)
+  module (`replay`), not as a sum of seeded z. Devices agree to the last bit almost always: u_i, z_i and
+  P's Gaussian come from this package's Philox generator (perturb.z_range: the same bits on CPU and GPU),
+  P's QR runs in float64 on the CPU, the subspace gradient is an elementwise float64 sum in the seeds'
+  order (the same bits anywhere), NS5 and P NS5(.) run in float64 on the weights' device, and the new
+  master is rounded once to float32. Two devices' float64 matmuls differ by ~1e-15 relative; that moves the
+  float32 result only where the exact value lies that close to a rounding boundary: about 1e-12 per element
+  and step (a few 1-ulp differences in a long 8B run's CPU export; none expected at 135M). A resume on the
+  device that made the run is bit-exact.
 - only whole HF parameters with their 2-D shape (the hf backend without LoRA): the SGLang backend's
   fused and sharded tensors are refused in one line by the config.
 Memory: P (m x r, float32 and float64 copies) per matrix on top of the master copy: m r 12 bytes a matrix
 (SmolLM2-135M at r = 64: about 160 MB, 38 MB of it the 49152 x 576 embedding's).
 Cost: the update regenerates every u_i (r x n a matrix; ~30 M values a step at 135M with r = 64 and N = 4)
-on the weights' device, sums g_i u_i there in float64 (elementwise, in the seeds' order: the same bits as on
-the CPU) and copies the r x n result to the CPU for NS5 (about 60 MB a step at 135M). Not yet measured on a
-GPU.
+and runs NS5 (~20 r^2 n flops a matrix, 12 GFLOP at 135M) and P NS5(.) in float64 on the weights' device:
+milliseconds on a GPU's float64 units, seconds on a CPU. Not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class LowRankOptimizer:
                 g = sum(gi * self._u(s, seg, dev).double() for s, gi in zip(rec.seeds, rec.grads)) / n
                 if len(seg.shape) == 2:
                     p64 = self._p[seg.name][0]
-                    step = (p64 @ newton_schulz5(g.cpu()).to(dev)).view(-1)  # NS5's matmuls on the CPU
+                    step = (p64 @ newton_schulz5(g)).view(-1)
                     lr = rec.lr
                 else:
                     step, lr = g, self.cfg.zo_muon_vector_lr

@@ -1,7 +1,7 @@
 """mezo.estimator=zo_muon on a GPU (hf backend, the built-in model): it learns, a stopped run resumes to the very
-same weights, and the step log exported by replay on the CPU gives the GPU run's weights (zo/lowrank.py keeps
-every number of the step device-independent: Philox u and z, float64 QR and Newton-Schulz on the CPU, one
-float64 product rounded to float32). Run: `python -m pytest -m gpu -s tests/gpu/test_zo_muon_gpu.py`."""
+same weights, and the step log exported by replay on the CPU gives the GPU run's weights (zo/lowrank.py: Philox
+u and z, an elementwise float64 sum, float64 Newton-Schulz and product rounded once to float32; two devices'
+float64 matmuls could move a float32 rounding about once in 1e12 element-steps). Run: `python -m pytest -m gpu -s tests/gpu/test_zo_muon_gpu.py`."""
 
 from __future__ import annotations
 
