@@ -253,3 +253,18 @@ def z_values(seed: int, name: str, start: int, count: int, dist: str, device: to
     if slots:
         fill_z(ranges, dist, out, _Scratch(device), use_native)
     return out[start % 4 : start % 4 + count]
+
+
+def z_many(pieces: list[tuple[int, str, int]], dist: str, device: torch.device | str) -> list[torch.Tensor]:
+    """z of elements [0, count) of each (seed, name, count) in one generation (one set of kernels on a GPU
+    however many pieces): each equals z_values(seed, name, 0, count, dist, device, None) bit for bit."""
+    device = torch.device(device)
+    slots = [(count + 3) // 4 for _, _, count in pieces]
+    offsets = [sum(slots[:i]) for i in range(len(slots))]
+    keys = [philox_key(seed, name) for seed, name, _ in pieces]
+    ranges = torch.tensor([[0] * len(pieces), slots, [k[0] for k in keys], [k[1] for k in keys], offsets],
+                          dtype=torch.int64)
+    out = torch.empty(4 * sum(slots), dtype=torch.float32, device=device)
+    if pieces:
+        fill_z(ranges, dist, out, _Scratch(device), device.type == "cpu" and native.library() is not None)
+    return [out[4 * o : 4 * o + count] for (_, _, count), o in zip(pieces, offsets)]

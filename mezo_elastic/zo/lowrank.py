@@ -41,6 +41,7 @@ import contextlib
 import torch
 
 from mezo_elastic.config import MezoConfig
+from mezo_elastic.zo import cpu_sweep
 from mezo_elastic.zo.optimizer import StepRecord
 from mezo_elastic.zo.perturb import ParamSegment, step_seed, z_range
 
@@ -104,14 +105,21 @@ class LowRankOptimizer:
             self._p[seg.name] = (p64, p64.float())
         self._epoch = epoch
 
-    def _u(self, seed: int, seg: ParamSegment, device) -> torch.Tensor:
-        """u (r x n float32) of a matrix, or z (numel) of a vector, for sample `seed`, from the run's
-        mezo.distribution (the authors' Gaussian by default; P's draw is always Gaussian)."""
-        dist = self.cfg.distribution
-        if len(seg.shape) == 2:
-            r, n = self._p[seg.name][0].shape[1], seg.shape[1]
-            return z_range(seed, f"{seg.name}|u", 0, r * n, device, dist).view(r, n)
-        return z_range(seed, seg.name, 0, seg.tensor.numel(), device, dist)
+    def _draw(self, seed: int) -> dict[str, torch.Tensor]:
+        """Sample `seed`'s u (r x n float32) of every matrix and z (numel) of every vector, from the run's
+        mezo.distribution (the authors' Gaussian by default; P's draw is always Gaussian), in one Philox
+        generation for all segments (one set of kernels on a GPU, not one per tensor). Each is bit for bit
+        z_range(seed, name, 0, count) with name "<param>|u" for a matrix, "<param>" for a vector."""
+        pieces = []  # (segment, key name, count, shape)
+        for seg in self.segments:
+            if len(seg.shape) == 2:
+                r, n = self._p[seg.name][0].shape[1], seg.shape[1]
+                pieces.append((seg, f"{seg.name}|u", r * n, (r, n)))
+            else:
+                pieces.append((seg, seg.name, seg.tensor.numel(), (seg.tensor.numel(),)))
+        zs = cpu_sweep.z_many([(seed, name, c) for _, name, c, _ in pieces], self.cfg.distribution,
+                              self.segments[0].tensor.device)
+        return {seg.name: z.view(shape) for (seg, _, _, shape), z in zip(pieces, zs)}
 
     # -- points ---------------------------------------------------------------------------------------
 
@@ -125,8 +133,9 @@ class LowRankOptimizer:
         if self.offset == (seed, scale):
             return
         eps = scale * self.cfg.eps
+        drawn = self._draw(seed)
         for seg in self.segments:
-            u = self._u(seed, seg, seg.tensor.device)
+            u = drawn[seg.name]
             d = (self._p[seg.name][1] @ u).view(-1) if len(seg.shape) == 2 else u
             seg.tensor.copy_(seg.master + eps * d)
         self.offset = (seed, scale)
@@ -152,21 +161,34 @@ class LowRankOptimizer:
         if not rec.skipped:
             self._subspace(rec.step)
             n = len(rec.seeds)
+            draws = [self._draw(s) for s in rec.seeds]
+            # mean g u in float64, elementwise in the seeds' order: the same bits on any device
+            mean = {seg.name: sum(gi * d[seg.name].double() for gi, d in zip(rec.grads, draws)) / n
+                    for seg in self.segments}
+            ortho = self._ns5_by_shape({s.name: mean[s.name] for s in self._matrices()})
             for seg in self.segments:
-                dev = seg.master.device
-                # mean g u in float64, elementwise in a fixed order: the same bits on any device
-                g = sum(gi * self._u(s, seg, dev).double() for s, gi in zip(rec.seeds, rec.grads)) / n
                 if len(seg.shape) == 2:
-                    p64 = self._p[seg.name][0]
-                    step = (p64 @ newton_schulz5(g)).view(-1)
-                    lr = rec.lr
+                    step, lr = (self._p[seg.name][0] @ ortho[seg.name]).view(-1), rec.lr
                 else:
-                    step, lr = g, self.cfg.zo_muon_vector_lr
+                    step, lr = mean[seg.name], self.cfg.zo_muon_vector_lr
                 if seg.decay and rec.weight_decay:
                     step = step + rec.weight_decay * seg.master.double()
                 seg.master.copy_((seg.master.double() - lr * step).float())
         self.offset = (None, 0.0)  # the weights show a point of the step, not the new theta
         self.clean()
+
+    @staticmethod
+    def _ns5_by_shape(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """NS5 of every matrix's subspace gradient, the ones of one shape stacked into one batched call
+        (a few dozen kernels a step on a GPU instead of a few thousand); live and replay both come here."""
+        groups: dict[tuple, list[str]] = {}
+        for name, g in grads.items():
+            groups.setdefault(tuple(g.shape), []).append(name)
+        out = {}
+        for names in groups.values():
+            for name, x in zip(names, newton_schulz5(torch.stack([grads[k] for k in names]))):
+                out[name] = x
+        return out
 
     def replay(self, rec: StepRecord) -> None:
         """A logged step without forwards: the same update, bit for bit."""
