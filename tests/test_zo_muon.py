@@ -124,13 +124,14 @@ def test_one_generation_for_all_tensors_is_z_range_bit_for_bit(dist):
     from mezo_elastic.zo.cpu_sweep import z_many
 
     pieces = [(11, "a|u", 13), (11, "b", 1), (12, "c", 64), (11, "d|u", 7)]
-    got = z_many(pieces, dist, "cpu")
+    buf, got = z_many(pieces, dist, "cpu")
+    assert all(g.data_ptr() == buf.data_ptr() + 4 * g.storage_offset() for g in got)  # views of the one buffer
     for native_ok in (None, False):  # the compiled Philox where it loads, and torch's ops: the same bits
         want = [z_range(s, n, 0, c, "cpu", dist, native_ok=native_ok) for s, n, c in pieces]
         assert all(torch.equal(g, w) for g, w in zip(got, want))
     w, b, segs = _model()
     opt = LowRankOptimizer(segs, MezoConfig(estimator="zo_muon", zo_muon_rank=2, distribution=dist), run_seed=1)
     opt.at_step(0)
-    drawn = opt._draw(5)
+    _, drawn = opt._draw(5)
     assert torch.equal(drawn["w"], z_range(5, "w|u", 0, 12, "cpu", dist).view(2, 6))
     assert torch.equal(drawn["b"], z_range(5, "b", 0, 6, "cpu", dist))

@@ -255,9 +255,12 @@ def z_values(seed: int, name: str, start: int, count: int, dist: str, device: to
     return out[start % 4 : start % 4 + count]
 
 
-def z_many(pieces: list[tuple[int, str, int]], dist: str, device: torch.device | str) -> list[torch.Tensor]:
+def z_many(pieces: list[tuple[int, str, int]], dist: str,
+           device: torch.device | str) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """z of elements [0, count) of each (seed, name, count) in one generation (one set of kernels on a GPU
-    however many pieces): each equals z_values(seed, name, 0, count, dist, device, None) bit for bit."""
+    however many pieces): (the buffer, each piece's view of it, starting at a multiple of 4 elements; the
+    gaps between pieces hold z of the padding). Each view equals z_values(seed, name, 0, count, dist, device,
+    None) bit for bit."""
     device = torch.device(device)
     slots = [(count + 3) // 4 for _, _, count in pieces]
     offsets = [sum(slots[:i]) for i in range(len(slots))]
@@ -267,4 +270,4 @@ def z_many(pieces: list[tuple[int, str, int]], dist: str, device: torch.device |
     out = torch.empty(4 * sum(slots), dtype=torch.float32, device=device)
     if pieces:
         fill_z(ranges, dist, out, _Scratch(device), device.type == "cpu" and native.library() is not None)
-    return [out[4 * o : 4 * o + count] for (_, _, count), o in zip(pieces, offsets)]
+    return out, [out[4 * o : 4 * o + count] for (_, _, count), o in zip(pieces, offsets)]

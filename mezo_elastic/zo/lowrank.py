@@ -105,11 +105,12 @@ class LowRankOptimizer:
             self._p[seg.name] = (p64, p64.float())
         self._epoch = epoch
 
-    def _draw(self, seed: int) -> dict[str, torch.Tensor]:
+    def _draw(self, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sample `seed`'s u (r x n float32) of every matrix and z (numel) of every vector, from the run's
         mezo.distribution (the authors' Gaussian by default; P's draw is always Gaussian), in one Philox
         generation for all segments (one set of kernels on a GPU, not one per tensor). Each is bit for bit
-        z_range(seed, name, 0, count) with name "<param>|u" for a matrix, "<param>" for a vector."""
+        z_range(seed, name, 0, count) with name "<param>|u" for a matrix, "<param>" for a vector.
+        Returns (the one buffer, name -> its view)."""
         pieces = []  # (segment, key name, count, shape)
         for seg in self.segments:
             if len(seg.shape) == 2:
@@ -117,9 +118,9 @@ class LowRankOptimizer:
                 pieces.append((seg, f"{seg.name}|u", r * n, (r, n)))
             else:
                 pieces.append((seg, seg.name, seg.tensor.numel(), (seg.tensor.numel(),)))
-        zs = cpu_sweep.z_many([(seed, name, c) for _, name, c, _ in pieces], self.cfg.distribution,
-                              self.segments[0].tensor.device)
-        return {seg.name: z.view(shape) for (seg, _, _, shape), z in zip(pieces, zs)}
+        buf, zs = cpu_sweep.z_many([(seed, name, c) for _, name, c, _ in pieces], self.cfg.distribution,
+                                   self.segments[0].tensor.device)
+        return buf, {seg.name: z.view(shape) for (seg, _, _, shape), z in zip(pieces, zs)}
 
     # -- points ---------------------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class LowRankOptimizer:
         if self.offset == (seed, scale):
             return
         eps = scale * self.cfg.eps
-        drawn = self._draw(seed)
+        _, drawn = self._draw(seed)
         for seg in self.segments:
             u = drawn[seg.name]
             d = (self._p[seg.name][1] @ u).view(-1) if len(seg.shape) == 2 else u
@@ -161,10 +162,11 @@ class LowRankOptimizer:
         if not rec.skipped:
             self._subspace(rec.step)
             n = len(rec.seeds)
+            # mean g u in float64 over the samples' whole draws (one buffer each: a few ops, not a few per
+            # tensor), elementwise in the seeds' order: the same bits on any device
             draws = [self._draw(s) for s in rec.seeds]
-            # mean g u in float64, elementwise in the seeds' order: the same bits on any device
-            mean = {seg.name: sum(gi * d[seg.name].double() for gi, d in zip(rec.grads, draws)) / n
-                    for seg in self.segments}
+            flat = sum(gi * buf.double() for gi, (buf, _) in zip(rec.grads, draws)) / n
+            mean = {name: flat[z.storage_offset():][: z.numel()].view(z.shape) for name, z in draws[0][1].items()}
             ortho = self._ns5_by_shape({s.name: mean[s.name] for s in self._matrices()})
             for seg in self.segments:
                 if len(seg.shape) == 2:
