@@ -157,7 +157,7 @@ class Trainer:
 
     def _needs_clean_after(self, steps_done: int) -> bool:
         c = self.cfg
-        return (not c.mezo.fold_next_perturbation or c.mezo.estimator == "zo_muon" or steps_done == c.train.steps
+        return (not c.mezo.fold_next_perturbation or not self.opt.folds_next or steps_done == c.train.steps
                 or (c.checkpoint.every and steps_done % c.checkpoint.every == 0)
                 or (c.train.eval_every and steps_done % c.train.eval_every == 0))
 

@@ -75,6 +75,7 @@ class LowRankOptimizer:
     (perturb, clean, clean_weights, update, replay, load_master, master_state)."""
 
     master = True
+    folds_next = False  # a step starts from theta: update() never shows the next step's first point
 
     def __init__(self, segments: list[ParamSegment], cfg: MezoConfig, run_seed: int) -> None:
         self.segments, self.cfg, self.run_seed = segments, cfg, run_seed
@@ -142,11 +143,14 @@ class LowRankOptimizer:
         self.offset = (seed, scale)
 
     def clean(self) -> None:
-        """Show theta (the master cast to the model dtype)."""
+        """Show theta (the master cast to the model dtype); nothing to do if shown already."""
         if self.offset is not None:
-            for seg in self.segments:
-                seg.tensor.copy_(seg.master)
-            self.offset = None
+            self._show_theta()
+
+    def _show_theta(self) -> None:
+        for seg in self.segments:
+            seg.tensor.copy_(seg.master)
+        self.offset = None
 
     @contextlib.contextmanager
     def clean_weights(self):
@@ -176,8 +180,7 @@ class LowRankOptimizer:
                 if seg.decay and rec.weight_decay:
                     step = step + rec.weight_decay * seg.master.double()
                 seg.master.copy_((seg.master.double() - lr * step).float())
-        self.offset = (None, 0.0)  # the weights show a point of the step, not the new theta
-        self.clean()
+        self._show_theta()  # the weights showed a point of the step (or the old theta)
 
     @staticmethod
     def _ns5_by_shape(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -200,8 +203,7 @@ class LowRankOptimizer:
         """Masters (and weights) from HF-named tensors (a checkpoint)."""
         for seg in self.segments:
             seg.master.copy_(state[seg.name].reshape(-1).to(torch.float32))
-            seg.tensor.copy_(seg.master)
-        self.offset = None
+        self._show_theta()
 
     def master_state(self) -> list[tuple[ParamSegment, torch.Tensor]]:
         """(segment, exact fp32 theta) pairs."""

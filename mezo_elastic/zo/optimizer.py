@@ -99,6 +99,7 @@ class MezoOptimizer:
     def __init__(self, segments: list[ParamSegment], cfg: MezoConfig, master_weights: bool) -> None:
         self.segments, self.cfg = segments, cfg
         self.master = master_weights
+        self.folds_next = True  # update() can show the next step's first point in the same sweep
         if master_weights:
             for seg in segments:
                 seg.master = seg.tensor.detach().to(torch.float32, copy=True)
