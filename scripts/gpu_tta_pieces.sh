@@ -21,6 +21,10 @@ RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--method
 python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" -s \
   -p no:cacheprovider > $OUT/test_rebound.log 2>&1
 tail -3 $OUT/test_rebound.log
+# The eval lines' memory keys (gpu_peak_gib, master_gib) on the sglang backend.
+python3 -m pytest "tests/gpu/test_real_model_gpu.py::test_builtin_default_trains_on_sglang" -m gpu -q -s \
+  -p no:cacheprovider > $OUT/test_memory_keys.log 2>&1
+tail -3 $OUT/test_memory_keys.log
 tta $RW --methods reference --seeds 0,1,2
 tta $RW $O --estimators spsa --seeds 0,1,2
 tta $RC --methods reference --seeds 0
