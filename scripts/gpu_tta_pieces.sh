@@ -18,6 +18,10 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on seed 0.
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
+tta $RW --methods reference --seeds 0,1,2
+tta $RW $O --estimators spsa --seeds 0,1,2
+# The GPU tests of the last GPU-side changes (the rebound graphs, zo_muon on CUDA, the memory keys): after
+# the reward verdict, which a session's device time only just fits.
 python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" -s \
   -p no:cacheprovider > $OUT/test_rebound.log 2>&1
 tail -3 $OUT/test_rebound.log
@@ -25,8 +29,6 @@ tail -3 $OUT/test_rebound.log
 python3 -m pytest "tests/gpu/test_real_model_gpu.py::test_builtin_default_trains_on_sglang" -m gpu -q -s \
   -p no:cacheprovider > $OUT/test_memory_keys.log 2>&1
 tail -3 $OUT/test_memory_keys.log
-tta $RW --methods reference --seeds 0,1,2
-tta $RW $O --estimators spsa --seeds 0,1,2
 tta $RC --methods reference --seeds 0
 tta $RC $O --estimators spsa --seeds 0
 tta $RC --methods reference --seeds 1,2
