@@ -132,6 +132,9 @@ def summarise(curves: list[list[dict]], tgt: dict, rule: Rule, ref_seconds: floa
         "steps": spread([h["step"] for h in hits]),
         "final_smoothed": statistics.median(final_smoothed(c, rule.window) for c in curves),
         "metric_at_ref_seconds": statistics.median(metric_at_seconds(c, ref_seconds, rule.window) for c in curves),
+        # Runs whose training ended before the reference's wall-clock (a --budget below the reference's seconds):
+        # their "metric at the reference's wall-clock" is their last smoothed metric, a lower bound if it still rose.
+        "ended_before_ref_seconds": sum(c[-1]["seconds"] < ref_seconds - TOL for c in curves),
         "hits": hits,
     }
 
