@@ -2,7 +2,14 @@
 # Issue 28's GPU sequence on the real model (SmolLM2-135M at /tmp/m/model.gguf, moved as
 # shared/notes/gpu-real-model.md says), in the order that gives a verdict soonest (see below). Longer than
 # one device call, so it runs detached and each piece leaves its results as it ends:
-#   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh'   then   scripts/gpu_detached.sh wait 540
+#   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
+# Stages (default: verdict tests cls estimators, in that order):
+#   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100)
+#   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys; ~3 min)
+#   cls          the classification task's reference and ours (spsa): seed 0, then seeds 1, 2 (~10 min)
+#   estimators   gv at 0.5x, fzoo, zo_muon on seed 0 of both tasks (forwards to target compare across machines)
+#   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
+#                session short of time compares estimators by forwards without rerunning it
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
 # piece, $OUT/test_rebound.log the GPU tests of the rebound graphs and zo_muon. Wheels installed in /tmp/site
 # first (scripts/gpu_suite.sh).
@@ -16,33 +23,47 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # evals had read stale graphs (fixed: runners/graph_scorer.py). Timings compare within one machine, so each
 # task's seeds all run here, the reward task first (its verdict), then classification, then the estimators.
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
-# ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on seed 0.
+# ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-# The reward verdict: the reference and ours seed by seed (a session cut short still leaves whole pairs). Ours at
-# --budget 2 (up to 2x the reference's forwards, not 3x): the six runs then fit what is left of a session's device
-# time after the machine's start; seed 0 of 2026-12-06 reached the target in 0.7x. The target is recomputed from
-# all reference seeds at report time (ours run their whole budget: they end before the reference's wall-clock).
-for s in 0 1 2; do
-  tta $RW --methods reference --seeds $s
-  tta $RW --methods ours --budget 2 --estimators spsa --seeds $s
+for stage in ${*:-verdict tests cls estimators}; do
+  echo "== $(date -u +%H:%M:%S) stage $stage"
+  case $stage in
+    verdict)
+      # Reference then ours, seed by seed (a session cut short still leaves whole pairs). Ours at --budget 2 (up to
+      # 2x the reference's forwards, not 3x): the six runs then fit what is left of a session's device time after
+      # the machine's start; seed 0 of 2026-12-06 reached the target in 0.7x. The target is recomputed from all
+      # reference seeds at report time (ours run their whole budget: they end before the reference's wall-clock).
+      for s in 0 1 2; do
+        tta $RW --methods reference --seeds $s
+        tta $RW --methods ours --budget 2 --estimators spsa --seeds $s
+      done ;;
+    tests)
+      python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" \
+        -s -p no:cacheprovider > $OUT/test_rebound.log 2>&1
+      tail -3 $OUT/test_rebound.log
+      # The eval lines' memory keys (gpu_peak_gib, master_gib) on the sglang backend.
+      python3 -m pytest "tests/gpu/test_real_model_gpu.py::test_builtin_default_trains_on_sglang" -m gpu -q -s \
+        -p no:cacheprovider > $OUT/test_memory_keys.log 2>&1
+      tail -3 $OUT/test_memory_keys.log ;;
+    cls)
+      tta $RC --methods reference --seeds 0
+      tta $RC $O --estimators spsa --seeds 0
+      tta $RC --methods reference --seeds 1,2
+      tta $RC $O --estimators spsa --seeds 1,2 ;;
+    estimators)
+      # Seed 0 of each; cls needs its reference's seed 0 (run here if OUT lacks it). ZO-Muon runs on the hf backend,
+      # whose reward step (generation) is ~3 steps/s: one lr and the reference's forwards there.
+      tta $RC --methods reference --seeds 0
+      tta $RW $O --estimators gv --gv-lr-scales 0.5 --seeds 0
+      tta $RC $O --estimators gv --gv-lr-scales 0.5 --seeds 0
+      tta $RC $O --estimators fzoo --seeds 0
+      tta $RW $O --estimators fzoo --seeds 0
+      tta $RC $O --estimators zo_muon --seeds 0
+      tta $RW $O --estimators zo_muon --lr-zo-muon 1e-3 --budget 1 --seeds 0 ;;
+    seed-reward-ref)
+      mkdir -p /tmp/tta/runs/reward
+      cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
+    *) echo "unknown stage $stage (verdict tests cls estimators seed-reward-ref)"; exit 2 ;;
+  esac
 done
-# The GPU tests of the last GPU-side changes (the rebound graphs, zo_muon on CUDA, the memory keys): after
-# the reward verdict, which a session's device time only just fits.
-python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" -s \
-  -p no:cacheprovider > $OUT/test_rebound.log 2>&1
-tail -3 $OUT/test_rebound.log
-# The eval lines' memory keys (gpu_peak_gib, master_gib) on the sglang backend.
-python3 -m pytest "tests/gpu/test_real_model_gpu.py::test_builtin_default_trains_on_sglang" -m gpu -q -s \
-  -p no:cacheprovider > $OUT/test_memory_keys.log 2>&1
-tail -3 $OUT/test_memory_keys.log
-tta $RC --methods reference --seeds 0
-tta $RC $O --estimators spsa --seeds 0
-tta $RC --methods reference --seeds 1,2
-tta $RC $O --estimators spsa --seeds 1,2
-tta $RW $O --estimators gv --gv-lr-scales 0.5 --seeds 0
-tta $RC $O --estimators gv --gv-lr-scales 0.5 --seeds 0
-tta $RW $O --estimators zo_muon --seeds 0
-tta $RC $O --estimators zo_muon --seeds 0
-tta $RW $O --estimators fzoo --seeds 0
-tta $RC $O --estimators fzoo --seeds 0
 echo plan done
