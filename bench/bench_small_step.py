@@ -81,9 +81,12 @@ def ours(model: str, tasks: dict, backend: str, fields: dict, steps: int, out: P
     if res.returncode != 0:
         return {"error": res.stderr[-2000:]}
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [m for m in lines if m["type"] == "train"][2:]
+    train = [m for m in lines if m["type"] == "train"]
+    # start-up: the process's start to its first train line (imports, model load, engine and graph capture)
+    start_s = round(train[0]["time"] - t0, 1) if train else None
+    train = train[2:]
     rates = [(b["step"] - a["step"]) / (b["time"] - a["time"]) for a, b in zip(train, train[1:]) if b["time"] > a["time"]]
-    return {"steps_per_s": statistics.median(rates), "wall_s": round(time.time() - t0, 1)}
+    return {"steps_per_s": statistics.median(rates), "start_s": start_s, "wall_s": round(time.time() - t0, 1)}
 
 
 def reference(model: str, tasks: dict, steps: int, task: str) -> dict:
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--only", default="ours,reference,busy")
     p.add_argument("--task", default="cls", choices=sorted(VARIANTS), help="cls (scoring) or reward (generation)")
+    p.add_argument("--backends", default="sglang,hf", help="ours: the backends whose variants run")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     only = a.only.split(",")
     res["task"] = a.task
     if "ours" in only:
-        for label, backend, fields in VARIANTS[a.task]:
+        for label, backend, fields in [v for v in VARIANTS[a.task] if v[1] in a.backends.split(",")]:
             res[f"ours {label}"] = r = ours(model, tasks, backend, fields, a.steps, out / f"run-{len(res)}", a.task)
             print(label, r, flush=True)
     if "reference" in only:
@@ -204,12 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     (out / f"small_step_{a.task}.json").write_text(json.dumps(res, indent=1))
     ref = res.get("reference MeZO", {}).get("steps_per_s")
     print(f"\n{res['card']}; {res['date']}; torch {res['torch']}; {res['model']}; task {a.task}, batch 16, bf16\n")
-    print("| method | steps/s | x reference |\n|---|---:|---:|")
+    print("| method | steps/s | x reference | start-up s |\n|---|---:|---:|---:|")
     for k, v in res.items():
         if isinstance(v, dict) and "steps_per_s" in v:
-            print(f"| {k} | {v['steps_per_s']:.1f} | {v['steps_per_s'] / ref:.2f}x |" if ref else f"| {k} | {v['steps_per_s']:.1f} | |")
+            x = f"{v['steps_per_s'] / ref:.2f}x" if ref else ""
+            print(f"| {k} | {v['steps_per_s']:.1f} | {x} | {v.get('start_s', '')} |")
         elif isinstance(v, dict):
-            print(f"| {k} | {v} | |")
+            print(f"| {k} | {v} | | |")
 
 
 if __name__ == "__main__":

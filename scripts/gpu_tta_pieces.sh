@@ -6,6 +6,7 @@
 # Stages (default: verdict tests cls estimators, in that order):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100)
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys; ~3 min)
+#   prefill      SGLang's prefill graphs at our dozen token counts: their GPU tests, the reward step and start-up
 #   cls          the classification task's reference and ours (spsa): seed 0, then seeds 1, 2 (~10 min)
 #   estimators   gv at 0.5x, fzoo, zo_muon on seed 0 of both tasks (forwards to target compare across machines)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
@@ -45,6 +46,16 @@ for stage in ${*:-verdict tests cls estimators}; do
       python3 -m pytest "tests/gpu/test_real_model_gpu.py::test_builtin_default_trains_on_sglang" -m gpu -q -s \
         -p no:cacheprovider > $OUT/test_memory_keys.log 2>&1
       tail -3 $OUT/test_memory_keys.log ;;
+    prefill)
+      # SGLang's prefill graphs at prefill_graph_tokens' dozen counts (not its ~60): graph == eager, and the
+      # reward step with and without them, start-up included (bench_small_step's start-up s column).
+      for f in tests/gpu/test_sglang_prefill_graphs.py tests/gpu/test_sglang_prefill_graphs_generate.py; do
+        python3 -m pytest $f -m gpu -q -s -p no:cacheprovider > $OUT/$(basename $f .py).log 2>&1
+        tail -2 $OUT/$(basename $f .py).log
+      done
+      python3 bench/bench_small_step.py --model "$MEZO_REAL_GGUF" --out /tmp/mezo_step --task reward --steps 200 \
+        --only ours --backends sglang > $OUT/small_step_reward_prefill.log 2>&1
+      tail -6 $OUT/small_step_reward_prefill.log; cp /tmp/mezo_step/small_step_reward.json $OUT/ 2>/dev/null ;;
     cls)
       tta $RC --methods reference --seeds 0
       tta $RC $O --estimators spsa --seeds 0
@@ -63,7 +74,7 @@ for stage in ${*:-verdict tests cls estimators}; do
     seed-reward-ref)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
-    *) echo "unknown stage $stage (verdict tests cls estimators seed-reward-ref)"; exit 2 ;;
+    *) echo "unknown stage $stage (verdict tests prefill cls estimators seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done

@@ -235,3 +235,16 @@ def test_server_args_turn_on_only_the_graphs_each_objective_uses(monkeypatch):
     prefill = sg.create_mezo_server_args(ctx, cfg, "/m")
     assert prefill["disable_cuda_graph"] is False and prefill["disable_prefill_cuda_graph"] is False
     assert prefill["disable_decode_cuda_graph"] is True
+    # A dozen token counts up to a micro-batch's tokens, not SGLang's ~60 (its capture took ~40 s).
+    assert prefill["cuda_graph_bs_prefill"] == sg.prefill_graph_tokens(24, 128) and prefill["cuda_graph_max_bs_prefill"] == 24 * 128
+    assert "cuda_graph_bs_prefill" not in reward
+
+
+def test_prefill_graph_token_counts_cover_a_micro_batch_in_steps_of_at_most_2x():
+    from mezo_elastic.runners.sglang.runner import prefill_graph_tokens
+
+    assert prefill_graph_tokens(16, 128) == [64, 128, 192, 320, 512, 768, 1152, 1728, 2048]
+    for mb, ml in [(1, 8), (16, 128), (64, 128), (7, 333)]:
+        sizes = prefill_graph_tokens(mb, ml)
+        assert sizes[-1] == max(mb * ml, 64) and sizes == sorted(set(sizes))
+        assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:])) and len(sizes) <= 16

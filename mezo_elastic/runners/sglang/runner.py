@@ -57,7 +57,7 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
     custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). SGLang's CUDA
     graphs: none for the scoring objectives by default, since this package captures its own (graphs.py);
-    model.sglang_prefill_graphs turns SGLang's prefill graphs on; decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
+    model.sglang_prefill_graphs turns SGLang's prefill graphs on (at prefill_graph_tokens' counts); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
     to data.micro_batch (a smaller batch is padded to the next one); a replay reads the weights'
     storage, which every sweep updates in place.
     Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
@@ -81,6 +81,9 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     if generating or m.sglang_prefill_graphs:
         # Each phase's graphs only where they are asked for: decode for generation, prefill by the option.
         fields.update(disable_prefill_cuda_graph=not m.sglang_prefill_graphs, disable_decode_cuda_graph=not generating)
+    if m.sglang_prefill_graphs:
+        sizes = prefill_graph_tokens(cfg.data.micro_batch, cfg.data.max_length)
+        fields.update(cuda_graph_bs_prefill=sizes, cuda_graph_max_bs_prefill=sizes[-1])
     if cfg.peft.method == "lora":
         fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)
@@ -92,6 +95,21 @@ def decode_graph_sizes(micro_batch: int) -> list[int]:
     while sizes[-1] < micro_batch:
         sizes.append(sizes[-1] * 2)
     return sizes
+
+
+def prefill_graph_tokens(micro_batch: int, max_length: int) -> list[int]:
+    """Prefill token counts to capture: multiples of 64 about 1.5x apart, up to a full micro-batch's tokens.
+
+    SGLang's own list (4, 8, ... up to its chunked-prefill size: about 60 counts) took ~40 s to capture on the
+    real 135M model; a prefill pads to the next captured count, and at these sizes a prefill is launch-bound,
+    so coarser steps cost little. A prefill above the last count runs eagerly (same result).
+    """
+    top = max(micro_batch * max_length, 64)
+    sizes, n = [], 64
+    while n < top:
+        sizes.append(n)
+        n = -(-(n * 3 // 2) // 64) * 64
+    return sizes + [top]
 
 
 def _module_pieces(mod: torch.nn.Module, pname: str, full: str, p: torch.Tensor, rank: int | None = None) -> list[lay.Piece]:
