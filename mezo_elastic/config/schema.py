@@ -59,8 +59,9 @@ class ModelConfig:
         False, "sglang: run prefills (scoring EXTEND batches and the reward objective's generation prefill) through "
         "SGLang's prefill CUDA graphs (its breakable backend). Exact: graph == eager after sweeps (tests/gpu/"
         "test_sglang_prefill_graphs*.py, H100 2026-12-06); the reward step 1.5x faster (18.9 -> 28.3 steps/s on the "
-        "real 135M model). Off by default: the capture adds ~40 s to every start-up, more than it saves in a run of "
-        "a few hundred reward steps; turn it on for long reward runs"
+        "real 135M model). Captured at about a dozen token counts up to data.micro_batch x data.max_length "
+        "(runners/sglang/runner.py prefill_graph_tokens); SGLang's own ~60 counts took ~40 s to capture. Off by "
+        "default until the start-up cost of the dozen is measured on a GPU (scripts/gpu_tta_pieces.sh prefill)"
     )
     scoring_graphs: bool = opt(
         True, "CUDA: scoring forwards (lm, classification, evaluation) run fixed-shape batches (right-padded "
