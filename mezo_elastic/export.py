@@ -2,6 +2,7 @@
 
     python -m mezo_elastic.export --run runs/default --step 300 --out exported/
     python -m mezo_elastic.export --run runs/lora --out exported/ [--merge]    # a peft.method=lora run
+    python -m mezo_elastic.export --run runs/default --step best --out exported/   # the best eval's step
 
 A LoRA run exports its adapter (a peft adapter directory for the base model); with --merge, the base
 model with the adapter merged in, HF-loadable without peft.
@@ -77,6 +78,42 @@ def _check_gaps(run_dir: Path, gaps: list[tuple[int, int]], base: int, step: int
                 f"earlier, or a step at or after a checkpoint from step {hi} on (kept: "
                 f"{sorted(s for s, _ in checkpoint.checkpoint_dirs(run_dir)) or 'none'})"
             )
+
+
+# --step best picks by the first of these a run's eval lines carry: MeZO's dev set before the user's eval set
+# (select on dev, report on eval), the task's metric before accuracy, reward, then loss.
+BEST_KEYS = ("dev_f1", "dev_accuracy", "dev_reward", "dev_loss", "eval_f1", "eval_accuracy", "eval_reward", "eval_loss")
+
+
+def best_step(run_dir: Path, key: str = "") -> tuple[int, str, float]:
+    """(step, key, value) of the run's best eval in metrics.jsonl: the highest value of `key` (the lowest for a
+    `*_loss` key), the earliest step on ties; `key` empty = the first of BEST_KEYS the eval lines carry.
+
+    A long MeZO run can pass its best and fall back (a too-large lr late in training); every step is logged,
+    so the weights at the best eval can always be rebuilt.
+
+    Raises:
+        ConfigError: no eval line (with `key`) in the run's metrics.jsonl.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    evals: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by a crash mid-write: the rest are whole
+                continue
+            if rec.get("type") == "eval":
+                evals[rec["step"]] = rec  # a resumed run repeats an eval: the same weights, the last line wins
+    keys = sorted({k for rec in evals.values() for k in rec if k.startswith(("eval_", "dev_"))})
+    key = key or next((k for k in BEST_KEYS if k in keys), "")
+    scored = [(rec[key], step) for step, rec in sorted(evals.items()) if isinstance(rec.get(key), (int, float))]
+    if not scored:
+        found = f"its eval lines carry {', '.join(keys)}" if keys else "it has no eval lines (train.eval_every)"
+        raise ConfigError(f"--step best: {path} has no eval with {key or 'a metric'}; {found}")
+    sign = -1.0 if key.endswith("_loss") else 1.0
+    value, step = max(scored, key=lambda vs: (sign * vs[0], -vs[1]))
+    return step, key, value
 
 
 def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = False) -> int:
@@ -184,20 +221,37 @@ def _write_dir(out: Path, write, info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: --run OUTPUT_DIR [--step N] --out DIR [--merge]."""
+    """CLI: --run OUTPUT_DIR [--step N | --step best [--best-by KEY]] --out DIR [--merge]."""
     p = argparse.ArgumentParser(prog="python -m mezo_elastic.export", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="the run's train.output_dir")
-    p.add_argument("--step", type=int, default=None, help="weights after this many steps (default: all logged)")
+    p.add_argument("--step", default=None, help="weights after this many steps (default: all logged); best = the "
+                   "step of the best eval in metrics.jsonl")
+    p.add_argument("--best-by", default="", help="with --step best: the eval key to pick by (highest; lowest for "
+                   f"*_loss; default: the first present of {', '.join(BEST_KEYS)})")
     p.add_argument("--out", required=True, help="directory for the HF model (LoRA runs: the adapter)")
     p.add_argument("--merge", action="store_true", help="LoRA runs: write the base model with the adapter merged in")
     a = p.parse_args(argv)
     try:
-        step = export(Path(a.run), Path(a.out), a.step, a.merge)
+        step = _step_arg(a)
+        step = export(Path(a.run), Path(a.out), step, a.merge)
     except MezoError as e:
         print(f"mezo_elastic.export: error: {e}", file=sys.stderr)
         return 1
     print(f"exported step {step} of {a.run} to {a.out}")
     return 0
+
+
+def _step_arg(a: argparse.Namespace) -> int | None:
+    """--step as export() takes it: a number, None, or the best eval's step (printed with its metric)."""
+    if a.step is None or a.step.lstrip("-").isdigit():
+        if a.best_by:
+            raise ConfigError(f"--best-by {a.best_by} picks a step only with --step best")
+        return None if a.step is None else int(a.step)
+    if a.step != "best":
+        raise ConfigError(f"--step {a.step} is not allowed; give a number of steps done (>= 0) or best")
+    step, key, value = best_step(Path(a.run), a.best_by)
+    print(f"best eval: step {step}, {key}={value:.4f}")
+    return step
 
 
 if __name__ == "__main__":

@@ -141,6 +141,34 @@ def test_export_to_an_unwritable_place_is_one_line(tmp_path, finished_run):
             ro[1]()
 
 
+def test_export_best_step_is_the_best_evals_weights_and_bad_steps_are_one_line(tmp_path, tiny_inputs):
+    """--step best exports the weights of the step whose eval was best (here: of four), the same bytes as
+    --step N for that N; a wrong --step or --best-by is one line."""
+    from safetensors.torch import load_file
+
+    from mezo_elastic.export import best_step
+
+    run = tmp_path / "run"
+    train(run, *tiny_inputs, *FAST, "--train.steps=6", "--train.eval_every=2")
+    step, key, _ = best_step(run)
+    p = subprocess.run([*EXPORT, "--run", str(run), "--step", "best", "--out", str(tmp_path / "best")], env=env(),
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"best eval: step {step}, {key}=" in p.stdout and f"exported step {step} of" in p.stdout
+    p = subprocess.run([*EXPORT, "--run", str(run), "--step", str(step), "--out", str(tmp_path / "n")], env=env(),
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("best", "n"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    bad = {("--step", "soon"): "--step soon is not allowed",
+           ("--step", "best", "--best-by", "eval_f1"): "has no eval with eval_f1",
+           ("--step", "3", "--best-by", "eval_loss"): "picks a step only with --step best"}
+    procs = {k: _start([*EXPORT, "--run", str(run), *k, "--out", str(tmp_path / "x")]) for k in bad}
+    for k, p in procs.items():
+        _refused(p, bad[k], tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
 # -- items 7 and 10: the launcher variables ----------------------------------------------------------
 
 
