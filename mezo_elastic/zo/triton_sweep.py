@@ -369,7 +369,7 @@ def can_fuse(segments: list[ParamSegment], width: int = 4) -> bool:
                for s in segments)
 
 
-def _aligned(s: ParamSegment, width: int = 4) -> bool:
+def _aligned(s: ParamSegment, width: int) -> bool:
     """Offset a multiple of `width` (the segment starts on a counter), size a multiple of 4 and 16-byte
     pointers: the kernel may move 4 elements at once."""
     return (s.offset % width == 0 and s.tensor.numel() % 4 == 0 and s.tensor.data_ptr() % 16 == 0
@@ -377,7 +377,7 @@ def _aligned(s: ParamSegment, width: int = 4) -> bool:
 
 
 def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has_master: bool, aligned: bool,
-                dev: torch.device, width: int = 4) -> _Group:
+                dev: torch.device, width: int) -> _Group:
     """The block table of one group: a program per `_block(width)` counters of `width` elements."""
     block = _block(width)
     per = width * block
@@ -397,7 +397,7 @@ def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has
     return _Group(dt, has_master, aligned, width, block, int(sum(nblk)), blk_seg.to(dev), tables)
 
 
-def _packed(segments: list[ParamSegment], width: int = 4) -> _Packed:
+def _packed(segments: list[ParamSegment], width: int) -> _Packed:
     """The list's device tables for `width`-element counters, built once: per-sweep Python work must not
     grow with the number of segments (TP row shards give one segment per row, 10^5 of them)."""
     fp = _fingerprint(segments)
