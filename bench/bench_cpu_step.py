@@ -9,7 +9,7 @@ vocab, tied), random fp32 weights, batch 4 x 32 tokens (28 + 4). The reference i
 zo_step + zo_update as bench/bench_step.py reimplements it (torch.manual_seed per sweep, torch.normal
 per tensor, 4 sweeps, 2 forwards with the loss over full logits). Ours: the trainer's dp step (2
 sweeps: -2 eps z, then restore + update + next perturbation; the batch scored by HFRunner.score),
-gaussian and rademacher z. Sweep rows: one reference sweep (torch.normal per tensor) against one of
+gaussian, rademacher and rademacher32 z. Sweep rows: one reference sweep (torch.normal per tensor) against one of
 ours with 1 seed (perturb) and 2 seeds (restore + update + next). Medians of --reps, ms, the rows timed in turn
 (one of each per round) so a shared machine's load falls on all of them alike.
 Prints a Markdown table per shape; --out writes JSON.
@@ -43,7 +43,7 @@ from mezo_elastic.zo.perturb import SweepPlan, native_status, sweep  # noqa: E40
 LLAMA_110M = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=32000, hidden_size=768,
                   intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
                   tie_word_embeddings=True, max_position_embeddings=512)
-DISTS = ("gaussian", "rademacher")
+DISTS = ("gaussian", "rademacher", "rademacher32")
 
 
 def interleaved(jobs: dict[str, object], reps: int) -> dict[str, float]:

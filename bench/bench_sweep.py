@@ -12,7 +12,9 @@ variant. Variants: `default` is what training runs; `lanes` / `join` / `pick` ar
 same bits), `aligned` the vector-load path for aligned segments (kernels.ALIGN); the profiling modes (kernels._z4 MODE, never used for training) replace parts of the RNG:
 `no-rng` (z a cheap function of the counter: the memory + update floor), `philox only` (no
 Box-Muller), `fast log` (approximate lg2 instead of libdevice's log). `rademacher` is the training
-kernel with `--mezo.distribution=rademacher` (z = the sign bit of each lane's Philox word). Bytes counted per element:
+kernel with `--mezo.distribution=rademacher` (z = the sign bit of each lane's Philox word); `rademacher32` the packed
+kernel of `--mezo.distribution=rademacher32` (a sign per bit: one Philox call per 128 elements), `unaligned`
+with kernels.ALIGN off (every segment on its masked path). Bytes counted per element:
 read + write of the weight (4 B for bf16), with master weights read + write of the fp32 master plus
 the bf16 write (10 B). Prints a Markdown table; --out writes JSON.
 """
@@ -43,7 +45,8 @@ VARIANTS = [("default", None, 0, True), ("lanes", 0, 0, False), ("lanes aligned"
             ("pick", 2, 0, False), ("pick aligned", 2, 0, True),
             ("lanes no-rng", 0, 1, False), ("join aligned no-rng", 1, 1, True), ("pick aligned no-rng", 2, 1, True),
             ("pick aligned philox only", 2, 2, True), ("pick aligned fast log", 2, 3, True),
-            ("rademacher", None, 0, True), ("rademacher lanes", 0, 0, False)]  # --mezo.distribution=rademacher
+            ("rademacher", None, 0, True), ("rademacher lanes", 0, 0, False),  # --mezo.distribution=rademacher
+            ("rademacher32", None, 0, True), ("rademacher32 unaligned", None, 0, False)]  # =rademacher32
 PLANS = {1: SweepPlan(post=[(1, 1e-3)]), 2: SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])}
 PLANS_MASTER = {1: SweepPlan(post=[(1, 1e-3)]),
                 2: SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6)], show=[(2, 1e-3)])}
@@ -102,7 +105,7 @@ def main() -> None:
             plan = (PLANS_MASTER if master else PLANS)[seeds]
             for label, vec, mode, align in VARIANTS:
                 kernels.VEC, kernels.ALIGN = vec, align
-                p = dataclasses.replace(plan, dist="rademacher" if label.startswith("rademacher") else "gaussian")
+                p = dataclasses.replace(plan, dist=label.split()[0] if label.startswith("rademacher") else "gaussian")
                 run = lambda: kernels.fused_sweep(segs, p, _mode=mode)  # noqa: E731,B023
                 if args.once:
                     run()
@@ -119,7 +122,7 @@ def main() -> None:
     import triton
 
     print(f"\nsweep kernel, {args.shape} shape ({n / 1e9:.2f} B params, bf16) on {dev}; copy {copy:.2f} TB/s; "
-          f"torch {torch.__version__}, triton {triton.__version__}; BLOCK_C {kernels.BLOCK_C}, warps {kernels.NUM_WARPS}; "
+          f"torch {torch.__version__}, triton {triton.__version__}; BLOCK_C {kernels.BLOCK_C}, BLOCK_C32 {kernels.BLOCK_C32}, warps {kernels.NUM_WARPS}; "
           f"{time.strftime('%Y-%m-%d')}\n")
     print("| master | seeds | variant | ms | TB/s | % of copy |")
     print("|---|---:|---|---:|---:|---:|")

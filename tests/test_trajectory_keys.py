@@ -22,6 +22,7 @@ def _saved(argv: list[str]) -> tuple[dict, dict]:
     ("--data.max_length=16", "data.max_length: 63 -> 16"),
     ("--mezo.grad_clip=1.0", "mezo.grad_clip: 0.0 -> 1.0"),
     ("--mezo.master_weights=on", "mezo.master_weights: 'auto' -> 'on'"),  # fp32: auto is off
+    ("--mezo.distribution=rademacher32", "mezo.distribution: 'gaussian' -> 'rademacher32'"),
 ])
 def test_a_key_that_shapes_the_trajectory_is_named(flag, words):
     before, config = _saved([])

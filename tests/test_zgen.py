@@ -122,3 +122,85 @@ def test_fill_split_over_threads_gives_the_same_z():
             assert torch.equal(s.tensor, zref.z_range(4, s.name, s.offset, s.tensor.numel()))
     finally:
         torch.set_num_threads(old)
+
+
+# rademacher32: 128 elements a Philox counter, a sign per bit (perturb's docstring).
+RANGES32 = [(0, 1), (5, 133), (127, 129), (1000, 5000), (128, 256), (2**35 + 77, 2**35 + 300)]
+
+
+def _rademacher32_by_definition(seed: int, name: str, start: int, stop: int) -> torch.Tensor:
+    """The definition, element by element in Python, on the frozen Philox words of tests/zref.py."""
+    first = start // 128
+    words = torch.stack(zref.philox4x32(torch.arange(first, (stop + 127) // 128), *zref.philox_key(seed, name)), 1)
+    words = words.tolist()
+    out = []
+    for i in range(start, stop):
+        word = words[i // 128 - first][(i % 128) // 32]
+        out.append(-1.0 if (word >> (i % 32)) & 1 else 1.0)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("use_native", PATHS)
+@pytest.mark.parametrize("start,stop", RANGES32)
+def test_rademacher32_is_every_bit_of_each_word(use_native, start, stop):
+    """Partial counters at both ends (starts and ends anywhere in a counter's 128 elements)."""
+    z = z_range(17, "model.layers.0.mlp.up_proj.weight", start, stop - start, dist="rademacher32",
+                native_ok=use_native)
+    assert torch.equal(z, _rademacher32_by_definition(17, "model.layers.0.mlp.up_proj.weight", start, stop))
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no compiled path")
+def test_rademacher32_compiled_equals_torch_ops_and_is_balanced():
+    for start, stop in RANGES32:
+        a = z_range(5, "w", start, stop - start, dist="rademacher32", native_ok=True)
+        assert torch.equal(a, z_range(5, "w", start, stop - start, dist="rademacher32", native_ok=False))
+    big = z_range(5, "w", 3, 1 << 16, dist="rademacher32", native_ok=True)
+    assert torch.equal(big, z_range(5, "w", 3, 1 << 16, dist="rademacher32", native_ok=False))
+    assert set(big.unique().tolist()) == {-1.0, 1.0} and abs(big.mean().item()) < 0.02  # 2**16 signs: 4 sigma = 0.016
+    assert not torch.equal(big, z_range(5, "w", 3, 1 << 16, dist="rademacher"))  # other z than rademacher's
+
+
+@pytest.mark.parametrize("use_native", PATHS)
+def test_rademacher32_chunked_equals_whole(use_native):
+    """z of [start, stop) cut anywhere (mid-counter, mid-word, on boundaries) is the whole range's z."""
+    whole = z_range(8, "w", 61, 1000, dist="rademacher32", native_ok=use_native)
+    for cuts in ([61, 62, 189, 190, 256, 1061], [61, 64, 128, 300, 557, 1061], [61, 1060, 1061]):
+        parts = [z_range(8, "w", a, b - a, dist="rademacher32", native_ok=use_native) for a, b in zip(cuts, cuts[1:])]
+        assert torch.equal(torch.cat(parts), whole)
+
+
+@pytest.mark.parametrize("use_native", PATHS)
+@pytest.mark.parametrize("dtype,master", [(torch.float32, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("chunk", [1 << 20, 37])
+def test_rademacher32_sweep_is_the_per_tensor_sweep(use_native, dtype, master, chunk, monkeypatch):
+    """The batched sweep on 128-element counters (pieces padded to whole counters, batches of at least
+    256 elements when chunk_elems is smaller) against the frozen per-tensor sweep fed rademacher32 z."""
+    from mezo_elastic.zo import cpu_sweep
+
+    monkeypatch.setattr(cpu_sweep.native, "library", (lambda: native._STATE.get("lib")) if use_native else lambda: None)
+    monkeypatch.setattr(zref, "z_range", lambda seed, name, start, count, device="cpu":
+                        z_range(seed, name, start, count, device, dist="rademacher32", native_ok=False))
+    terms = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3)], decay=1e-2, show=[(13, 1e-3)] if master else [])
+    sizes = (1, 3, 4, 5, 127, 129, 1000, 4097, 3, 20_001) if chunk > 37 else (1, 3, 4, 5, 127, 129, 1000, 3, 411)
+    a, b = _segments(dtype, master, False, sizes), _segments(dtype, master, True, sizes)
+    sweep(a, SweepPlan(**terms, dist="rademacher32"), chunk_elems=chunk)
+    zref.sweep(b, zref.SweepPlan(**terms))  # per tensor: its own chunking changes no bit
+    for sa, sb in zip(a, b):
+        assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} n={sa.tensor.numel()}"
+        if master:
+            assert torch.equal(sa.master, sb.master)
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no compiled path")
+def test_rademacher32_fill_split_over_threads_gives_the_same_z():
+    """Past native.MIN_PARALLEL elements (1024 counters of 128) the fill is cut over threads."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        segs = [ParamSegment(torch.zeros(n), f"t{i}", offset=i * 45) for i, n in enumerate((150_001, 70_003, 7))]
+        sweep(segs, SweepPlan(post=[(4, 1.0)], dist="rademacher32"), chunk_elems=1 << 20)
+        for s in segs:
+            assert torch.equal(s.tensor, z_range(4, s.name, s.offset, s.tensor.numel(), dist="rademacher32",
+                                                 native_ok=False))
+    finally:
+        torch.set_num_threads(old)

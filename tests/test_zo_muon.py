@@ -119,7 +119,7 @@ def test_zo_muon_refuses_shaping_and_master_off():
         MezoConfig(estimator="zo_muon", zo_muon_rank=0)
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher", "rademacher32"])
 def test_one_generation_for_all_tensors_is_z_range_bit_for_bit(dist):
     from mezo_elastic.zo.cpu_sweep import z_many
 

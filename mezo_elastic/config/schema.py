@@ -283,9 +283,11 @@ class MezoConfig:
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
     )
-    distribution: Literal["gaussian", "rademacher"] = opt(
-        "gaussian", "z's distribution: gaussian (Philox + Box-Muller, MeZO's) or rademacher (+-1 from one Philox "
-        "bit an element, SPSA's original; cheaper sweeps). Part of the trajectory: resume refuses a change"
+    distribution: Literal["gaussian", "rademacher", "rademacher32"] = opt(
+        "gaussian", "z's distribution: gaussian (Philox + Box-Muller, MeZO's), rademacher (+-1 from one Philox "
+        "bit an element, SPSA's original; cheaper sweeps) or rademacher32 (+-1, 32 signs per Philox word: 32x "
+        "fewer Philox calls, meant as the cheapest GPU sweep, not yet measured; other z than rademacher's, so the "
+        "two are not interchangeable on resume). Part of the trajectory: resume refuses a change"
     )
 
     def __post_init__(self) -> None:
@@ -305,7 +307,7 @@ class MezoConfig:
         if self.perturbations > 1 and self.master_weights == "off":
             raise ConfigError(f"mezo.perturbations={self.perturbations} needs master weights (mezo.master_weights="
                               f"'off' is not allowed with it): only the fp32 master replays a population exactly")
-        _choice("mezo", "distribution", self.distribution, ("gaussian", "rademacher"))
+        _choice("mezo", "distribution", self.distribution, ("gaussian", "rademacher", "rademacher32"))
         _positive("mezo", "lr", self.lr, zero_ok=True)
         _positive("mezo", "eps", self.eps)
         _positive("mezo", "weight_decay", self.weight_decay, zero_ok=True)

@@ -2,7 +2,7 @@
 
 z of one element is a pure function of (distribution, step seed, HF parameter name, element index):
     key     = blake2b(f"{seed}|{name}") -> 64 bits -> (k0 low 32, k1 high 32)
-    counter = index // 4, lane = index % 4
+    counter = index // 4, lane = index % 4          (rademacher32: see below)
     (x0, x1, x2, x3) = Philox4x32-10(counter_lo, counter_hi, 0, 0; k0, k1)
 gaussian (the default):
     u(x)    = (x as int32, negatives folded: x<0 -> -x-1) * 4.6566127342e-10   (Triton's uint->float)
@@ -10,6 +10,10 @@ gaussian (the default):
     with u1 = max(u, 1e-7), theta = u * 2 pi (float32), r = sqrt(-2 ln u1) in torch's float32 ops
 rademacher (`--mezo.distribution=rademacher`, SPSA's Bernoulli +-1):
     z of lane l = -1 if bit 31 (the top bit) of x_l is set, else +1
+rademacher32 (`--mezo.distribution=rademacher32`: +-1 from every bit, 32x fewer Philox calls):
+    counter = index // 128, word w = (index % 128) // 32, bit b = index % 32
+    z = -1 if bit b (bit 0 = least significant) of x_w is set, else +1
+    the same distribution as rademacher but other values: a run cannot switch between them
 It never depends on RANK, world size, device, sharding or chunking, so a fused GPU kernel (Triton
 `mezo_elastic.zo.triton_sweep`) regenerates the same z in registers and a step log replays anywhere. The
 Philox words come from compiled C (zgen/native.py) where a compiler exists, else from torch ops

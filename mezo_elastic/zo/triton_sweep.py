@@ -6,6 +6,8 @@ blake2b(f"{seed}|{name}"), counter = index // 4, lane = index % 4, Box-Muller on
 absolute error would dominate it); sin and cos use the hardware approximations, |error| < 1e-6
 before scaling by the radius, so gaussian z agrees with the torch implementation to ~1e-5 absolute.
 Rademacher z (DIST=1) is the sign bit of each lane's word: bit for bit the CPU path's.
+rademacher32 z (DIST code 2) takes a sign from every bit of the 4 words (counter = index // 128), in
+its own kernel (_sweep_kernel_packed) with its own block table; also bit for bit the CPU path's.
 
 One program handles BLOCK_C Philox counters (4 * BLOCK_C consecutive elements of one segment,
 aligned to the HF index so every counter's 4 lanes are used); a block table maps program ids to
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mezo_elastic.zo.zgen.types import ParamSegment, SweepPlan, philox_key
+from mezo_elastic.zo.zgen.types import COUNTER_ELEMS, ParamSegment, SweepPlan, philox_key
 
 try:
     import triton
@@ -32,6 +34,8 @@ except ImportError:  # CPU machines: perturb.sweep keeps its torch path
 
 MAX_SEEDS = 4  # distinct seeds one launch generates (a MeZO sweep uses 1 or 2)
 BLOCK_C = 512  # Philox counters per program = 2048 elements (bench/bench_step.py --tune re-measures)
+# rademacher32's kernel: counters per program = 2048 elements as BLOCK_C's (a power of 2; not yet tuned on a GPU)
+BLOCK_C32 = 16
 NUM_WARPS = 4
 # Lane layout of loads/stores (see _sweep_kernel). None: join (1) for aligned groups, lanes (0) for
 # the rest: measured fastest for each on an H100 (docs/benchmarks.md; bench/bench_sweep.py times all).
@@ -39,7 +43,8 @@ VEC: int | None = None
 ALIGN = True  # give aligned segments their own launch with vector-load hints (bench: off to compare)
 MAX_INDEX = 2**33  # HF element indices the kernel handles (counter = index // 4 in 31 bits)
 DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-DIST_CODE = {"gaussian": 0, "rademacher": 1}  # the kernel's DIST constexpr: gaussian compiles as before
+# The kernel's DIST constexpr: gaussian compiles as before. 2 (rademacher32) runs _sweep_kernel_packed instead.
+DIST_CODE = {"gaussian": 0, "rademacher": 1, "rademacher32": 2}
 
 
 def available() -> bool:
@@ -233,6 +238,76 @@ if HAVE_TRITON:
             _lane(wp, mp, e + 2, numel, p2, q2, r2, factor, HAS_MASTER, DT, ALIGNED)
             _lane(wp, mp, e + 3, numel, p3, q3, r3, factor, HAS_MASTER, DT, ALIGNED)
 
+    @triton.jit
+    def _opaque(x):
+        """x unchanged, through an asm copy the compiler may not duplicate (is_pure=False). Without it
+        Triton recomputes the Philox words in the [BLOCK, 128] tile's layout, where every thread holding
+        elements of a counter runs that counter's Philox (Triton 3.9 compiling for sm_90a, no GPU needed:
+        2 calls a thread for its 16 elements aligned, about 15 unaligned, against 1 with this copy, the words
+        then reaching the tile by shuffles or shared memory)."""
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.uint32, is_pure=False, pack=1)
+
+    @triton.jit
+    def _signs128(x0, x1, x2, x3, word, bit):
+        """rademacher32 z of a [BLOCK, 128] tile from the [BLOCK] words of BLOCK counters: element (c, j) is
+        -1 where bit `bit` (0 = least significant) of counter c's word x_`word` is set, else +1, with
+        word = j // 32 and bit = j % 32 given as [1, 128] tensors (perturb's docstring)."""
+        x = tl.where(word == 0, x0[:, None], tl.where(word == 1, x1[:, None],
+                                                      tl.where(word == 2, x2[:, None], x3[:, None])))
+        return tl.where(((x >> bit) & 1) != 0, -1.0, 1.0)
+
+    @triton.jit
+    def _sweep_kernel_packed(blk_seg, seg_first, seg_w, seg_m, seg_numel, seg_off, seg_name, seg_decay, keys, coef,
+                             keep, NSEEDS: tl.constexpr, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
+                             BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+        # rademacher32: one Philox call gives 128 elements, so a program takes BLOCK counters as a
+        # [BLOCK, 128] tile, row c = the 128 consecutive elements of counter c: the whole tile is
+        # 128 * BLOCK consecutive elements, and each row's 128 are contiguous for the loads. Same
+        # arguments and block table layout as _sweep_kernel, built on 128-element counters
+        # (_pack_group with width 128). ALIGNED groups start on a counter (offset multiple of 128),
+        # size multiple of 4, 16-byte pointers: no element before the segment, vector loads.
+        pid = tl.program_id(0)
+        s = tl.load(blk_seg + pid)
+        b = pid - tl.load(seg_first + s)
+        numel = tl.load(seg_numel + s).to(tl.int32)
+        off = tl.load(seg_off + s)
+        name = tl.load(seg_name + s)
+        factor = tl.where(tl.load(seg_decay + s) != 0, keep, 1.0)
+        if DT == 0:
+            wp = tl.load(seg_w + s).to(tl.pointer_type(tl.float32))
+        elif DT == 1:
+            wp = tl.load(seg_w + s).to(tl.pointer_type(tl.bfloat16))
+        else:
+            wp = tl.load(seg_w + s).to(tl.pointer_type(tl.float16))
+        mp = tl.load(seg_m + s).to(tl.pointer_type(tl.float32))  # 0 (unused) without master weights
+        # 32-bit index math as in _sweep_kernel (host: HF index < 2**33, numel + a block < 2**31).
+        i = b * BLOCK + tl.arange(0, BLOCK)  # counters, from the one holding the segment's first element
+        j = tl.arange(0, 128)[None, :]  # element of a counter: bit j % 32 of word j // 32
+        if ALIGNED:
+            wp = tl.multiple_of(wp, 16)
+            mp = tl.multiple_of(mp, 16)
+            numel = tl.multiple_of(numel, 4)
+            e = (i * 128)[:, None] + j
+        else:  # the first counter may start before the segment: _lane masks e < 0
+            e = (i * 128 - (off % 128).to(tl.int32))[:, None] + j
+        c0 = ((off // 128).to(tl.int32) + i).to(tl.uint32, bitcast=True)
+        c1 = c0 * 0
+        word = j // 32
+        bit = (j % 32).to(tl.uint32)
+        zero = tl.zeros([BLOCK, 128], dtype=tl.float32)
+        pre, post, show = zero, zero, zero
+        for k in tl.static_range(NSEEDS):
+            kp = keys + (name * NSEEDS + k) * 2
+            x0, x1, x2, x3 = _philox(c0, c1, tl.load(kp).to(tl.uint32, bitcast=True),
+                                     tl.load(kp + 1).to(tl.uint32, bitcast=True))
+            z = _signs128(_opaque(x0), _opaque(x1), _opaque(x2), _opaque(x3), word, bit)
+            a_pre, a_post, a_show = tl.load(coef + 3 * k), tl.load(coef + 3 * k + 1), tl.load(coef + 3 * k + 2)
+            pre = pre + a_pre * z
+            post = post + a_post * z
+            if HAS_MASTER:
+                show = show + a_show * z
+        _lane(wp, mp, e, numel, pre, post, show, factor, HAS_MASTER, DT, ALIGNED)
+
 
 @dataclass
 class _Group:
@@ -240,8 +315,9 @@ class _Group:
 
     dt: int
     has_master: bool
-    aligned: bool  # every segment: offset and numel multiples of 4, 16-byte aligned pointers
-    block: int  # BLOCK_C the block table was built for
+    aligned: bool  # every segment: offset a multiple of `width`, numel of 4, 16-byte aligned pointers
+    width: int  # elements a Philox counter gives: 4 (_sweep_kernel) or 128 (_sweep_kernel_packed)
+    block: int  # counters per program the block table was built for (BLOCK_C or BLOCK_C32)
     blocks: int
     blk_seg: torch.Tensor
     tables: tuple[torch.Tensor, ...]  # first, w, m, numel, off, name, decay
@@ -256,7 +332,7 @@ class _Packed:
     device: torch.device
     keys: dict[int, torch.Tensor]  # seed -> [n_names, 2] int32 keys, a few recent seeds
     ok: bool = True  # can_fuse(segments); False: the torch path does this list
-    setting: tuple = ()  # (BLOCK_C, ALIGN) the tables were built for
+    setting: tuple = ()  # (width, counters per program, ALIGN) the tables were built for
 
 
 def _fingerprint(segments: list[ParamSegment]) -> tuple:
@@ -274,28 +350,38 @@ def _fingerprint(segments: list[ParamSegment]) -> tuple:
 _CACHE: list[_Packed] = []  # packed tables of the last few segment lists (runners return one list object)
 
 
-def can_fuse(segments: list[ParamSegment]) -> bool:
+def _block(width: int) -> int:
+    """Counters per program of the kernel for `width`-element counters."""
+    return BLOCK_C32 if width == 128 else BLOCK_C
+
+
+def can_fuse(segments: list[ParamSegment], width: int = 4) -> bool:
     """True when every segment is a CUDA tensor of one device in a supported dtype (master fp32)
-    and every HF index fits the kernel's 32-bit counters. O(len(segments)): cached by fused_sweep."""
+    and every HF index fits the kernel's 32-bit counters and element indices (the last program of a
+    segment reaches up to a block plus a counter past its end). O(len(segments)): cached by fused_sweep."""
     if not segments or not available():
         return False
     dev = segments[0].tensor.device
+    room = 4 * BLOCK_C if width == 4 else width * (_block(width) + 1)
     return all(s.tensor.is_cuda and s.tensor.device == dev and s.tensor.dtype in DTYPE_CODE
                and (s.master is None or (s.master.dtype == torch.float32 and s.master.device == dev))
-               and s.offset + s.tensor.numel() < MAX_INDEX and s.tensor.numel() < 2**31 - 4 * BLOCK_C
+               and s.offset + s.tensor.numel() < MAX_INDEX and s.tensor.numel() < 2**31 - room
                for s in segments)
 
 
-def _aligned(s: ParamSegment) -> bool:
-    """Offset and size multiples of 4 and 16-byte pointers: the kernel may move 4 elements at once."""
-    return (s.offset % 4 == 0 and s.tensor.numel() % 4 == 0 and s.tensor.data_ptr() % 16 == 0
+def _aligned(s: ParamSegment, width: int) -> bool:
+    """Offset a multiple of `width` (the segment starts on a counter), size a multiple of 4 and 16-byte
+    pointers: the kernel may move 4 elements at once."""
+    return (s.offset % width == 0 and s.tensor.numel() % 4 == 0 and s.tensor.data_ptr() % 16 == 0
             and (s.master is None or s.master.data_ptr() % 16 == 0))
 
 
 def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has_master: bool, aligned: bool,
-                dev: torch.device) -> _Group:
-    per = 4 * BLOCK_C
-    nblk = [(s.offset % 4 + s.tensor.numel() + per - 1) // per for s in segs]
+                dev: torch.device, width: int) -> _Group:
+    """The block table of one group: a program per `_block(width)` counters of `width` elements."""
+    block = _block(width)
+    per = width * block
+    nblk = [(s.offset % width + s.tensor.numel() + per - 1) // per for s in segs]
     first = torch.tensor([0] + nblk[:-1], dtype=torch.int64).cumsum(0)
     blk_seg = torch.repeat_interleave(torch.arange(len(segs), dtype=torch.int32), torch.tensor(nblk))
     i64 = lambda xs: torch.tensor(xs, dtype=torch.int64, device=dev)  # noqa: E731
@@ -308,18 +394,19 @@ def _pack_group(segs: list[ParamSegment], name_idx: dict[str, int], dt: int, has
         torch.tensor([name_idx[s.name] for s in segs], dtype=torch.int32, device=dev),
         torch.tensor([1 if s.decay else 0 for s in segs], dtype=torch.int32, device=dev),
     )
-    return _Group(dt, has_master, aligned, BLOCK_C, int(sum(nblk)), blk_seg.to(dev), tables)
+    return _Group(dt, has_master, aligned, width, block, int(sum(nblk)), blk_seg.to(dev), tables)
 
 
-def _packed(segments: list[ParamSegment]) -> _Packed:
-    """The list's device tables, built once: per-sweep Python work must not grow with the number of
-    segments (TP row shards give one segment per row, 10^5 of them)."""
+def _packed(segments: list[ParamSegment], width: int) -> _Packed:
+    """The list's device tables for `width`-element counters, built once: per-sweep Python work must not
+    grow with the number of segments (TP row shards give one segment per row, 10^5 of them)."""
     fp = _fingerprint(segments)
+    setting = (width, _block(width), ALIGN)
     for p in _CACHE:
-        if p.list_id == id(segments) and p.fingerprint == fp and p.setting == (BLOCK_C, ALIGN):
+        if p.list_id == id(segments) and p.fingerprint == fp and p.setting == setting:
             return p
     dev = segments[0].tensor.device
-    if not can_fuse(segments):
+    if not can_fuse(segments, width):
         packed = _Packed(id(segments), fp, [], [], dev, {}, ok=False)
     else:
         names = sorted({s.name for s in segments})
@@ -327,11 +414,12 @@ def _packed(segments: list[ParamSegment]) -> _Packed:
         by_kind: dict[tuple[int, bool, bool], list[ParamSegment]] = {}
         for s in segments:
             if s.tensor.numel():
-                key = (DTYPE_CODE[s.tensor.dtype], s.master is not None, ALIGN and _aligned(s))
+                key = (DTYPE_CODE[s.tensor.dtype], s.master is not None, ALIGN and _aligned(s, width))
                 by_kind.setdefault(key, []).append(s)
-        groups = [_pack_group(segs, name_idx, dt, hm, al, dev) for (dt, hm, al), segs in sorted(by_kind.items())]
+        groups = [_pack_group(segs, name_idx, dt, hm, al, dev, width)
+                  for (dt, hm, al), segs in sorted(by_kind.items())]
         packed = _Packed(id(segments), fp, names, groups, dev, {})
-    packed.setting = (BLOCK_C, ALIGN)
+    packed.setting = setting
     _CACHE.insert(0, packed)
     del _CACHE[4:]
     return packed
@@ -371,13 +459,19 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
     Returns False when the segments are not all CUDA tensors of supported dtypes or the plan has
     more than MAX_SEEDS distinct seeds, so the caller falls back to the torch path. `_mode` is
     for profiling only (see _z4): anything but 0 writes wrong weights.
+
+    Raises:
+        ValueError: a profiling `_mode` with rademacher32 (its kernel has no profiling modes).
     """
     if not segments or not available():
         return False
+    dist = DIST_CODE[plan.dist]
+    if dist == 2 and _mode:
+        raise ValueError(f"fused_sweep: profiling mode {_mode} is only in the 4-element kernel, not rademacher32's")
     seeds, coefs = plan_coefficients(plan)
     if len(seeds) > MAX_SEEDS:
         return False
-    p = _packed(segments)
+    p = _packed(segments, COUNTER_ELEMS[plan.dist])
     if not p.ok:
         return False
     keys = (torch.stack([_keys(p, s) for s in seeds], dim=1).reshape(-1) if seeds
@@ -386,8 +480,13 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
     keep = 1.0 - plan.decay  # in float64 here, as the torch path's python scalar
     with torch.cuda.device(p.device):
         for g in p.groups:
+            if dist == 2:
+                _sweep_kernel_packed[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
+                                                  HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, ALIGNED=g.aligned,
+                                                  num_warps=NUM_WARPS)
+                continue
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
                                        HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, MODE=_mode, ALIGNED=g.aligned,
                                        VEC=(1 if g.aligned else 0) if VEC is None else VEC,
-                                       DIST=DIST_CODE[plan.dist], num_warps=NUM_WARPS)
+                                       DIST=dist, num_warps=NUM_WARPS)
     return True

@@ -169,3 +169,74 @@ def test_gaussian_and_rademacher_differ_and_gaussian_is_unchanged():
     assert kernels.fused_sweep([ParamSegment(r, "w")], SweepPlan(post=[(9, 1.0)], dist="rademacher"))
     assert (g.cpu() - z_range(9, "w", 0, 4096)).abs().max().item() < Z_ATOL
     assert set(r.unique().tolist()) == {-1.0, 1.0} and not torch.equal(g.sign(), r)
+
+
+@pytest.mark.parametrize("seed,name,offset,count", [
+    (0, "w", 0, 4096), (123456789, "model.layers.0.mlp.up_proj.weight", 3, 1001),
+    (2**62 + 5, "lm_head.weight", 10**9 + 1, 777), (42, "x", 5, 1), (7, "y", 8, 70001),
+    (9, "z", 128, 2048), (9, "z", 127, 130), (3, "q", 2**32 + 640, 300),
+])
+def test_kernel_rademacher32_z_is_the_cpu_z_bit_for_bit(seed, name, offset, count):
+    """rademacher32 z (a sign per bit of the 4 words, 128 elements a counter) from the packed kernel equals
+    the CPU path's exactly, whether the segment starts on a counter (offset multiple of 128: the aligned
+    launch) or inside one (the first and last counters partly outside the segment)."""
+    w = torch.zeros(count, dtype=torch.float32, device=DEV)
+    assert kernels.fused_sweep([ParamSegment(w, name, offset)], SweepPlan(post=[(seed, 1.0)], dist="rademacher32"))
+    assert torch.equal(w.cpu(), z_range(seed, name, offset, count, dist="rademacher32"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("master", [False, True])
+def test_fused_rademacher32_sweep_matches_torch_sweep(dtype, master):
+    """A full rademacher32 sweep (restore + update + next, decay) against the torch path on unaligned and
+    aligned segments; with only post (and show) terms and no decay fp32 is bit-identical (z = +-1)."""
+    plan = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3)], decay=1e-2, show=[(13, 1e-3)] if master else [])
+    a, b = _mixed_segments(dtype, master), _mixed_segments(dtype, master)
+    sweep(a, SweepPlan(**plan, dist="rademacher32"), fused=True)
+    sweep(b, SweepPlan(**plan, dist="rademacher32"), fused=False)
+    for sa, sb in zip(a, b):
+        d = (sa.tensor.float() - sb.tensor.float()).abs()
+        ulp = sb.tensor.float().abs() * {torch.float32: 2e-6, torch.bfloat16: 8e-3}[dtype] + 1e-7
+        assert bool((d <= ulp).all()), f"{sa.name} {dtype}: max |d| {d.max().item():.3e}"
+        if master:
+            assert torch.allclose(sa.master, sb.master, rtol=1e-5, atol=1e-7)
+    exact = dict(post=[(21, 1e-3), (22, -5e-4)], show=[(23, 2e-3)] if master else [])
+    a, b = _mixed_segments(torch.float32, master), _mixed_segments(torch.float32, master)
+    sweep(a, SweepPlan(**exact, dist="rademacher32"), fused=True)
+    sweep(b, SweepPlan(**exact, dist="rademacher32"), fused=False)
+    assert all(torch.equal(sa.tensor.cpu(), sb.tensor.cpu()) for sa, sb in zip(a, b))
+    if master:
+        assert all(torch.equal(sa.master.cpu(), sb.master.cpu()) for sa, sb in zip(a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("master", [False, True])
+def test_rademacher32_aligned_launch_writes_identical_weights(dtype, master, monkeypatch):
+    """kernels.ALIGN only changes how the packed kernel moves elements (segments starting on a counter
+    get their own launch with vector hints): the same bits as with every segment on the unaligned path."""
+    plan = SweepPlan(pre=[(21, 1e-3)], post=[(21, -2e-4), (22, 1e-3)], decay=1e-2,
+                     show=[(23, 1e-3)] if master else [], dist="rademacher32")
+    out = []
+    for align in (False, True):
+        monkeypatch.setattr(kernels, "ALIGN", align)
+        segs = _mixed_segments(dtype, master)
+        assert kernels.fused_sweep(segs, plan)
+        out.append(segs)
+    for sa, sb in zip(*out):
+        assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} {dtype}: aligned launch differs"
+        if master:
+            assert torch.equal(sa.master, sb.master)
+
+
+def test_one_segment_list_takes_both_geometries():
+    """The same list swept with rademacher (4-element counters) then rademacher32 (128) gets a block table
+    for each (the cache keys on the geometry), and rademacher32's profiling modes are refused."""
+    w = torch.zeros(5000, device=DEV)
+    segs = [ParamSegment(w, "w", 3)]
+    for dist in ("rademacher", "rademacher32", "rademacher"):
+        w.zero_()
+        assert kernels.fused_sweep(segs, SweepPlan(post=[(9, 1.0)], dist=dist))
+        assert torch.equal(w.cpu(), z_range(9, "w", 3, 5000, dist=dist))
+    assert not torch.equal(z_range(9, "w", 3, 5000, dist="rademacher"), z_range(9, "w", 3, 5000, dist="rademacher32"))
+    with pytest.raises(ValueError, match="profiling mode"):
+        kernels.fused_sweep(segs, SweepPlan(post=[(9, 1.0)], dist="rademacher32"), _mode=1)

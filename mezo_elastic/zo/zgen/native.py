@@ -27,7 +27,10 @@ SOURCE = Path(__file__).with_name("philox.c")
 CFLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-std=c99"]
 ENV_SWITCH = "MEZO_ELASTIC_NATIVE"  # "0": never compile or load; the torch ops generate z
 _STATE: dict[str, object] = {}  # "lib": the loaded library or None, "why": why not
-MIN_PARALLEL = 1 << 15  # counters below which one thread does the whole fill (thread hand-off costs more)
+MIN_PARALLEL = 1 << 17  # elements below which one thread does the whole fill (thread hand-off costs more)
+# Elements a counter gives per C function: the parallel threshold counts elements, not counters, since a
+# rademacher32 counter is 32x the output of the others.
+COUNTER_ELEMS = {"philox_words": 4, "gauss_inputs": 4, "rademacher": 4, "rademacher32": 128}
 
 
 def enabled() -> bool:
@@ -70,7 +73,7 @@ def _load() -> ctypes.CDLL | None:
         err = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()
         _STATE["why"] = f"compiling {SOURCE.name} with {cc} failed: {e}" + (f": {err[0]}" if err else "")
         return None
-    for fn in ("philox_words", "gauss_inputs", "rademacher"):
+    for fn in COUNTER_ELEMS:
         f = getattr(lib, fn)
         f.restype = None  # (n, first, count, k0, k1, out slot, output[, output]): plain addresses
         f.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * (7 if fn == "gauss_inputs" else 6)
@@ -131,16 +134,17 @@ def _call(f, ranges: torch.Tensor, outs: list[torch.Tensor]) -> None:
 def fill(fn: str, ranges: torch.Tensor, outs: list[torch.Tensor]) -> None:
     """Run C function `fn` over `ranges` into `outs` (contiguous CPU tensors).
 
-    ranges: contiguous int64 [5, n]: rows first counter, count, k0, k1, output slot. Splits the
-    counters over torch.get_num_threads() threads when there is enough work, so the fill uses the
-    same cores as the torch ops around it (ctypes releases the GIL during the call).
+    ranges: contiguous int64 [5, n]: rows first counter, count, k0, k1, output slot (a slot holds one
+    counter's output: COUNTER_ELEMS[fn] elements). Splits the counters over torch.get_num_threads()
+    threads when there is enough work, so the fill uses the same cores as the torch ops around it
+    (ctypes releases the GIL during the call).
     """
     lib = library()
     assert lib is not None, "fill() without the compiled library"
     assert ranges.dtype == torch.int64 and ranges.is_contiguous() and all(o.is_contiguous() for o in outs)
     f = getattr(lib, fn)
     threads = torch.get_num_threads()
-    if threads <= 1 or int(ranges[1].sum()) < MIN_PARALLEL:
+    if threads <= 1 or int(ranges[1].sum()) * COUNTER_ELEMS[fn] < MIN_PARALLEL:
         _call(f, ranges, outs)
         return
     jobs = [_pool(threads).submit(_call, f, sub, outs) for sub in _split(ranges, threads)]

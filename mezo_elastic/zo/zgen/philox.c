@@ -2,11 +2,12 @@
  * compiler and instruction set (target_clones picks AVX-512 / AVX2 / baseline code at run time; no
  * -march=native, no -ffast-math). The float outputs are exact too: an int32 -> float conversion
  * (round to nearest), one float multiply and a max, with -ffp-contract=off so nothing is fused.
- * Layout (see mezo_elastic/perturb.py): element h of a parameter is lane h % 4 of counter h // 4.
+ * Layout (see mezo_elastic/zo/perturb.py): element h of a parameter is lane h % 4 of counter h // 4;
+ * for rademacher32, bit h % 32 of word (h % 128) / 32 of counter h // 128.
  *
  * Each function fills `nr` ranges; range r covers counters [first[r], first[r] + count[r]) under
  * key (k0[r], k1[r]) (uint32 values in int64) and writes them at counter slot out[r] of the output (4 floats a slot for z,
- * 2 pairs a slot for the Box-Muller inputs). Ranges are independent, so callers split them over
+ * 128 for rademacher32's z, 2 pairs a slot for the Box-Muller inputs). Ranges are independent, so callers split them over
  * threads (ctypes releases the GIL).
  */
 #include <stdint.h>
@@ -104,6 +105,21 @@ CLONES void rademacher(int64_t nr, const uint64_t *first, const int64_t *count, 
             d[1] = (x1[i] >> 31) ? -1.0f : 1.0f;
             d[2] = (x2[i] >> 31) ? -1.0f : 1.0f;
             d[3] = (x3[i] >> 31) ? -1.0f : 1.0f;
+        })
+    }
+}
+
+/* Packed Rademacher z (rademacher32): element 32 w + b of a counter is -1 where bit b (0 = least
+ * significant) of word x_w is set, else +1; 128 floats a slot. One Philox call gives 128 elements. */
+CLONES void rademacher32(int64_t nr, const uint64_t *first, const int64_t *count, const int64_t *k0,
+                         const int64_t *k1, const int64_t *out, float *restrict z) {
+    for (int64_t r = 0; r < nr; r++) {
+        FOR_BLOCKS(r, for (int64_t i = 0; i < n; i++) {
+            float *d = z + 128 * (s + i);
+            const uint32_t w[4] = {x0[i], x1[i], x2[i], x3[i]};
+            for (int k = 0; k < 4; k++)
+                for (int bit = 0; bit < 32; bit++) /* branch-free: 1 - 2 * bit is exact, and vectorizes */
+                    d[32 * k + bit] = 1.0f - 2.0f * (float)((w[k] >> bit) & 1u);
         })
     }
 }

@@ -69,3 +69,10 @@ def rademacher(words: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """z = -1 where bit 31 of the lane's word is set, else +1: 4 floats a counter, lane-major."""
     signs = torch.stack(words, 1) >> 31  # 0 or 1
     return (1 - 2 * signs).to(torch.float32).reshape(-1)
+
+
+def rademacher32(words: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Packed Rademacher z: element 32 w + b of a counter is -1 where bit b (0 = least significant) of
+    word x_w is set, else +1: 128 floats a counter, word-major then bit."""
+    bits = (torch.stack(words, 1)[:, :, None] >> torch.arange(32, device=words[0].device)) & 1  # [n, 4, 32]
+    return (1 - 2 * bits).to(torch.float32).reshape(-1)

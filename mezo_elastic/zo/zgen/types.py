@@ -16,7 +16,9 @@ MASK32 = 0xFFFFFFFF
 UINT_TO_FLOAT = 4.6566127342e-10  # 1 / 2**31, as Triton's uint_to_uniform_float
 TWO_PI = 6.283185307179586
 U1_MIN = 1.0e-7  # Box-Muller's u1 floor (log(0) guard)
-DISTRIBUTIONS = ("gaussian", "rademacher")
+DISTRIBUTIONS = ("gaussian", "rademacher", "rademacher32")
+# Elements of z one Philox counter gives: 4 (a lane per word) or 128 (rademacher32: a sign per bit of the 4 words).
+COUNTER_ELEMS = {"gaussian": 4, "rademacher": 4, "rademacher32": 128}
 
 Term = tuple[int, float]  # (seed, coefficient): coefficient * z(seed)
 
