@@ -5,7 +5,8 @@
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
 # Stages (default: verdict tests cls estimators, in that order):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100)
-#   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys; ~3 min)
+#   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
+#                rademacher32's kernel; ~4 min)
 #   prefill      SGLang's prefill graphs at our dozen token counts: their GPU tests, the reward step and start-up
 #   cls          the classification task's reference and ours (spsa): seed 0, then seeds 1, 2 (~10 min)
 #   estimators   gv at 0.5x, fzoo, zo_muon on seed 0 of both tasks (forwards to target compare across machines)
@@ -45,7 +46,10 @@ for stage in ${*:-verdict tests cls estimators}; do
       # The eval lines' memory keys (gpu_peak_gib, master_gib) on the sglang backend.
       python3 -m pytest "tests/gpu/test_real_model_gpu.py::test_builtin_default_trains_on_sglang" -m gpu -q -s \
         -p no:cacheprovider > $OUT/test_memory_keys.log 2>&1
-      tail -3 $OUT/test_memory_keys.log ;;
+      tail -3 $OUT/test_memory_keys.log
+      # rademacher32's Triton kernel (_sweep_kernel_packed) against the CPU/torch z, bit for bit.
+      python3 -m pytest tests/gpu/test_kernels.py -m gpu -q -k rademacher32 -p no:cacheprovider > $OUT/test_rademacher32.log 2>&1
+      tail -3 $OUT/test_rademacher32.log ;;
     prefill)
       # SGLang's prefill graphs at prefill_graph_tokens' dozen counts (not its ~60): graph == eager, and the
       # reward step with and without them, start-up included (bench_small_step's start-up s column).
