@@ -69,7 +69,8 @@ for stage in ${*:-verdict tests cls estimators}; do
       tta $RC --methods reference --seeds 1,2
       tta $RC $O --estimators spsa --seeds 1,2 ;;
     estimators)
-      # Seed 0 of each; cls needs its reference's seed 0 (run here if OUT lacks it). ZO-Muon runs on the hf backend,
+      # Seed 0 of each; cls needs its reference's seed 0 (run here if OUT lacks it), the reward task its reference's
+      # seed 0 from an earlier stage (verdict, or seed-reward-ref). ZO-Muon runs on the hf backend,
       # whose reward step (generation) is ~3 steps/s: one lr and the reference's forwards there.
       tta $RC --methods reference --seeds 0
       tta $RW $O --estimators gv --gv-lr-scales 0.5 --seeds 0
