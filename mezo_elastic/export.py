@@ -31,6 +31,7 @@ from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.runners import gguf
 from mezo_elastic.runners.hf.runner import HFRunner
 from mezo_elastic.state import checkpoint
+from mezo_elastic.training.metrics import BEST_KEYS, best_step
 from mezo_elastic.zo.factory import make_optimizer
 from mezo_elastic.zo.optimizer import use_master_weights
 
@@ -78,42 +79,6 @@ def _check_gaps(run_dir: Path, gaps: list[tuple[int, int]], base: int, step: int
                 f"earlier, or a step at or after a checkpoint from step {hi} on (kept: "
                 f"{sorted(s for s, _ in checkpoint.checkpoint_dirs(run_dir)) or 'none'})"
             )
-
-
-# --step best picks by the first of these a run's eval lines carry: MeZO's dev set before the user's eval set
-# (select on dev, report on eval), the task's metric before accuracy, reward, then loss.
-BEST_KEYS = ("dev_f1", "dev_accuracy", "dev_reward", "dev_loss", "eval_f1", "eval_accuracy", "eval_reward", "eval_loss")
-
-
-def best_step(run_dir: Path, key: str = "") -> tuple[int, str, float]:
-    """(step, key, value) of the run's best eval in metrics.jsonl: the highest value of `key` (the lowest for a
-    `*_loss` key), the earliest step on ties; `key` empty = the first of BEST_KEYS the eval lines carry.
-
-    A long MeZO run can pass its best and fall back (a too-large lr late in training); every step is logged,
-    so the weights at the best eval can always be rebuilt.
-
-    Raises:
-        ConfigError: no eval line (with `key`) in the run's metrics.jsonl.
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    evals: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut by a crash mid-write: the rest are whole
-                continue
-            if rec.get("type") == "eval":
-                evals[rec["step"]] = rec  # a resumed run repeats an eval: the same weights, the last line wins
-    keys = sorted({k for rec in evals.values() for k in rec if k.startswith(("eval_", "dev_"))})
-    key = key or next((k for k in BEST_KEYS if k in keys), "")
-    scored = [(rec[key], step) for step, rec in sorted(evals.items()) if isinstance(rec.get(key), (int, float))]
-    if not scored:
-        found = f"its eval lines carry {', '.join(keys)}" if keys else "it has no eval lines (train.eval_every)"
-        raise ConfigError(f"--step best: {path} has no eval with {key or 'a metric'}; {found}")
-    sign = -1.0 if key.endswith("_loss") else 1.0
-    value, step = max(scored, key=lambda vs: (sign * vs[0], -vs[1]))
-    return step, key, value
 
 
 def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = False) -> int:

@@ -17,7 +17,7 @@ from mezo_elastic.cluster.distributed import DataParallel
 from mezo_elastic.cluster.rank_context import RankContext
 from mezo_elastic.config import Config
 from mezo_elastic.data.jsonl import BatchSchedule, Example, rank_slice
-from mezo_elastic.errors import CheckpointError, MezoError
+from mezo_elastic.errors import CheckpointError, ConfigError, MezoError
 from mezo_elastic.objectives import make_objective
 from mezo_elastic.runners import ForwardRunner, make_runner
 from mezo_elastic.runners.hf.runner import check_model_dir
@@ -26,7 +26,7 @@ from mezo_elastic.state import lock as run_lock
 from mezo_elastic.training import evaluation
 from mezo_elastic.training import resume as resuming
 from mezo_elastic.training.inputs import load_inputs, stored_model_path
-from mezo_elastic.training.metrics import MetricsWriter, Progress
+from mezo_elastic.training.metrics import MetricsWriter, Progress, best_step
 from mezo_elastic.training.signals import StopRequested, StopSignals
 from mezo_elastic.zo import estimators
 from mezo_elastic.zo.factory import make_optimizer
@@ -217,7 +217,22 @@ class Trainer:
         self.metrics.write("summary", cfg.train.steps, **summary)
         log.info("done: %s", " ".join(f"{k}={v + 0.0:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in summary.items()))  # + 0.0: a reward loss of -0.0 prints 0
+        self._say_best(final)
         return summary
+
+    def _say_best(self, final: dict) -> None:
+        """Rank 0: where an earlier eval beat the final one (a run past its best), say which and how to get its
+        weights, since the final save holds the last step's."""
+        if not (self.ctx.is_main and self.metrics.enabled and self.data.eval):
+            return
+        try:
+            step, key, value = best_step(self.out)
+        except ConfigError:
+            return
+        worse = key in final and (final[key] > value if key.endswith("_loss") else final[key] < value)
+        if step != self.cfg.train.steps and worse:
+            log.info("best eval: step %d, %s=%.4f (final: %.4f); its weights: python -m mezo_elastic.export --run %s "
+                     "--step best --out DIR", step, key, value, final[key], self.out)
 
     def _check_finite_weights(self) -> None:
         """Refuse the final save, on every rank, when a weight is nan/inf (a diverged run).

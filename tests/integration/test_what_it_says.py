@@ -142,15 +142,18 @@ def test_export_to_an_unwritable_place_is_one_line(tmp_path, finished_run):
 
 
 def test_export_best_step_is_the_best_evals_weights_and_bad_steps_are_one_line(tmp_path, tiny_inputs):
-    """--step best exports the weights of the step whose eval was best (here: of four), the same bytes as
-    --step N for that N; a wrong --step or --best-by is one line."""
+    """A run past its best (an lr far too large: the eval loss climbs) says at its end which eval was best and
+    how to export it; --step best exports that step's weights, the same bytes as --step N for that N; a wrong
+    --step or --best-by is one line."""
     from safetensors.torch import load_file
 
     from mezo_elastic.export import best_step
 
     run = tmp_path / "run"
-    train(run, *tiny_inputs, *FAST, "--train.steps=6", "--train.eval_every=2")
+    res = train(run, *tiny_inputs, *FAST, "--train.steps=6", "--train.eval_every=2", "--mezo.lr=0.03")
     step, key, _ = best_step(run)
+    assert step < 6, "the run was meant to pass its best"
+    assert f"best eval: step {step}, {key}=" in res.stderr and "--step best --out DIR" in res.stderr
     p = subprocess.run([*EXPORT, "--run", str(run), "--step", "best", "--out", str(tmp_path / "best")], env=env(),
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
