@@ -266,6 +266,9 @@ if HAVE_TRITON:
         # arguments and block table layout as _sweep_kernel, built on 128-element counters
         # (_pack_group with width 128). ALIGNED groups start on a counter (offset multiple of 128),
         # size multiple of 4, 16-byte pointers: no element before the segment, vector loads.
+        # The block-table reads below repeat _sweep_kernel's on purpose: moved into a shared @triton.jit
+        # helper they changed _sweep_kernel's compiled code (+200 PTX lines and a shared-memory buffer,
+        # Triton 3.9 for sm_90a), and that kernel's speed is measured on GPUs; this copy is not.
         pid = tl.program_id(0)
         s = tl.load(blk_seg + pid)
         b = pid - tl.load(seg_first + s)

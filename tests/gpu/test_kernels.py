@@ -105,15 +105,21 @@ def test_every_lane_layout_writes_identical_weights(dtype, master, vec, align, m
     straddling segment starts) and on aligned segments."""
     plan = SweepPlan(pre=[(21, 1e-3)], post=[(21, -2e-4), (22, 1e-3)], decay=1e-2,
                      show=[(23, 1e-3)] if master else [])
+    _same_bits_under(monkeypatch, dtype, master, plan, dict(VEC=0, ALIGN=False), dict(VEC=vec, ALIGN=align), "layouts")
+
+
+def _same_bits_under(monkeypatch, dtype, master, plan, first: dict, second: dict, what: str) -> None:
+    """_mixed_segments swept by `plan` with the kernel settings `first`, then `second` (module attributes of
+    kernels): the same weights (and masters) bit for bit."""
     out = []
-    for v, a in ((0, False), (vec, align)):
-        monkeypatch.setattr(kernels, "VEC", v)
-        monkeypatch.setattr(kernels, "ALIGN", a)
+    for settings in (first, second):
+        for k, v in settings.items():
+            monkeypatch.setattr(kernels, k, v)
         segs = _mixed_segments(dtype, master)
         assert kernels.fused_sweep(segs, plan)
         out.append(segs)
     for sa, sb in zip(*out):
-        assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} {dtype}: layouts differ"
+        assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} {dtype}: {what} differ"
         if master:
             assert torch.equal(sa.master, sb.master)
 
@@ -216,16 +222,7 @@ def test_rademacher32_aligned_launch_writes_identical_weights(dtype, master, mon
     get their own launch with vector hints): the same bits as with every segment on the unaligned path."""
     plan = SweepPlan(pre=[(21, 1e-3)], post=[(21, -2e-4), (22, 1e-3)], decay=1e-2,
                      show=[(23, 1e-3)] if master else [], dist="rademacher32")
-    out = []
-    for align in (False, True):
-        monkeypatch.setattr(kernels, "ALIGN", align)
-        segs = _mixed_segments(dtype, master)
-        assert kernels.fused_sweep(segs, plan)
-        out.append(segs)
-    for sa, sb in zip(*out):
-        assert torch.equal(sa.tensor, sb.tensor), f"{sa.name} {dtype}: aligned launch differs"
-        if master:
-            assert torch.equal(sa.master, sb.master)
+    _same_bits_under(monkeypatch, dtype, master, plan, dict(ALIGN=False), dict(ALIGN=True), "aligned launches")
 
 
 def test_one_segment_list_takes_both_geometries():
