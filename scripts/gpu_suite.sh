@@ -13,10 +13,14 @@
 # Outputs go to $OUT (default /tmp/mezo_gpu_out): versions.txt (card, driver, versions, date), suite.log,
 # tests/<file>.log (pytest -rA of each test file), tests/summary.txt (one line a file), tests/numbers.txt
 # (the memory-after-close and parity lines the tests print).
-# The tests stage runs each tests/gpu/test_*.py in a pytest process of its own (a new file is picked up
-# as it is); GPU_TESTS="tests/gpu/a.py tests/gpu/b.py" picks files, GPU_MARK a marker expression
-# (default gpu; e.g. GPU_MARK="gpu and not real_model"), GPU_TEST_TIMEOUT the seconds a file may take
-# (300), GPU_SUITE_BUDGET the seconds all of them may take (540; later files are then listed as not run).
+# The tests stage runs every tests/gpu/test_*.py (a new file is picked up as it is) in one pytest process
+# (GPU_PROCESS=one, the default: the imports, CUDA context and kernel caches are paid once, not a file at a
+# time), then runs again alone, a process each, any file that failed there or that the process never finished
+# (scripts/gpu_outcomes.py decides, from the outcome lines tests/gpu/conftest.py writes as each test ends);
+# GPU_PROCESS=file runs a process a file from the start. GPU_TESTS="tests/gpu/a.py tests/gpu/b.py" picks
+# files, GPU_MARK a marker expression (default gpu; e.g. GPU_MARK="gpu and not real_model"),
+# GPU_TEST_TIMEOUT the seconds a file alone may take (300), GPU_SUITE_BUDGET the seconds all of it may take
+# (540; files left are then listed as not run).
 # The real-model tests need MEZO_REAL_GGUF (a .gguf path) in the environment; without it they skip.
 # Wheels: .gpu/whl (the .whl files of .gpu/wheels) (sglang 0.5.17 and its deps, built for this machine) go to /tmp/site.
 # MEZO_GPU_COMPAT=1 turns on the wheel set's start-up shim for that machine only (see its
@@ -43,14 +47,32 @@ fi
 'triton', triton.__version__, 'transformers', transformers.__version__, 'sglang', sglang.__version__)"
 } 2>&1 | tee "$OUT/versions.txt"
 
-# Each GPU test file in a pytest process of its own: a fresh process per file keeps one file's failure (or
-# a CUDA error that poisons its context) out of the others. The teardown test goes first, on a clean card.
+# The GPU test files, in one pytest process and then a process a file for what it left (GPU_PROCESS=one), or a
+# process a file from the start (GPU_PROCESS=file): a fresh process keeps one file's failure (or a CUDA error
+# that poisons its context) out of the others, so a file that failed in the shared process is run again alone.
+# The teardown test goes first, on a clean card.
 gpu_tests() {
   local files f name t0 r line status=0
   files=${GPU_TESTS:-$(ls tests/gpu/test_sglang_teardown.py 2>/dev/null; ls tests/gpu/test_*.py | grep -v test_sglang_teardown.py)}
   mkdir -p "$OUT/tests"
   : > "$OUT/tests/summary.txt"
   local end=$(( SECONDS + ${GPU_SUITE_BUDGET:-540} )) limit
+  if [ "${GPU_PROCESS:-one}" = one ]; then
+    # One process for every file; what it left failing or unfinished runs again below, a process a file.
+    t0=$(date +%s)
+    : > "$OUT/tests/outcomes.txt"
+    MEZO_GPU_OUTCOMES="$OUT/tests/outcomes.txt" timeout $(( end - SECONDS - 5 )) python3 -m pytest $files \
+      -m "${GPU_MARK:-gpu}" -s -rA -p no:cacheprovider --continue-on-collection-errors --durations=20 \
+      > "$OUT/tests/all.log" 2>&1
+    r=$?
+    line=$(grep -E "^=+ .*( in [0-9.]+s).* =+$" "$OUT/tests/all.log" | tail -1 | tr -d "=" | sed "s/^ *//;s/ *$//")
+    echo "one process, $(echo $files | wc -w) files: ${line:-no summary} (exit $r, $(( $(date +%s) - t0 )) s)" \
+      >> "$OUT/tests/summary.txt"
+    python3 scripts/gpu_outcomes.py "$OUT/tests/outcomes.txt" "$OUT/tests/all.log" "$r" $files > "$OUT/tests/one.txt"
+    grep -v "^rerun:" "$OUT/tests/one.txt" >> "$OUT/tests/summary.txt"
+    files=$(sed -n "s/^rerun: *//p" "$OUT/tests/one.txt")
+    [ -n "$files" ] && echo "again alone: $files" >> "$OUT/tests/summary.txt"
+  fi
   for f in $files; do
     name=$(basename "$f" .py)
     # Within the budget (the device machine ends a command at 600 s): summary and numbers still get written.
@@ -78,7 +100,7 @@ rc=0
 for s in $stages; do
   case $s in
     tests)
-      log "gpu tests, a pytest process per file"
+      log "gpu tests (GPU_PROCESS=${GPU_PROCESS:-one}: one pytest process, or one a file)"
       gpu_tests || rc=1
       cat "$OUT/tests/summary.txt" ;;
     sweep)

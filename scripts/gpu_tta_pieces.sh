@@ -7,7 +7,9 @@
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100)
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
 #                rademacher32's kernel; ~4 min)
+#   suite        the whole GPU suite in one pytest process (scripts/gpu_suite.sh tests; ~6-9 min)
 #   prefill      SGLang's prefill graphs at our dozen token counts: their GPU tests, the reward step and start-up
+#   prefill-bench  the same without the tests (after suite)
 #   cls          the classification task's reference and ours (spsa): seed 0, then seeds 1, 2 (~10 min)
 #   estimators   gv at 0.5x, fzoo, zo_muon on seed 0 of both tasks (forwards to target compare across machines)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
@@ -50,10 +52,16 @@ for stage in ${*:-verdict tests cls estimators}; do
       # rademacher32's Triton kernel (_sweep_kernel_packed) against the CPU/torch z, bit for bit.
       python3 -m pytest tests/gpu/test_kernels.py -m gpu -q -k rademacher32 -p no:cacheprovider > $OUT/test_rademacher32.log 2>&1
       tail -3 $OUT/test_rademacher32.log ;;
-    prefill)
-      # SGLang's prefill graphs at prefill_graph_tokens' dozen counts (not its ~60): graph == eager, and the
-      # reward step with and without them, start-up included (bench_small_step's start-up s column).
-      for f in tests/gpu/test_sglang_prefill_graphs.py tests/gpu/test_sglang_prefill_graphs_generate.py; do
+    suite)
+      # The whole GPU suite (every tests/gpu file, the real model's included) in one pytest process, then what
+      # it left failing or unfinished alone (scripts/gpu_suite.sh tests): issue 29's one call, and every
+      # pending GPU-side change's test at once. Its files under $OUT/suite.
+      OUT=$OUT/suite bash scripts/gpu_suite.sh tests | tail -20 ;;
+    prefill|prefill-bench)
+      # SGLang's prefill graphs at prefill_graph_tokens' dozen counts (not its ~60): graph == eager (skipped by
+      # prefill-bench, after the suite ran them), and the reward step with and without them, start-up
+      # included (bench_small_step's start-up s column).
+      [ $stage = prefill ] && for f in tests/gpu/test_sglang_prefill_graphs.py tests/gpu/test_sglang_prefill_graphs_generate.py; do
         python3 -m pytest $f -m gpu -q -s -p no:cacheprovider > $OUT/$(basename $f .py).log 2>&1
         tail -2 $OUT/$(basename $f .py).log
       done
@@ -82,7 +90,7 @@ for stage in ${*:-verdict tests cls estimators}; do
     seed-reward-ref)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
-    *) echo "unknown stage $stage (verdict tests prefill cls estimators seed-reward-ref)"; exit 2 ;;
+    *) echo "unknown stage $stage (verdict tests suite prefill prefill-bench cls estimators seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
