@@ -23,11 +23,14 @@ below half an ulp and rounds away, so it learns less per forward than it can); i
 --ref-lrs by final smoothed metric on seed 0 (the grid always runs on seed 0), then every seed runs that
 lr. Ours is python -m mezo_elastic.train (--backend, sglang on a GPU; --dtype, bfloat16 on a GPU, with the
 fp32 master weights it keeps for 16-bit dtypes) with each estimator of --estimators:
-spsa (--lr-spsa, default the reference's lr; eps = --eps), fzoo (FZOO's own settings: --lr-fzoo 1e-5,
---eps-fzoo 1e-3, --fzoo-k 8, bench/tta/methods.py cites the source; --fzoo-scales S,... instead sets
+spsa (--lr-spsa, default the reference's lr; eps = --eps), fzoo (FZOO's own rule and settings: --eps-fzoo
+1e-3, --fzoo-k 8; --lr-fzoo a grid 1e-5,3e-4,1e-3,3e-3: fzoo.sh's 1e-5 is its OPT-1.3B value and its
+README's OPT-13B run uses 5e-5, tuned per model, and FZOO's step is scale-free (each weight moves about
+lr / sqrt(N) whatever the gradient), so on SmolLM2-135M 1e-5 moves the weights about 1/100 as far a step as
+the reference at its lr; bench/tta/methods.py cites the source; --fzoo-scales S,... instead sets
 lr = S x lr_ref x median|g_ref|, the older rule), es (--lr-es, --eps-es, --es-n), gv (MeZO-GV: --gv-k
-candidates a step, lr = --gv-lr-scales x lr_ref, default 0.5,1,2: 2 is its README's ratio against MeZO's,
-0.5 MeZO's step size; eps = --eps), zo_muon (ZO-Muon: 4 subspace points + theta a step, r = --zo-muon-rank
+candidates a step, lr = --gv-lr-scales x lr_ref, default 0.5,1: 0.5 is MeZO's step size (v = z_best -
+z_worst has twice z's squared norm); its README's ratio 2 collapsed on both tasks on 2026-12-06; eps = --eps), zo_muon (ZO-Muon: 4 subspace points + theta a step, r = --zo-muon-rank
 64, P redrawn every 100 steps, lr --lr-zo-muon, on the hf backend). A method with several
 lrs runs them on seed 0 and its soonest to the target on every seed.
 
@@ -149,7 +152,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     m.add_argument("--ref-lrs", default="", help="reference lr grid (default 1e-5,3e-5,1e-4; smoke 1e-3,3e-3)")
     m.add_argument("--eps", type=float, default=None, help="reference and spsa eps (default 1e-3; smoke 1e-2)")
     m.add_argument("--lr-spsa", default="", help="spsa lr(s) (default: the reference's chosen lr)")
-    m.add_argument("--lr-fzoo", default="", help="fzoo lr(s) (default 1e-5: FZOO's fzoo.sh; smoke 3e-3)")
+    m.add_argument("--lr-fzoo", default="", help="fzoo lr(s), a grid on seed 0 (default 1e-5,3e-4,1e-3,3e-3: fzoo.sh's, then from the reference's step size up; smoke 3e-3)")
     m.add_argument("--eps-fzoo", type=float, default=None, help="fzoo eps (default 1e-3: FZOO's fzoo.sh; smoke 1e-2)")
     m.add_argument("--fzoo-k", type=int, default=None, help="fzoo directions a step, FZOO's N (default 8; smoke 4)")
     m.add_argument("--fzoo-scales", default="", help="instead of --lr-fzoo: lr = scale x lr_ref x median|g_ref|")
@@ -158,8 +161,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     m.add_argument("--es-n", type=int, default=30, help="es population N (ES at scale: 30)")
     m.add_argument("--gv-k", type=int, default=2, help="gv candidates a step, MeZO-GV's M (its code: 2)")
     m.add_argument("--gv-lr-scales", default="",
-                   help="gv lr(s) = scale x the reference's chosen lr (default 0.5,1,2; smoke 1). 2 is MeZO-GV's README "
-                        "ratio (2e-7 where MeZO's is 1e-7); 0.5 gives MeZO's step size (v = z_best - z_worst)")
+                   help="gv lr(s) = scale x the reference's chosen lr (default 0.5,1; smoke 1). 0.5 gives MeZO's step size "
+                        "(v = z_best - z_worst); MeZO-GV's README ratio, 2 (2e-7 where MeZO's is 1e-7), collapsed "
+                        "on both real-model tasks (2026-12-06)")
     m.add_argument("--lr-zo-muon", default="", help="zo_muon lr(s) (default 1e-3,3e-3,1e-2: ZO-Muon's README runs "
                    "OPT-13B at 1e-2; smoke 3e-2)")
     m.add_argument("--zo-muon-rank", type=int, default=None, help="zo_muon r (default 64, the authors'; smoke 8)")
@@ -181,10 +185,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.dtype = a.dtype or ("bfloat16" if cuda else "float32")
     a.ref_lrs = [float(x) for x in (a.ref_lrs or ("1e-3,3e-3" if builtin else "1e-5,3e-5,1e-4")).split(",")]
     a.eps = a.eps or (1e-2 if builtin else 1e-3)
-    a.lr_fzoo = a.lr_fzoo or ("3e-3" if builtin else "1e-5")
+    a.lr_fzoo = a.lr_fzoo or ("3e-3" if builtin else "1e-5,3e-4,1e-3,3e-3")
     a.eps_fzoo = a.eps_fzoo or (1e-2 if builtin else 1e-3)
     a.fzoo_k = a.fzoo_k or (4 if a.smoke else 8)
-    a.gv_lr_scales = a.gv_lr_scales or ("1" if a.smoke else "0.5,1,2")
+    a.gv_lr_scales = a.gv_lr_scales or ("1" if a.smoke else "0.5,1")
     a.lr_zo_muon = a.lr_zo_muon or ("3e-2" if builtin else "1e-3,3e-3,1e-2")
     a.zo_muon_rank = a.zo_muon_rank or (8 if a.smoke else 64)
     a.steps_cls = a.steps_cls or (30 if a.smoke else 800)

@@ -2,7 +2,13 @@
 
 FZOO as its paper runs it (DKmiyan/FZOO, fzoo.sh at commit d7d50ed, the script its README runs):
 LR=1e-5, EPS=1e-3, FORWARD_N=8, BS=16, --lr_scheduler_type constant, --load_float16 (its README's
-OPT-13B example sets LR=5e-5 EPS=1e-4 FORWARD_N=8, against MeZO's LR=1e-6 EPS=1e-3 there). Its step
+OPT-13B example sets LR=5e-5 EPS=1e-4 FORWARD_N=8, against MeZO's LR=1e-6 EPS=1e-3 there). Its lr is tuned
+per model (1e-5 for fzoo.sh's OPT-1.3B, 5e-5 for OPT-13B), and its step is scale-free: g_n is a loss
+difference over the losses' std, so each weight moves about lr / sqrt(N) a step whatever the gradient's
+size, where MeZO's moves lr |g| (the real model's references: lr 3e-5 x median |g| 9-15 on cls, 1e-5 x 31
+on the reward task, about 3e-4 either way). At 1e-5 FZOO would take steps about 1/100 of the reference's,
+so the bench tries, on seed 0 as the authors tuned per model, fzoo.sh's 1e-5 and 3e-4, 1e-3, 3e-3 (about
+the reference's step, a few times it, and ~10x). Its step
 (trainer.py, OurTrainer.zo_step / zo_update): N Rademacher directions z_n = +-1, each scored once at
 theta + eps z_n, plus one forward at theta; g_n = (L_n - L_0) / (N std(L_1..L_N)), std with
 unbiased=False; theta -= lr * sum_n g_n z_n, lr constant. Ours (mezo.estimator=fzoo,
@@ -13,11 +19,12 @@ MeZO-GV as its code runs it (stan-anony/MeZO-GV at commit 70a2551, README and la
 two candidates z_1, z_2 scored at theta + eps z, v = z_best - z_worst, MeZO's two-sided step along v,
 theta -= lr g v; its README runs OPT-13B at LR=2e-7 EPS=1e-3 (fp16, constant lr), where MeZO's own README
 runs the same model at LR=1e-7 EPS=1e-3. Absolute lrs do not carry across models; that ratio does, so
-gv's lr is --gv-lr-scales x the reference's chosen lr (default 0.5, 1, 2 on seed 0: 2 is the authors'
-ratio, which collapsed on SmolLM2-135M on 2026-12-06; 0.5 gives MeZO's expected step, since
-v = z_best - z_worst has twice z's squared norm), eps the reference's. Its code also re-uses the previous step's best seed without re-scoring it (one
-new candidate a step after the first); we score both candidates every step, as the paper's algorithm
-does (M + 2 forwards), so no loss measured at an older theta picks a direction.
+gv's lr is --gv-lr-scales x the reference's chosen lr (default 0.5, 1 on seed 0; 2, the authors'
+ratio, collapsed on SmolLM2-135M on 2026-12-06; 0.5 gives MeZO's expected step, since
+v = z_best - z_worst has twice z's squared norm), eps the reference's. Its code (trainer.py,
+_compute_guided_vector_with_history) keeps the previous step's best seed and scores it again at the current
+theta beside one new candidate (two after the first step); we draw both candidates fresh every step, as the
+paper's algorithm does (M + 2 forwards either way).
 
 ZO-Muon as its code runs it (OPTML-Group/ZO-Muon at commit 166a8f3, llm/README.md's OPT-13B command and
 llm/LowDimTrainer.py): RANK=64, STEP_INTERVAL=100, NUM_SAMPLES=4 with MULTIPLE_SAMPLE=True (4 one-sided
@@ -32,7 +39,6 @@ from __future__ import annotations
 
 from tta.runners import Method
 
-FZOO_LR, FZOO_EPS, FZOO_N = 1e-5, 1e-3, 8  # DKmiyan/FZOO fzoo.sh defaults (see the module docstring)
 ZO_MUON_N, ZO_MUON_INTERVAL = 4, 100  # OPTML-Group/ZO-Muon's README command (see the module docstring)
 
 
