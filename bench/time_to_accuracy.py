@@ -26,13 +26,14 @@ fp32 master weights it keeps for 16-bit dtypes) with each estimator of --estimat
 spsa (--lr-spsa, default the reference's lr; eps = --eps), fzoo (FZOO's own rule and settings: --eps-fzoo
 1e-3, --fzoo-k 8; --lr-fzoo a grid 1e-5,3e-4,1e-3,3e-3: fzoo.sh's 1e-5 is its OPT-1.3B value and its
 README's OPT-13B run uses 5e-5, tuned per model, and FZOO's step is scale-free (each weight moves about
-lr / sqrt(N) whatever the gradient), so on SmolLM2-135M 1e-5 moves the weights about 1/100 as far a step as
+lr / sqrt(N) whatever the gradient), so on SmolLM2-135M 1e-5 moves the weights about 1/70 as far a step as
 the reference at its lr; bench/tta/methods.py cites the source; --fzoo-scales S,... instead sets
 lr = S x lr_ref x median|g_ref|, the older rule), es (--lr-es, --eps-es, --es-n), gv (MeZO-GV: --gv-k
 candidates a step, lr = --gv-lr-scales x lr_ref, default 0.5,1: 0.5 is MeZO's step size (v = z_best -
-z_worst has twice z's squared norm); its README's ratio 2 collapsed on both tasks on 2026-12-06; eps = --eps), zo_muon (ZO-Muon: 4 subspace points + theta a step, r = --zo-muon-rank
-64, P redrawn every 100 steps, lr --lr-zo-muon, on the hf backend). A method with several
-lrs runs them on seed 0 and its soonest to the target on every seed.
+z_worst has twice z's squared norm); its README's ratio 2 collapsed on both tasks on 2026-12-06;
+eps = --eps), zo_muon (ZO-Muon: 4 subspace points + theta a step, r = --zo-muon-rank 64, P redrawn every
+100 steps, lr --lr-zo-muon, on the hf backend). A method with several lrs runs them on seed 0 and its
+soonest to the target on every seed.
 
 Budget and evals: the reference runs its step budget (--steps-cls / --steps-reward / --steps); each of ours
 may run up to --budget (3) x the reference's forwards and evaluates as often in forwards (every
@@ -152,7 +153,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     m.add_argument("--ref-lrs", default="", help="reference lr grid (default 1e-5,3e-5,1e-4; smoke 1e-3,3e-3)")
     m.add_argument("--eps", type=float, default=None, help="reference and spsa eps (default 1e-3; smoke 1e-2)")
     m.add_argument("--lr-spsa", default="", help="spsa lr(s) (default: the reference's chosen lr)")
-    m.add_argument("--lr-fzoo", default="", help="fzoo lr(s), a grid on seed 0 (default 1e-5,3e-4,1e-3,3e-3: fzoo.sh's, then from the reference's step size up; smoke 3e-3)")
+    m.add_argument("--lr-fzoo", default="", help="fzoo lr(s), a grid on seed 0 (default 1e-5,3e-4,1e-3,3e-3: "
+                   "fzoo.sh's, then about 1/3, 1 and 3x the reference's step size; smoke 3e-3)")
     m.add_argument("--eps-fzoo", type=float, default=None, help="fzoo eps (default 1e-3: FZOO's fzoo.sh; smoke 1e-2)")
     m.add_argument("--fzoo-k", type=int, default=None, help="fzoo directions a step, FZOO's N (default 8; smoke 4)")
     m.add_argument("--fzoo-scales", default="", help="instead of --lr-fzoo: lr = scale x lr_ref x median|g_ref|")

@@ -5,10 +5,10 @@ LR=1e-5, EPS=1e-3, FORWARD_N=8, BS=16, --lr_scheduler_type constant, --load_floa
 OPT-13B example sets LR=5e-5 EPS=1e-4 FORWARD_N=8, against MeZO's LR=1e-6 EPS=1e-3 there). Its lr is tuned
 per model (1e-5 for fzoo.sh's OPT-1.3B, 5e-5 for OPT-13B), and its step is scale-free: g_n is a loss
 difference over the losses' std, so each weight moves about lr / sqrt(N) a step whatever the gradient's
-size, where MeZO's moves lr |g| (the real model's references: lr 3e-5 x median |g| 9-15 on cls, 1e-5 x 31
-on the reward task, about 3e-4 either way). At 1e-5 FZOO would take steps about 1/100 of the reference's,
-so the bench tries, on seed 0 as the authors tuned per model, fzoo.sh's 1e-5 and 3e-4, 1e-3, 3e-3 (about
-the reference's step, a few times it, and ~10x). Its step
+size, where MeZO's moves lr |g| |z_i| (the real model's references: lr 3e-5 x median |g| 9-15 on cls, 1e-5 x 31
+on the reward task, x 0.8: about 2.5e-4 either way). At 1e-5 FZOO would take steps about 1/70 of the reference's,
+so the bench tries, on seed 0 as the authors tuned per model, fzoo.sh's 1e-5 and 3e-4, 1e-3, 3e-3 (about a
+third of the reference's step, about the same, about 3x). Its step
 (trainer.py, OurTrainer.zo_step / zo_update): N Rademacher directions z_n = +-1, each scored once at
 theta + eps z_n, plus one forward at theta; g_n = (L_n - L_0) / (N std(L_1..L_N)), std with
 unbiased=False; theta -= lr * sum_n g_n z_n, lr constant. Ours (mezo.estimator=fzoo,
