@@ -58,12 +58,25 @@ def test_fused_sweep_matches_torch_sweep(dtype, master):
     sweep(a, plan, fused=True)
     sweep(b, plan, fused=False)
     assert SweepCounter.count == before + 2
+    _assert_within_rounding(a, b, dtype, master)
+
+
+def _assert_within_rounding(a, b, dtype, master: bool) -> None:
+    """Segments `a` (fused kernel) within a few ulps of `b` (torch path), and their masters close if `master`."""
     for sa, sb in zip(a, b):
         d = (sa.tensor.float() - sb.tensor.float()).abs()
         ulp = sb.tensor.float().abs() * {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype] + 1e-7
         assert bool((d <= ulp).all()), f"{sa.name} {dtype}: max |d| {d.max().item():.3e}"
         if master:
             assert torch.allclose(sa.master, sb.master, rtol=1e-5, atol=1e-7)
+
+
+def _fused_and_torch(make, plan: dict, dist: str) -> tuple[list, list]:
+    """Two copies of make()'s segments swept by `plan` (a SweepPlan's fields) with `dist`: fused, then torch."""
+    a, b = make(), make()
+    sweep(a, SweepPlan(**plan, dist=dist), fused=True)
+    sweep(b, SweepPlan(**plan, dist=dist), fused=False)
+    return a, b
 
 
 def test_perturb_and_restore_round_trip_fp32():
@@ -153,17 +166,9 @@ def test_fused_rademacher_sweep_matches_torch_sweep(dtype, master):
     """A full rademacher sweep (restore + update + next, decay) against the torch path; with only
     post terms and no decay the kernel's fp32 result is bit-identical (z = +-1: products are exact)."""
     plan = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3)], decay=1e-2, show=[(13, 1e-3)] if master else [])
-    a, b = _segments(dtype, master), _segments(dtype, master)
-    sweep(a, SweepPlan(**plan, dist="rademacher"), fused=True)
-    sweep(b, SweepPlan(**plan, dist="rademacher"), fused=False)
-    for sa, sb in zip(a, b):
-        d = (sa.tensor.float() - sb.tensor.float()).abs()
-        ulp = sb.tensor.float().abs() * {torch.float32: 2e-6, torch.bfloat16: 8e-3}[dtype] + 1e-7
-        assert bool((d <= ulp).all()), f"{sa.name} {dtype}: max |d| {d.max().item():.3e}"
+    _assert_within_rounding(*_fused_and_torch(lambda: _segments(dtype, master), plan, "rademacher"), dtype, False)
     exact = dict(post=[(21, 1e-3), (22, -5e-4)])
-    a, b = _segments(torch.float32, False), _segments(torch.float32, False)
-    sweep(a, SweepPlan(**exact, dist="rademacher"), fused=True)
-    sweep(b, SweepPlan(**exact, dist="rademacher"), fused=False)
+    a, b = _fused_and_torch(lambda: _segments(torch.float32, False), exact, "rademacher")
     assert all(torch.equal(sa.tensor.cpu(), sb.tensor.cpu()) for sa, sb in zip(a, b))
 
 
@@ -197,19 +202,10 @@ def test_fused_rademacher32_sweep_matches_torch_sweep(dtype, master):
     """A full rademacher32 sweep (restore + update + next, decay) against the torch path on unaligned and
     aligned segments; with only post (and show) terms and no decay fp32 is bit-identical (z = +-1)."""
     plan = dict(pre=[(11, 1e-3)], post=[(11, -2e-4), (12, 1e-3)], decay=1e-2, show=[(13, 1e-3)] if master else [])
-    a, b = _mixed_segments(dtype, master), _mixed_segments(dtype, master)
-    sweep(a, SweepPlan(**plan, dist="rademacher32"), fused=True)
-    sweep(b, SweepPlan(**plan, dist="rademacher32"), fused=False)
-    for sa, sb in zip(a, b):
-        d = (sa.tensor.float() - sb.tensor.float()).abs()
-        ulp = sb.tensor.float().abs() * {torch.float32: 2e-6, torch.bfloat16: 8e-3}[dtype] + 1e-7
-        assert bool((d <= ulp).all()), f"{sa.name} {dtype}: max |d| {d.max().item():.3e}"
-        if master:
-            assert torch.allclose(sa.master, sb.master, rtol=1e-5, atol=1e-7)
+    _assert_within_rounding(*_fused_and_torch(lambda: _mixed_segments(dtype, master), plan, "rademacher32"),
+                            dtype, master)
     exact = dict(post=[(21, 1e-3), (22, -5e-4)], show=[(23, 2e-3)] if master else [])
-    a, b = _mixed_segments(torch.float32, master), _mixed_segments(torch.float32, master)
-    sweep(a, SweepPlan(**exact, dist="rademacher32"), fused=True)
-    sweep(b, SweepPlan(**exact, dist="rademacher32"), fused=False)
+    a, b = _fused_and_torch(lambda: _mixed_segments(torch.float32, master), exact, "rademacher32")
     assert all(torch.equal(sa.tensor.cpu(), sb.tensor.cpu()) for sa, sb in zip(a, b))
     if master:
         assert all(torch.equal(sa.master.cpu(), sb.master.cpu()) for sa, sb in zip(a, b))
