@@ -4,7 +4,8 @@
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
 # Stages (default: verdict tests cls estimators, in that order):
-#   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100)
+#   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
+#                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
 #                rademacher32's kernel; ~4 min)
 #   suite        the whole GPU suite in one pytest process (scripts/gpu_suite.sh tests; ~6-9 min)
@@ -37,10 +38,15 @@ for stage in ${*:-verdict tests cls estimators}; do
       # 2x the reference's forwards, not 3x): the six runs then fit what is left of a session's device time after
       # the machine's start; seed 0 of 2026-12-06 reached the target in 0.7x. The target is recomputed from all
       # reference seeds at report time (ours run their whole budget: they end before the reference's wall-clock).
-      for s in 0 1 2; do
+      # VERDICT_SEEDS picks and orders them (e.g. "1 2" then a later stage "verdict0" for seed 0).
+      for s in ${VERDICT_SEEDS:-0 1 2}; do
         tta $RW --methods reference --seeds $s
         tta $RW --methods ours --budget 2 --estimators spsa --seeds $s
       done ;;
+    verdict0)
+      # Seed 0's pair alone (after VERDICT_SEEDS="1 2" verdict and other stages).
+      tta $RW --methods reference --seeds 0
+      tta $RW --methods ours --budget 2 --estimators spsa --seeds 0 ;;
     tests)
       python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" \
         -s -p no:cacheprovider > $OUT/test_rebound.log 2>&1
@@ -90,7 +96,7 @@ for stage in ${*:-verdict tests cls estimators}; do
     seed-reward-ref)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
-    *) echo "unknown stage $stage (verdict tests suite prefill prefill-bench cls estimators seed-reward-ref)"; exit 2 ;;
+    *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
