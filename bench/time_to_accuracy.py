@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             "args": {k: v for k, v in vars(args).items()}}
     if args.report_only and (out / "tta.json").exists():  # the machine that ran them, not this one
         meta["measured"] = {k: v for k, v in json.loads((out / "tta.json").read_text()).items()
-                            if k in ("card", "versions", "date", "model")}
+                            if k in ("card", "versions", "date", "model", "backend")}
     return report.build(out, tasks, ["reference", *args.estimators], lambda t: rule_for(args, t), meta)
 
 

@@ -103,6 +103,26 @@ def test_stop_at_target_waits_w_evals_past_the_crossing_and_the_reference_wall_c
     assert not curves.should_stop(curve([0.5] * 10), 0.74, rule, ref_seconds=0.0)  # never reached
 
 
+def test_a_run_stopped_under_a_further_target_still_shows_a_nearer_crossing():
+    # 2026-12-07: two reference seeds set 0.609, the third lowered it to 0.594; ours had stopped under 0.609.
+    rule, low = Rule(), Rule(higher=False)
+    c = curve([0.45, 0.55, 0.62, 0.65, 0.66, 0.66])
+    assert curves.time_to_target(c, 0.594, rule)["step"] <= curves.time_to_target(c, 0.609, rule)["step"]
+    assert curves.stop_covers(0.609, 0.594, rule) and curves.stop_covers(0.609, 0.609, rule)
+    assert not curves.stop_covers(0.594, 0.609, rule)  # its crossing of the further bar may lie past its end
+    assert curves.stop_covers(None, 0.9, rule)  # never stopped early
+    assert curves.stop_covers(1.0, 1.2, low) and not curves.stop_covers(1.2, 1.0, low)  # a loss: lower is further
+
+
+def test_seed_paired_speedups_compare_each_seeds_pair_and_keep_never_reached_apart():
+    ref = {0: 86.4, 1: 161.9, 2: INF, 3: INF}  # 2026-12-07's reward verdict: the reference's seed 2 never reached
+    ours = {0: 13.0, 1: 18.3, 2: 8.0, 3: INF, 4: 5.0}  # seed 4 has no reference run: left out
+    got = curves.paired_speedups(ref, ours)
+    assert got == [pytest.approx(86.4 / 13.0), pytest.approx(161.9 / 18.3), INF]  # seed 3: neither reached
+    assert curves.spread(got)["median"] == pytest.approx(161.9 / 18.3)
+    assert curves.paired_speedups({0: 10.0}, {0: INF}) == [0.0]  # only ours never reached
+
+
 def test_pick_lr_grid_rules():
     rule = Rule()
     runs = [{"lr": 1e-5, "seed": 0, "curve": curve([0.5, 0.6, 0.7, 0.75])},

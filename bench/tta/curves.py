@@ -106,6 +106,26 @@ def should_stop(curve: list[dict], tgt: float, rule: Rule, ref_seconds: float) -
     return i is not None and len(curve) - 1 - i >= rule.window and curve[-1]["seconds"] >= ref_seconds
 
 
+def stop_covers(stop_target: float | None, tgt: float, rule: Rule) -> bool:
+    """Whether a run that --stop-at-target ended under `stop_target` (the target of the reference seeds done
+    then) still shows its crossing of `tgt` (the target now): yes when tgt is no further than stop_target, since a
+    smoothed curve passes a nearer bar no later than a further one; a run that never stopped covers any."""
+    return stop_target is None or rule.at_or_past(stop_target, tgt)
+
+
+def paired_speedups(ref: dict[int, float], other: dict[int, float]) -> list[float]:
+    """Per seed that both ran, the reference's seconds to the target over the other's (seed -> seconds, inf
+    = never reached): inf where only the reference never reached, 0 where only the other never did; a seed
+    neither reached is left out. Each seed's pair from one machine compares even where seeds ran on several."""
+    out = []
+    for seed in sorted(ref.keys() & other.keys()):
+        r, o = ref[seed], other[seed]
+        if r == INF and o == INF:
+            continue
+        out.append(INF if r == INF else 0.0 if o == INF else r / o)
+    return out
+
+
 def spread(values: list[float]) -> dict:
     """Median, min and max (inf counts as larger than any number: a seed that never reached)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -57,14 +57,20 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
         if not runs:
             continue
         s = curves.summarise([r["curve"] for r in runs], tgt, rule, ref_s)
-        stale = [r["seed"] for r in runs if r.get("target_at_stop") not in (None, tgt["target"])]
+        # Only a run that stopped under a nearer target than today's misses its crossing (more reference seeds
+        # can move the target either way).
+        stale = [r["seed"] for r in runs if not curves.stop_covers(r.get("target_at_stop"), tgt["target"], rule)]
         res["methods"][name] = {**s, "lr": lr, "eps": runs[0]["settings"]["eps"], "runs": runs,
                                 "lrs_tried": sorted({r["lr"] for r in runs_all if r["seed"] == 0}),
                                 "stopped_under_other_target": stale}
     ref = res["methods"]["reference"]
+    ref_by_seed = {r["seed"]: h["seconds"] for r, h in zip(ref["runs"], ref["hits"])}
     for m in res["methods"].values():  # no verdict where the reference did not learn
         for k in ("seconds", "forwards"):
             m[f"speedup_{k}"] = curves.speedup(ref[k]["median"], m[k]["median"]) if tgt["learned"] else None
+        paired = curves.paired_speedups(ref_by_seed, {r["seed"]: h["seconds"] for r, h in zip(m["runs"], m["hits"])})
+        m["speedup_paired"] = curves.spread(paired) if paired and tgt["learned"] else None
+    res["machines"] = sorted({r.get("machine") or "unrecorded" for m in res["methods"].values() for r in m["runs"]})
     return res
 
 
@@ -80,6 +86,14 @@ def span(s: dict) -> str:
         return "not reached"
     hi = "n.r." if s["max"] == INF else f"{s['max']:.3g}"
     return f"{s['median']:.3g} [{s['min']:.3g}-{hi}]"
+
+
+def ratio_cell(s: dict | None) -> str:
+    """'median [min-max]' of seed-paired speed-ups, 'inf' where the reference's seed never reached."""
+    if s is None:
+        return "-"
+    f = lambda v: "inf" if v == INF else f"{v:.2f}x"  # noqa: E731
+    return f"{f(s['median'])} [{f(s['min'])}-{f(s['max'])}]"
 
 
 def memory_cell(runs: list[dict]) -> str:
@@ -107,9 +121,9 @@ def table(result: dict) -> str:
             f"F={result['rule']['fraction']}, min gain {result['rule']['min_gain']}, budget "
             f"{result['budget']}x the reference's forwards\n")
     lines = [head, "| task | method | dtype | lr | zero-shot | ref final | target | seeds reaching | time to target s, "
-             "median [min-max] | forwards to target | speed-up (s) | speed-up (forwards) | metric at ref wall-clock | "
-             "peak GiB (x forward-only) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "median [min-max] | forwards to target | speed-up (s) | speed-up (s), seed-paired | speed-up (forwards) | "
+             "metric at ref wall-clock | peak GiB (x forward-only) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for task, r in result["tasks"].items():
         for name, m in r["methods"].items():
@@ -119,7 +133,8 @@ def table(result: dict) -> str:
             dtype = m["runs"][0]["settings"].get("dtype", "?")
             lines.append(f"| {task} | {label} | {dtype} | {m['lr']:.3g} | {r['zero_shot']:.3f} | "
                          f"{r['ref_final']:.3f} | {r['target']:.3f} | {m['reached']}/{m['seeds']} | {span(m['seconds'])} | "
-                         f"{fmt(m['forwards']['median'])} | {up[0]} | {up[1]} | {at_ref_cell(m)} | "
+                         f"{fmt(m['forwards']['median'])} | {up[0]} | "
+                         f"{ratio_cell(m.get('speedup_paired'))} | {up[1]} | {at_ref_cell(m)} | "
                          f"{memory_cell(m['runs'])} |")
             frozen = [run for run in m["runs"] if frozen_curve(run["curve"], run["n_eval"])]
             if frozen:
@@ -129,6 +144,10 @@ def table(result: dict) -> str:
             if m["stopped_under_other_target"]:
                 notes.append(f"{task} {label}: seeds {m['stopped_under_other_target']} stopped early under an "
                              "earlier target (more reference seeds came later); rerun them in a fresh OUT")
+        if len(r.get("machines", [])) > 1:
+            notes.append(f"{task}: runs from {len(r['machines'])} machines ({'; '.join(r['machines'])}): the "
+                         "median-of-seconds speed-up mixes them; the seed-paired one compares each seed's pair, "
+                         "where both ran on one machine")
         se = r["stderr_at_target"]
         notes.append(f"{task}: {r['n_eval']} eval examples, one eval's standard error at the target "
                      f"{'n/a' if se is None else f'{se:.4f}'}; reference total training {r['ref_seconds']:.3g} s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import statistics
 from pathlib import Path
 from typing import Callable
@@ -55,9 +56,20 @@ def ensure(out: Path, task: str, method: str, lr: float, seed: int, want: dict, 
         print(f"  done already: {path.relative_to(out)}", flush=True)
         return rec
     print(f"  running {task} {method} lr {lr:g} seed {seed}", flush=True)
-    rec = {"task": task, "method": method, "lr": lr, "seed": seed, "settings": want, **make()}
+    rec = {"task": task, "method": method, "lr": lr, "seed": seed, "settings": want, **make(), "machine": machine()}
     write_json(path, rec)
     return rec
+
+
+def machine() -> str:
+    """Which machine a run's seconds come from: host name and this boot's id (a device machine started afresh
+    is another machine even where its name repeats). Timings compare only within one machine: the report
+    says when a task's runs come from several."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()} boot {boot}"
 
 
 def load_runs(out: Path, task: str, method: str) -> list[dict]:
