@@ -40,6 +40,12 @@ def ensure_hf_model(model: str, out: Path) -> str:
     return str(dst)
 
 
+def hf_model(args, out: Path) -> str:
+    """The HF model directory to train, converted once from a GGUF; --report-only trains nothing and reads
+    only the run files, so it converts nothing (the stored result's OUT need not hold a 0.5 GB model)."""
+    return args.model if args.report_only else ensure_hf_model(args.model, out)
+
+
 def task_list(args, out: Path) -> tuple[dict[str, Task], str]:
     """({name: Task}, the HF model directory) for this invocation."""
     if args.task:
@@ -48,7 +54,7 @@ def task_list(args, out: Path) -> tuple[dict[str, Task], str]:
         metric = args.metric or DEFAULT_METRIC[args.objective]
         task = Task(args.task, args.objective, str(Path(args.train).resolve()), str(Path(args.eval).resolve()),
                     metric, args.steps, args.reward, args.verbatim, args.max_new_tokens)
-        return {task.name: task}, ensure_hf_model(args.model, out)
+        return {task.name: task}, hf_model(args, out)
     steps = {"cls": args.steps_cls, "reward": args.steps_reward}
     names = [t for t in args.tasks.split(",") if t]
     if bad := [t for t in names if t not in OBJECTIVE]:
@@ -65,7 +71,7 @@ def task_list(args, out: Path) -> tuple[dict[str, Task], str]:
 
         paths = {k: str(v) for k, v in write_tasks(out / "tasks").items()}
         files = {t: (paths[f"{t}_train"], paths[f"{t}_eval"]) for t in names}
-        model = ensure_hf_model(args.model, out)
+        model = hf_model(args, out)
         new_tokens = 6
     tasks = {t: Task(t, OBJECTIVE[t], *files[t], DEFAULT_METRIC[OBJECTIVE[t]], steps[t], "exact_match",
                      not args.builtin, new_tokens) for t in names}
