@@ -150,6 +150,7 @@ def test_frozen_curves_are_flagged():
 
 
 H100_LATE = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-06-h100-late" / "tta"
+H100_0607 = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-07-h100" / "combined"
 
 
 def test_the_rule_on_the_h100_runs_of_2026_12_06():
@@ -172,6 +173,26 @@ def test_the_rule_on_the_h100_runs_of_2026_12_06():
                          "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
                          "tasks": {"cls": cls}})
     assert "cls reference MeZO: seeds [0, 1]: every eval gave the same metric" in text
+
+
+def test_the_reward_verdict_over_3_seeds_of_2026_12_06_and_07():
+    """The reward verdict's run files (docs/benchmarks.md): seed 0's pair from 2026-12-06's machine, seeds 1
+    and 2 from 2026-12-07's. The seed-paired speed-up compares each pair on its machine (86.4 / 13.0,
+    161.9 / 18.3, and inf: the reference's seed 2 never reached); the report names both machines, and ours'
+    seed 1, stopped under the two-seed target 0.609, still shows its crossing of the three-seed 0.594."""
+    from tta import report
+
+    r = report.task_result(H100_0607, "reward", ["reference", "spsa"], Rule())
+    assert r["learned"] and r["target"] == pytest.approx(0.594, abs=1e-3)
+    spsa, ref = r["methods"]["spsa"], r["methods"]["reference"]
+    assert ref["reached"] == 2 and spsa["reached"] == 3 and spsa["stopped_under_other_target"] == []
+    assert spsa["speedup_paired"]["median"] == pytest.approx(161.9 / 18.3, rel=0.01)
+    assert spsa["speedup_paired"]["min"] == pytest.approx(86.4 / 13.0, rel=0.01) and spsa["speedup_paired"]["max"] == INF
+    assert len(r["machines"]) == 2
+    text = report.table({"card": "H100", "date": "2026-12-07", "versions": {"torch": "", "transformers": "", "sglang": ""},
+                         "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
+                         "tasks": {"reward": r}})
+    assert "8.84x [6.63x-inf]" in text and "runs from 2 machines" in text and "stopped early" not in text
 
 
 def test_peak_memory_is_the_runs_peak_over_its_forward_only_memory():

@@ -57,8 +57,8 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
         if not runs:
             continue
         s = curves.summarise([r["curve"] for r in runs], tgt, rule, ref_s)
-        # Only a run that stopped under a nearer target than today's misses its crossing (more reference seeds
-        # can move the target either way).
+        # Only a run that stopped under a nearer target than the current one misses its crossing (more
+        # reference seeds can move the target either way).
         stale = [r["seed"] for r in runs if not curves.stop_covers(r.get("target_at_stop"), tgt["target"], rule)]
         res["methods"][name] = {**s, "lr": lr, "eps": runs[0]["settings"]["eps"], "runs": runs,
                                 "lrs_tried": sorted({r["lr"] for r in runs_all if r["seed"] == 0}),
