@@ -78,6 +78,11 @@ for stage in ${*:-verdict tests cls estimators}; do
         --only ours --backends sglang > $OUT/small_step_reward_prefill.log 2>&1
       tail -6 $OUT/small_step_reward_prefill.log; cp /tmp/mezo_step/small_step_reward.json $OUT/ 2>/dev/null ;;
     cls)
+      # The classification reference's evals replay the hf scoring graphs while MeZO's loop rebinds every weight:
+      # their recapture (runners/graph_scorer.py) must pass its GPU test first, or ten minutes of runs are frozen.
+      python3 -m pytest tests/gpu/test_scoring_graphs.py -m gpu -q -k rebound -p no:cacheprovider \
+        > $OUT/test_rebound_cls.log 2>&1 || { tail -5 $OUT/test_rebound_cls.log; echo "cls skipped: rebound test failed"; continue; }
+      tail -1 $OUT/test_rebound_cls.log
       tta $RC --methods reference --seeds 0
       tta $RC $O --estimators spsa --seeds 0
       tta $RC --methods reference --seeds 1,2
