@@ -24,16 +24,12 @@ below half an ulp and rounds away, so it learns less per forward than it can); i
 lr. Ours is python -m mezo_elastic.train (--backend, sglang on a GPU; --dtype, bfloat16 on a GPU, with the
 fp32 master weights it keeps for 16-bit dtypes) with each estimator of --estimators:
 spsa (--lr-spsa, default the reference's lr; eps = --eps), fzoo (FZOO's own rule and settings: --eps-fzoo
-1e-3, --fzoo-k 8; --lr-fzoo a grid 1e-5,3e-4,1e-3,3e-3: fzoo.sh's 1e-5 is its OPT-1.3B value and its
-README's OPT-13B run uses 5e-5, tuned per model, and FZOO's step is scale-free (each weight moves about
-lr / sqrt(N) whatever the gradient), so on SmolLM2-135M 1e-5 moves the weights about 1/70 as far a step as
-the reference at its lr; bench/tta/methods.py cites the source; --fzoo-scales S,... instead sets
-lr = S x lr_ref x median|g_ref|, the older rule), es (--lr-es, --eps-es, --es-n), gv (MeZO-GV: --gv-k
-candidates a step, lr = --gv-lr-scales x lr_ref, default 0.5,1: 0.5 is MeZO's step size (v = z_best -
-z_worst has twice z's squared norm); its README's ratio 2 collapsed on both tasks on 2026-12-06;
+1e-3, --fzoo-k 8, --lr-fzoo a grid 1e-5,3e-4,1e-3,3e-3, since its authors tune lr per model and its step is
+scale-free; --fzoo-scales S,... instead sets lr = S x lr_ref x median|g_ref|, the older rule), es (--lr-es,
+--eps-es, --es-n), gv (MeZO-GV: --gv-k candidates a step, lr = --gv-lr-scales x lr_ref, default 0.5,1;
 eps = --eps), zo_muon (ZO-Muon: 4 subspace points + theta a step, r = --zo-muon-rank 64, P redrawn every
-100 steps, lr --lr-zo-muon, on the hf backend). A method with several lrs runs them on seed 0 and its
-soonest to the target on every seed.
+100 steps, lr --lr-zo-muon, on the hf backend). Why each setting, with the sources: bench/tta/methods.py.
+A method with several lrs runs them on seed 0 and its soonest to the target on every seed.
 
 Budget and evals: the reference runs its step budget (--steps-cls / --steps-reward / --steps); each of ours
 may run up to --budget (3) x the reference's forwards and evaluates as often in forwards (every

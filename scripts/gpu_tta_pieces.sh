@@ -33,20 +33,17 @@ RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--method
 for stage in ${*:-verdict tests cls estimators}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
-    verdict)
+    verdict|verdict0)
       # Reference then ours, seed by seed (a session cut short still leaves whole pairs). Ours at --budget 2 (up to
       # 2x the reference's forwards, not 3x): the six runs then fit what is left of a session's device time after
       # the machine's start; seed 0 of 2026-12-06 reached the target in 0.7x. The target is recomputed from all
       # reference seeds at report time (ours run their whole budget: they end before the reference's wall-clock).
-      # VERDICT_SEEDS picks and orders them (e.g. "1 2" then a later stage "verdict0" for seed 0).
-      for s in ${VERDICT_SEEDS:-0 1 2}; do
+      # VERDICT_SEEDS picks and orders them (e.g. "1 2" then, after other stages, verdict0: seed 0's pair alone).
+      seeds=${VERDICT_SEEDS:-0 1 2}; [ $stage = verdict0 ] && seeds=0
+      for s in $seeds; do
         tta $RW --methods reference --seeds $s
         tta $RW --methods ours --budget 2 --estimators spsa --seeds $s
       done ;;
-    verdict0)
-      # Seed 0's pair alone (after VERDICT_SEEDS="1 2" verdict and other stages).
-      tta $RW --methods reference --seeds 0
-      tta $RW --methods ours --budget 2 --estimators spsa --seeds 0 ;;
     tests)
       python3 -m pytest tests/gpu/test_scoring_graphs.py tests/gpu/test_zo_muon_gpu.py -m gpu -q -k "rebound or zo_muon" \
         -s -p no:cacheprovider > $OUT/test_rebound.log 2>&1
