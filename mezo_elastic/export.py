@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -35,6 +36,7 @@ from mezo_elastic.training.metrics import BEST_KEYS, best_step
 from mezo_elastic.zo.factory import make_optimizer
 from mezo_elastic.zo.optimizer import use_master_weights
 
+logger = logging.getLogger(__name__)
 EXPORT_MARKER = "export.json"  # in every export: what it is and the files export wrote (the only ones it replaces)
 
 
@@ -121,6 +123,11 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
         if base <= rec.step < step:
             opt.replay(rec)
     opt.clean()  # the last replayed step may have folded in the next perturbation: now theta
+    if cfg.mezo.estimator == "zo_muon" and step > base:
+        # its update's float64 matmuls sum in another order on a GPU than here (zo/lowrank.py)
+        logger.warning("note: zo_muon steps %d-%d replayed on the CPU; where the run was made on a GPU a few "
+                       "elements may differ from its weights by one float32 ulp (its final/ and checkpoints are "
+                       "exact)", base + 1, step)
     bad = checkpoint.first_nonfinite(runner.model.named_parameters())
     if bad:
         raise CheckpointError(f"--step {step}: tensor {bad[0]!r} has {bad[1]} non-finite values (the run diverged "

@@ -17,14 +17,15 @@ What differs from MeZO's machinery, and why this is a module of its own:
   sweep does not apply: every point is written as weights = cast(master + eps P u_i) in torch ops
   (the fp32 master copy is always kept: a point never moves the master, so there is no drift to undo);
 - the step is nonlinear in the g_i (NS5), so the step log's (seeds, grads, lr) replays through this
-  module (`replay`), not as a sum of seeded z. Devices agree to the last bit almost always: u_i, z_i and
-  P's Gaussian come from this package's Philox generator (perturb.z_range: the same bits on CPU and GPU),
-  P's QR runs in float64 on the CPU, the subspace gradient is an elementwise float64 sum in the seeds'
-  order (the same bits anywhere), NS5 and P NS5(.) run in float64 on the weights' device, and the new
-  master is rounded once to float32. Two devices' float64 matmuls differ by ~1e-15 relative; that moves the
-  float32 result only where the exact value lies that close to a rounding boundary: about 1e-12 per element
-  and step (a few 1-ulp differences in a long 8B run's CPU export; none expected at 135M). A resume on the
-  device that made the run is bit-exact.
+  module (`replay`), not as a sum of seeded z. Devices agree to within a float32 ulp on a few elements:
+  u_i, z_i and P's Gaussian come from this package's Philox generator (perturb.z_range: the same bits on CPU
+  and GPU), P's QR runs in float64 on the CPU, the subspace gradient is an elementwise float64 sum in the
+  seeds' order (the same bits anywhere), NS5 and P NS5(.) run in float64 on the weights' device, and the new
+  master is rounded once to float32. Two devices' float64 matmuls (and NS5's norm) sum in other orders, ~1e-15
+  relative, which moves the float32 rounding where the exact value lies that close to a boundary: a GPU run's
+  CPU export differed by 1 ulp (1.19e-7) after 10 steps of the built-in model (H100, 2026-12-07). A replay
+  takes no forwards, so such a difference does not grow; a resume on the device that made the run, and
+  final/ and checkpoints, are bit-exact.
 - only whole HF parameters with their 2-D shape (the hf backend without LoRA): the SGLang backend's
   fused and sharded tensors are refused in one line by the config.
 Memory: P (m x r, float32 and float64 copies) per matrix on top of the master copy: m r 12 bytes a matrix
