@@ -49,7 +49,8 @@ VARIANTS = {
             ("sglang, per-call batches", "sglang", {"scoring_graphs": False}),
             ("hf, scoring graphs", "hf", {"scoring_graphs": True}),
             ("hf, per-call batches", "hf", {"scoring_graphs": False})],
-    "reward": [("sglang", "sglang", {}), ("sglang, prefill graphs", "sglang", {"sglang_prefill_graphs": True}),
+    "reward": [("sglang", "sglang", {"sglang_prefill_graphs": "off"}),
+               ("sglang, prefill graphs", "sglang", {"sglang_prefill_graphs": "on"}),
                ("hf", "hf", {})],
 }
 

@@ -215,8 +215,10 @@ def test_row_sums_drop_each_requests_last_row():
 
 
 def test_server_args_turn_on_only_the_graphs_each_objective_uses(monkeypatch):
-    """Scoring: no CUDA graphs (unless model.sglang_prefill_graphs); reward: decode graphs at 1, 2, 4, ...
-    up to data.micro_batch and no prefill graphs. The fields are what ServerArgs receives."""
+    """Scoring: no CUDA graphs (model.sglang_prefill_graphs=auto leaves SGLang's prefill graphs off there: the
+    scoring graphs capture the whole forward); reward: decode graphs at 1, 2, 4, ... up to data.micro_batch and,
+    by auto, prefill graphs at a dozen token counts (tp_size 1 without LoRA only); on/off override auto. The
+    fields are what ServerArgs receives."""
     from mezo_elastic.config import Config
     from mezo_elastic.runners.sglang import runner as sg
 
@@ -224,20 +226,47 @@ def test_server_args_turn_on_only_the_graphs_each_objective_uses(monkeypatch):
     ctx = None
     cfg = Config()
     cfg.model.backend = "sglang"
+    assert cfg.model.sglang_prefill_graphs == "auto"
     scoring = sg.create_mezo_server_args(ctx, cfg, "/m")
     assert scoring["disable_cuda_graph"] is True and "cuda_graph_bs_decode" not in scoring
+    assert "cuda_graph_bs_prefill" not in scoring
     cfg.data.objective, cfg.data.micro_batch = "reward", 24
     reward = sg.create_mezo_server_args(ctx, cfg, "/m")
-    assert reward["disable_cuda_graph"] is False and reward["disable_prefill_cuda_graph"] is True
-    assert reward["disable_decode_cuda_graph"] is False
+    assert reward["disable_cuda_graph"] is False and reward["disable_decode_cuda_graph"] is False
     assert reward["cuda_graph_bs_decode"] == [1, 2, 4, 8, 16, 32] and reward["cuda_graph_max_bs_decode"] == 32
-    cfg.data.objective, cfg.model.sglang_prefill_graphs = "lm", True
+    # A dozen token counts up to a micro-batch's tokens, not SGLang's ~60 (its capture took ~40 s).
+    assert reward["disable_prefill_cuda_graph"] is False
+    assert reward["cuda_graph_bs_prefill"] == sg.prefill_graph_tokens(24, 128) and reward["cuda_graph_max_bs_prefill"] == 24 * 128
+    cfg.model.sglang_prefill_graphs = "off"
+    eager = sg.create_mezo_server_args(ctx, cfg, "/m")
+    assert eager["disable_prefill_cuda_graph"] is True and "cuda_graph_bs_prefill" not in eager
+    assert eager["disable_decode_cuda_graph"] is False
+    cfg.model.sglang_prefill_graphs = "auto"
+    for field, value in (("tp_size", 2), ("peft", "lora")):  # auto: only where they were measured
+        other = Config()
+        other.model.backend, other.data.objective = "sglang", "reward"
+        if field == "peft":
+            other.peft.method = value
+        else:
+            other.model.tp_size = value
+        assert sg.prefill_graphs_on(other) is False, field
+    cfg.data.micro_batch, cfg.data.max_length = 64, 512  # auto caps the counts at 8192 tokens; on does not
+    assert sg.create_mezo_server_args(ctx, cfg, "/m")["cuda_graph_max_bs_prefill"] == sg.AUTO_PREFILL_TOKENS
+    cfg.data.objective, cfg.model.sglang_prefill_graphs = "lm", "on"
     prefill = sg.create_mezo_server_args(ctx, cfg, "/m")
     assert prefill["disable_cuda_graph"] is False and prefill["disable_prefill_cuda_graph"] is False
-    assert prefill["disable_decode_cuda_graph"] is True
-    # A dozen token counts up to a micro-batch's tokens, not SGLang's ~60 (its capture took ~40 s).
-    assert prefill["cuda_graph_bs_prefill"] == sg.prefill_graph_tokens(24, 128) and prefill["cuda_graph_max_bs_prefill"] == 24 * 128
-    assert "cuda_graph_bs_prefill" not in reward
+    assert prefill["disable_decode_cuda_graph"] is True and prefill["cuda_graph_max_bs_prefill"] == 64 * 512
+
+
+def test_prefill_graphs_take_the_old_booleans():
+    """A config or run.json from before auto (true/false) still reads, as on/off; anything else is one line."""
+    from mezo_elastic.config import from_dict
+    from mezo_elastic.errors import ConfigError
+
+    assert from_dict({"model": {"sglang_prefill_graphs": True}}).model.sglang_prefill_graphs == "on"
+    assert from_dict({"model": {"sglang_prefill_graphs": False}}).model.sglang_prefill_graphs == "off"
+    with pytest.raises(ConfigError, match="sglang_prefill_graphs.*allowed"):
+        from_dict({"model": {"sglang_prefill_graphs": "sometimes"}})
 
 
 def test_prefill_graph_token_counts_cover_a_micro_batch_in_steps_of_at_most_2x():
@@ -248,3 +277,5 @@ def test_prefill_graph_token_counts_cover_a_micro_batch_in_steps_of_at_most_2x()
         sizes = prefill_graph_tokens(mb, ml)
         assert sizes[-1] == max(mb * ml, 64) and sizes == sorted(set(sizes))
         assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:])) and len(sizes) <= 16
+    capped = prefill_graph_tokens(64, 512, 8192)  # auto's cap: a larger prefill runs eagerly
+    assert capped[-1] == 8192 and capped == prefill_graph_tokens(64, 128)

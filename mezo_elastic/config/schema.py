@@ -55,13 +55,14 @@ class ModelConfig:
     sglang_logprob_tokens: int = opt(
         8192, "sglang: most completion positions scored in one forward (bounds the fp32 vocab-wide logits buffer)"
     )
-    sglang_prefill_graphs: bool = opt(
-        False, "sglang: run prefills (scoring EXTEND batches and the reward objective's generation prefill) through "
-        "SGLang's prefill CUDA graphs (its breakable backend). Exact: graph == eager after sweeps (tests/gpu/"
-        "test_sglang_prefill_graphs*.py, H100 2026-12-06); the reward step 1.5x faster (18.9 -> 28.3 steps/s on the "
-        "real 135M model). Captured at about a dozen token counts up to data.micro_batch x data.max_length "
-        "(runners/sglang/runner.py prefill_graph_tokens); SGLang's own ~60 counts took ~40 s to capture. Off by "
-        "default until the start-up cost of the dozen is measured on a GPU (scripts/gpu_tta_pieces.sh prefill)"
+    sglang_prefill_graphs: Literal["auto", "on", "off"] = opt(
+        "auto", "sglang: run prefills (scoring EXTEND batches, the reward objective's generation prefill) through "
+        "SGLang's prefill CUDA graphs (its breakable backend), captured at about a dozen token counts up to "
+        "data.micro_batch x data.max_length (runners/sglang/runner.py prefill_graph_tokens; auto: up to 8192, a "
+        "larger prefill runs eagerly). auto = on for data.objective=reward at tp_size 1 without LoRA: its step 1.56x faster (20.4 -> 31.9 steps/s, real 135M "
+        "model, H100 2026-12-07) at no start-up cost (25.9 vs 27.7 s), graph == eager after sweeps "
+        "(tests/gpu/test_sglang_prefill_graphs*.py); off for the scoring objectives, whose forwards "
+        "model.scoring_graphs captures whole. on/off: as asked (true/false are read as on/off)"
     )
     scoring_graphs: bool = opt(
         True, "CUDA: scoring forwards (lm, classification, evaluation) run fixed-shape batches (right-padded "
@@ -81,6 +82,7 @@ class ModelConfig:
         _choice("model", "device", self.device, ("auto", "cpu", "cuda"))
         _positive("model", "tp_size", self.tp_size)
         _choice("model", "sglang_load_format", self.sglang_load_format, ("auto", "dummy"))
+        _choice("model", "sglang_prefill_graphs", self.sglang_prefill_graphs, ("auto", "on", "off"))
         _positive("model", "sglang_logprob_tokens", self.sglang_logprob_tokens)
         _positive("model", "sglang_share_min_tokens", self.sglang_share_min_tokens, zero_ok=True)
         if self.backend == "hf" and self.tp_size != 1:

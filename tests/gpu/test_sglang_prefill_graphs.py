@@ -40,7 +40,7 @@ NAME = "llama32_tied"  # one engine a process (see docs/sglang.md); the other sh
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     path = save_random_model(TINY[NAME], tmp_path_factory.mktemp(NAME), seed=1)
-    sg = SGLangRunner(single_ctx(), sglang_cfg(path, sglang_prefill_graphs=True, scoring_graphs=False), torch.device("cuda", 0), str(path))
+    sg = SGLangRunner(single_ctx(), sglang_cfg(path, sglang_prefill_graphs="on", scoring_graphs=False), torch.device("cuda", 0), str(path))
     assert sg.engine.model_runner.prefill_cuda_graph_runner is not None
     yield sg
     sg.close()

@@ -37,7 +37,7 @@ NEW = 12
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     path = save_trained_model(TINY[NAME], tmp_path_factory.mktemp(NAME), seed=3)
-    cfg = sglang_cfg(path, sglang_prefill_graphs=True)
+    cfg = sglang_cfg(path, sglang_prefill_graphs="on")
     cfg.data.objective, cfg.data.micro_batch = "reward", 16
     sg = SGLangRunner(single_ctx(), cfg, torch.device("cuda", 0), str(path))
     mr = sg.engine.model_runner

@@ -57,19 +57,19 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     No tokenizer (token ids come in), no radix cache (nothing is reused across weight changes), no
     custom all-reduce (it needs its own IPC buffers; TP traffic is small next to the sweeps). SGLang's CUDA
     graphs: none for the scoring objectives by default, since this package captures its own (graphs.py);
-    model.sglang_prefill_graphs turns SGLang's prefill graphs on (at prefill_graph_tokens' counts); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
+    prefill graphs where prefill_graphs_on says (at prefill_graph_tokens' counts); decode graphs for the reward objective, captured at batch sizes 1, 2, 4, ... up
     to data.micro_batch (a smaller batch is padded to the next one); a replay reads the weights'
     storage, which every sweep updates in place.
     Request slots: a shared-prompt classification forward holds up to micro_batch candidates plus
     their prompts.
     """
     m = cfg.model
-    generating = cfg.data.objective == "reward"
+    generating, prefill = cfg.data.objective == "reward", prefill_graphs_on(cfg)
     fields = {
         "model_path": model_path, "skip_tokenizer_init": True, "load_format": m.sglang_load_format, "dtype": m.dtype,
         "trust_remote_code": m.trust_remote_code, "tp_size": m.tp_size, "dp_size": 1, "pp_size": 1,
         "mem_fraction_static": m.mem_fraction_static, "attention_backend": m.attention_backend,
-        "sampling_backend": "pytorch", "disable_cuda_graph": not (generating or m.sglang_prefill_graphs),
+        "sampling_backend": "pytorch", "disable_cuda_graph": not (generating or prefill),
         "disable_radix_cache": True,
         "disable_overlap_schedule": True, "disable_custom_all_reduce": True,
         "context_length": cfg.data.max_length + 1, "max_running_requests": 2 * max(cfg.data.micro_batch, 1) + 1,
@@ -78,15 +78,32 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
     if generating:
         sizes = decode_graph_sizes(cfg.data.micro_batch)
         fields.update(cuda_graph_bs_decode=sizes, cuda_graph_max_bs_decode=sizes[-1])
-    if generating or m.sglang_prefill_graphs:
+    if generating or prefill:
         # Each phase's graphs only where they are asked for: decode for generation, prefill by the option.
-        fields.update(disable_prefill_cuda_graph=not m.sglang_prefill_graphs, disable_decode_cuda_graph=not generating)
-    if m.sglang_prefill_graphs:
-        sizes = prefill_graph_tokens(cfg.data.micro_batch, cfg.data.max_length)
+        fields.update(disable_prefill_cuda_graph=not prefill, disable_decode_cuda_graph=not generating)
+    if prefill:
+        # auto: at most AUTO_PREFILL_TOKENS (a larger prefill is GPU-bound: eager costs it little, and the
+        # graphs' memory pool stays that of an 8192-token forward); on: up to a whole micro-batch
+        top = AUTO_PREFILL_TOKENS if m.sglang_prefill_graphs == "auto" else None
+        sizes = prefill_graph_tokens(cfg.data.micro_batch, cfg.data.max_length, top)
         fields.update(cuda_graph_bs_prefill=sizes, cuda_graph_max_bs_prefill=sizes[-1])
     if cfg.peft.method == "lora":
         fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)
+
+
+AUTO_PREFILL_TOKENS = 8192  # model.sglang_prefill_graphs=auto captures up to here (the measured case: 64 x 128)
+
+
+def prefill_graphs_on(cfg: Config) -> bool:
+    """model.sglang_prefill_graphs resolved: on/off as asked; auto = on for the reward objective (its
+    generation's prefill: 1.56x the step on the real 135M model, no start-up cost, H100 2026-12-07) at tp_size 1
+    without LoRA (where they were measured), off for the scoring objectives (model.scoring_graphs captures their
+    whole forward; SGLang's graphs there would only cost capture time and memory)."""
+    m = cfg.model
+    if m.sglang_prefill_graphs != "auto":
+        return m.sglang_prefill_graphs == "on"
+    return cfg.data.objective == "reward" and m.tp_size == 1 and cfg.peft.method == "none"
 
 
 def decode_graph_sizes(micro_batch: int) -> list[int]:
@@ -97,14 +114,15 @@ def decode_graph_sizes(micro_batch: int) -> list[int]:
     return sizes
 
 
-def prefill_graph_tokens(micro_batch: int, max_length: int) -> list[int]:
-    """Prefill token counts to capture: multiples of 64 about 1.5x apart, up to a full micro-batch's tokens.
+def prefill_graph_tokens(micro_batch: int, max_length: int, cap: int | None = None) -> list[int]:
+    """Prefill token counts to capture: multiples of 64 about 1.5x apart, up to a full micro-batch's tokens
+    (or `cap`, where smaller).
 
     SGLang's own list (4, 8, ... up to its chunked-prefill size: about 60 counts) took ~40 s to capture on the
     real 135M model; a prefill pads to the next captured count, and at these sizes a prefill is launch-bound,
     so coarser steps cost little. A prefill above the last count runs eagerly (same result).
     """
-    top = max(micro_batch * max_length, 64)
+    top = max(min(micro_batch * max_length, cap or micro_batch * max_length), 64)
     sizes, n = [], 64
     while n < top:
         sizes.append(n)
