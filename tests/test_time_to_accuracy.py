@@ -35,6 +35,8 @@ def test_time_to_accuracy_smoke(tmp_path):
         ref = t["methods"]["reference"]
         assert sorted(ref["lrs_tried"]) == [1e-3, 3e-3]  # the grid ran on seed 0
         assert len(ref["runs"][0]["curve"]) == 1 + out["args"][f"steps_{task}"] // out["args"]["eval_every"]
+        # |projected gradient| between evals, for every run (a divergence shows there before the metric falls)
+        assert [g["step"] for g in ref["runs"][0]["grad_curve"]] == [p["step"] for p in ref["runs"][0]["curve"][1:]]
         for est, fwd in (("spsa", 2), ("fzoo", 5), ("gv", 4)):
             run = t["methods"][est]["runs"][0]
             c = run["curve"]
@@ -43,6 +45,9 @@ def test_time_to_accuracy_smoke(tmp_path):
             assert (tmp_path / "runs" / task / f"{est}-{run['lr']:g}-s0.json").is_file()
             info = json.loads((tmp_path / "work" / task / f"{est}-{run['lr']:g}-s0" / "run.json").read_text())
             assert info["trajectory"]["mezo.estimator"] == est
+            assert [g["step"] for g in run["grad_curve"]] == [p["step"] for p in c[1:]]
+            assert all(g["max_abs_g"] >= g["median_abs_g"] >= 0 for g in run["grad_curve"])
+            assert any(g["max_abs_g"] > 0 for g in run["grad_curve"])
     # the same OUT again: nothing reruns, the report is rebuilt from OUT's runs (as --report-only does)
     again = bench(tmp_path, "--methods", "reference,ours")
     assert "running" not in again.stdout and again.stdout.count("done already") == 12, again.stdout

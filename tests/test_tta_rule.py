@@ -151,6 +151,7 @@ def test_frozen_curves_are_flagged():
 
 H100_LATE = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-06-h100-late" / "tta"
 H100_0607 = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-07-h100" / "combined"
+H100_0607_LATE = Path(__file__).resolve().parents[1] / "bench" / "results" / "2026-12-07-h100-late" / "tta"
 
 
 def test_the_rule_on_the_h100_runs_of_2026_12_06():
@@ -193,6 +194,62 @@ def test_the_reward_verdict_over_3_seeds_of_2026_12_06_and_07():
                          "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
                          "tasks": {"reward": r}})
     assert "8.84x [6.63x-inf]" in text and "runs from 2 machines" in text and "stopped early" not in text
+
+
+def test_the_classification_verdict_over_3_seeds_of_2026_12_07():
+    """The classification verdict's run files (docs/benchmarks.md; one H100, one machine): the reference
+    learned 0.485 -> 0.704 in 800 steps; ours (spsa) reached the target 0.660 on every seed, 14.1x sooner
+    seed-paired (61.9 / 5.02, 58.3 / 4.14, 64.5 / 3.7 in some order); fzoo's lr grid on seed 0 picks 3e-3 (first to
+    the target, 405 forwards); ours' spsa runs and gv's fell back to chance past ~1500 steps (flagged), the
+    reference's small dip is not."""
+    from tta import report
+
+    r = report.task_result(H100_0607_LATE, "cls", ["reference", "spsa", "fzoo", "gv"], Rule())
+    assert r["learned"] and r["zero_shot"] == pytest.approx(0.485) and r["target"] == pytest.approx(0.660, abs=1e-3)
+    spsa, fzoo, ref = r["methods"]["spsa"], r["methods"]["fzoo"], r["methods"]["reference"]
+    assert ref["reached"] == 3 and spsa["reached"] == 3 and len(r["machines"]) == 1
+    assert 12 < spsa["speedup_paired"]["min"] <= spsa["speedup_paired"]["median"] <= spsa["speedup_paired"]["max"] < 18
+    assert spsa["speedup_paired"]["median"] == pytest.approx(14.09, abs=0.01)
+    assert fzoo["lr"] == pytest.approx(3e-3) and fzoo["lrs_tried"] == [1e-5, 3e-4, 1e-3, 3e-3]
+    assert fzoo["forwards"]["median"] == 405 and fzoo["fell_back"] == []
+    assert [f["seed"] for f in spsa["fell_back"]] == [0, 1, 2] and ref["fell_back"] == []
+    assert all(f["last"] < 0.52 < 0.7 < f["best"] for f in spsa["fell_back"])
+    assert [f["seed"] for f in r["methods"]["gv"]["fell_back"]] == [0]
+    text = report.table({"card": "H100", "date": "2026-12-07", "versions": {"torch": "", "transformers": "", "sglang": ""},
+                         "backend": "sglang", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
+                         "tasks": {"cls": r}})
+    assert "cls ours, spsa: seeds [0, 1, 2] reached the target, then fell back" in text
+    assert "cls reference MeZO: seeds" not in text
+
+
+def test_fell_back_needs_the_target_reached_and_a_real_fall_past_it():
+    rule = Rule()  # target 0.66 from zero-shot 0.5: a fall counts below 0.66 - 0.04
+    rise_fall = curve([0.5, 0.6, 0.7, 0.72, 0.74, 0.6, 0.5, 0.5, 0.5])
+    f = curves.fell_back(rise_fall, 0.66, rule, 0.5)
+    assert f["best"] == pytest.approx((0.7 + 0.72 + 0.74) / 3) and f["best_step"] == 200 and f["last"] == pytest.approx(0.5)
+    assert curves.fell_back(curve([0.5, 0.6, 0.7, 0.72, 0.74, 0.66, 0.64, 0.63]), 0.66, rule, 0.5) is None  # noise
+    assert curves.fell_back(curve([0.5, 0.55, 0.6, 0.5, 0.5]), 0.66, rule, 0.5) is None  # never reached
+    assert curves.fell_back(curve([0.5, 0.6, 0.7, 0.72, 0.74]), 0.66, rule, 0.5) is None  # still there
+    loss = Rule(higher=False)  # a loss falls back by rising
+    assert curves.fell_back(curve([2.0, 1.5, 1.2, 1.1, 1.0, 1.6, 2.0, 2.0]), 1.3, loss, 2.0)["last"] == pytest.approx(
+        (1.6 + 2.0 + 2.0) / 3)
+
+
+def test_grad_curve_is_read_from_an_ours_runs_step_log(tmp_path):
+    """bench/tta/runners.read_grad_curve: median and max |g| of the logged steps between evals (a population's
+    K each; skipped steps left out)."""
+    from tta.runners import read_grad_curve
+
+    from mezo_elastic.state.checkpoint import StepLog
+    from mezo_elastic.zo.optimizer import StepRecord
+
+    log = StepLog(tmp_path / "steps.jsonl")
+    grads = {0: [1.0, -3.0], 1: [2.0, 2.0], 2: [-8.0, 4.0], 3: [100.0, 100.0]}
+    for step, g in grads.items():
+        log.append(StepRecord(step=step, seeds=[1, 2], grads=g, lr=1e-3, weight_decay=0.0, skipped=step == 3))
+    got = read_grad_curve(tmp_path / "steps.jsonl", [0, 2, 4])
+    assert got == [{"step": 2, "median_abs_g": 2.0, "max_abs_g": 3.0}, {"step": 4, "median_abs_g": 6.0, "max_abs_g": 8.0}]
+    assert read_grad_curve(tmp_path / "none.jsonl", [0, 2]) == []
 
 
 def test_peak_memory_is_the_runs_peak_over_its_forward_only_memory():

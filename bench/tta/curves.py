@@ -83,6 +83,21 @@ def hit(curve: list[dict], tgt: float, rule: Rule) -> int | None:
     return None
 
 
+def fell_back(curve: list[dict], tgt: float, rule: Rule, zero_shot: float) -> dict | None:
+    """A run that reached the target and whose last smoothed metric is back short of it by more than a
+    quarter of the way from zero-shot to the target (past its best it diverged, or the lr is too large for the
+    steps it ran; a smaller dip is eval noise): {"best", "best_step", "last", "last_step"} of the smoothed
+    curve; None for a run that did not reach the target or still holds it."""
+    if hit(curve, tgt, rule) is None:
+        return None
+    sm = smoothed(metrics(curve), rule.window)
+    if rule.at_or_past(sm[-1], tgt - (tgt - zero_shot) / 4):
+        return None
+    tail = range(rule.window - 1, len(curve))
+    j = max(tail, key=lambda i: sm[i]) if rule.higher else min(tail, key=lambda i: sm[i])
+    return {"best": sm[j], "best_step": curve[j]["step"], "last": sm[-1], "last_step": curve[-1]["step"]}
+
+
 def time_to_target(curve: list[dict], tgt: float, rule: Rule) -> dict:
     """{"step", "seconds", "forwards"} at the first smoothed crossing; inf for each when never reached."""
     i = hit(curve, tgt, rule)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
         stale = [r["seed"] for r in runs if not curves.stop_covers(r.get("target_at_stop"), tgt["target"], rule)]
         res["methods"][name] = {**s, "lr": lr, "eps": runs[0]["settings"]["eps"], "runs": runs,
                                 "lrs_tried": sorted({r["lr"] for r in runs_all if r["seed"] == 0}),
-                                "stopped_under_other_target": stale}
+                                "stopped_under_other_target": stale,
+                                "fell_back": fell_back_runs(runs, tgt["target"], tgt["zero_shot"], rule)}
     ref = res["methods"]["reference"]
     ref_by_seed = {r["seed"]: h["seconds"] for r, h in zip(ref["runs"], ref["hits"])}
     for m in res["methods"].values():  # no verdict where the reference did not learn
@@ -141,6 +143,8 @@ def table(result: dict) -> str:
                 notes.append(f"{task} {label}: seeds {[run['seed'] for run in frozen]}: every eval gave the same "
                              f"metric ({frozen[0]['curve'][0]['metric']:.3f} on seed {frozen[0]['seed']}); its evals "
                              "never saw the weights change: a broken run, not a result")
+            if m.get("fell_back"):
+                notes.append(fell_note(task, label, m["fell_back"]))
             if m["stopped_under_other_target"]:
                 notes.append(f"{task} {label}: seeds {m['stopped_under_other_target']} stopped early under an "
                              "earlier target (more reference seeds came later); rerun them in a fresh OUT")
@@ -155,6 +159,31 @@ def table(result: dict) -> str:
             notes.append(f"{task}: task did not learn: no verdict (the reference's median gain {r['gain']:.3f} "
                          f"< {result['rule']['min_gain']})")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def fell_back_runs(runs: list[dict], tgt: float, zero_shot: float, rule: Rule) -> list[dict]:
+    """curves.fell_back of each run that reached the target and ended short of it, with its seed and, where
+    the run recorded them, the median |projected gradient| of its first and last eval intervals."""
+    out = []
+    for run in runs:
+        f = curves.fell_back(run["curve"], tgt, rule, zero_shot)
+        if f:
+            g = run.get("grad_curve") or []
+            out.append({"seed": run["seed"], **f, **({"g_first": g[0]["median_abs_g"], "g_last": g[-1]["median_abs_g"]}
+                                                      if g else {})})
+    return out
+
+
+def fell_note(task: str, label: str, fell: list[dict]) -> str:
+    """One line for the seeds that reached the target and then fell back short of it by their last eval."""
+    med = lambda k: statistics.median(f[k] for f in fell)  # noqa: E731
+    g = [f for f in fell if "g_first" in f]
+    grads = (f"; median |g| {statistics.median(f['g_first'] for f in g):.3g} in the first eval interval, "
+             f"{statistics.median(f['g_last'] for f in g):.3g} in the last" if g else "")
+    return (f"{task} {label}: seeds {[f['seed'] for f in fell]} reached the target, then fell back short of it by "
+            f"their last eval (smoothed, median: best {med('best'):.3f} at step {med('best_step'):.0f}, last "
+            f"{med('last'):.3f}{grads}): the time to target holds, but past its best the run ended worse; stop at "
+            "the best eval (export --step best) or decay the lr (mezo.schedule)")
 
 
 def plot(out: Path, task: str, r: dict, metric: str) -> Path:

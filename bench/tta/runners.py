@@ -143,7 +143,7 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
         mem = {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30, "master_gib": 0.0} if args.device == "cuda" else {}
         return {"step": step, "seconds": secs, "forwards": 2 * step, "metric": metric, **mem}
 
-    curve, grads, train_s = [point(0, 0.0)], [], 0.0
+    curve, grads, grad_curve, train_s = [point(0, 0.0)], [], [], 0.0
     for t in range(task.steps):
         batch = [data.train[i] for i in sched.global_batch(t)]
         sync()
@@ -155,11 +155,39 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
         grads.append(abs(ref.projected_grad))
         if (t + 1) % args.eval_every == 0 or t + 1 == task.steps:
             curve.append(point(t + 1, train_s))
+            grad_curve.append(grad_point(t + 1, grads[len(grads) - (t + 1 - curve[-2]["step"]):]))
     runner.graphs = graphs
     runner.close()
     nonzero = [g for g in grads if g > 0]  # a greedy reward often moves no argmax: g = 0 on most steps
     return {"forwards_per_step": 2, "n_eval": len(data.eval), "curve": curve, "stopped_early": False,
-            "median_abs_grad": float(np.median(nonzero)) if nonzero else 1.0}
+            "median_abs_grad": float(np.median(nonzero)) if nonzero else 1.0, "grad_curve": grad_curve}
+
+
+def grad_point(step: int, abs_grads: list[float]) -> dict:
+    """|projected gradient| over the steps since the last eval, up to `step`: median and max (a run that
+    diverges shows it here first: its |g| grows before its metric falls)."""
+    return {"step": step, "median_abs_g": float(np.median(abs_grads)) if abs_grads else 0.0,
+            "max_abs_g": float(max(abs_grads)) if abs_grads else 0.0}
+
+
+def read_grad_curve(path: Path, eval_steps: list[int]) -> list[dict]:
+    """grad_point at each eval step (after step 0) from an ours run's steps.jsonl: every |g| of each logged
+    step (a population's K of them), skipped steps left out."""
+    from mezo_elastic.state.checkpoint import StepLog
+
+    if not path.is_file():
+        return []
+    by_step: dict[int, list[float]] = {}
+    for rec in StepLog(path).read():
+        if not rec.skipped:
+            by_step[rec.step] = [abs(g) for g in rec.grads]
+    out, prev = [], 0
+    for step in eval_steps:
+        if step == 0:
+            continue
+        out.append(grad_point(step, [g for t in range(prev, step) for g in by_step.get(t, [])]))
+        prev = step
+    return out
 
 
 def train_seconds(lines: list[dict]) -> dict[int, float]:
@@ -248,6 +276,8 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
     if proc.returncode != 0 and not (stopped and proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM)):
         tail = Path(log.name).read_text()[-3000:]
         raise SystemExit(f"{method.estimator} run failed (exit {proc.returncode}, {work}):\n{tail}")
-    return {"forwards_per_step": method.forwards_per_step, "curve": read_curve(metrics, task.metric,
-            method.forwards_per_step), "stopped_early": stopped, "step_budget": steps, "eval_every_steps": every,
-            "n_eval": eval_rows(task, args.eval_examples), "target_at_stop": stop[0] if stop else None}
+    curve = read_curve(metrics, task.metric, method.forwards_per_step)
+    return {"forwards_per_step": method.forwards_per_step, "curve": curve, "stopped_early": stopped,
+            "step_budget": steps, "eval_every_steps": every, "n_eval": eval_rows(task, args.eval_examples),
+            "target_at_stop": stop[0] if stop else None,
+            "grad_curve": read_grad_curve(work / "steps.jsonl", [p["step"] for p in curve])}
