@@ -13,8 +13,8 @@
 #   step     bench/bench_small_step.py on the real model: steps/s of ours (sglang, hf; scoring graphs on, off)
 #            beside the reference MeZO loop, and GPU busy during our step ($OUT/small_step_<task>.json)
 #   tta      bench/time_to_accuracy.py on the real model with $TTA_ARGS (e.g. "--tasks cls --methods reference
-#            --seeds 0"), OUT kept in /tmp/tta between calls on one warm machine, then the report; everything
-#            comes back as one file, $OUT/tta.tgz (a call returns at most 8 files)
+#            --seeds 0"), OUT kept in /tmp/tta (or $TTA_OUT) between calls on one warm machine, then the report;
+#            everything comes back as one file, $OUT/tta.tgz (<basename of TTA_OUT>.tgz; a call returns at most 8 files)
 #   reward   reward learning (its reward task, exact_match, greedy): sglang, shaping none / zscore / centered_rank,
 #            K = 1 and 4; hf, none, K = 1; first/final eval reward and steps/s
 # Summaries: $OUT/real_model.jsonl (a line a run) and the table printed at the end. Wheels and environment as
@@ -91,10 +91,11 @@ d, sha = gguf.hf_dir_for(Path(os.environ['MEZO_REAL_GGUF'])); print(d, sha[:12],
       cp /tmp/mezo_step/small_step_*.json /tmp/mezo_step/profile_*.txt "$OUT/" 2>/dev/null ;;
     tta)
       log "time to accuracy: ${TTA_ARGS:-}"
-      python3 bench/time_to_accuracy.py --model "$MEZO_REAL_GGUF" --out /tmp/tta ${TTA_ARGS:-} \
+      T=${TTA_OUT:-/tmp/tta}  # another OUT (e.g. /tmp/tta-long) for runs that must not mix with the verdict's
+      python3 bench/time_to_accuracy.py --model "$MEZO_REAL_GGUF" --out $T ${TTA_ARGS:-} \
         > "$OUT/tta_$(date +%H%M%S).log" 2>&1 || { log "tta FAILED"; rc=1; }
-      python3 bench/time_to_accuracy.py --model "$MEZO_REAL_GGUF" --out /tmp/tta --report-only 2>&1 | tail -12
-      tar czf "$OUT/tta.tgz" -C /tmp/tta --exclude=work --exclude=hf-model . ;;
+      python3 bench/time_to_accuracy.py --model "$MEZO_REAL_GGUF" --out $T --report-only 2>&1 | tail -12
+      tar czf "$OUT/$(basename $T).tgz" -C $T --exclude=work --exclude=hf-model . ;;
     cls|reward)
       [ -f "$OUT/tasks/cls_train.jsonl" ] || python3 bench/real_tasks.py --out "$OUT/tasks" || { log "bench/real_tasks.py missing"; rc=1; continue; }
       T=$OUT/tasks

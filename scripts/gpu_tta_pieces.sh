@@ -13,6 +13,9 @@
 #   prefill-bench  the same without the tests (after suite)
 #   cls          the classification task's reference and ours (spsa): seed 0, then seeds 1, 2 (~10 min)
 #   estimators   gv at 0.5x, fzoo, zo_muon on seed 0 of both tasks (forwards to target compare across machines)
+#   fzoo-reward  the reward reference's seed 0 and FZOO's lr grid (FZOO_LRS, default 3e-4,1e-3,3e-3) there (~6 min)
+#   fzoo-verdict FZOO's 3 seeds beside the reference's, classification then reward (~14 min)
+#   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~4 min)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
 #                session short of time compares estimators by forwards without rerunning it
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
@@ -85,20 +88,45 @@ for stage in ${*:-verdict tests cls estimators}; do
       tta $RC --methods reference --seeds 1,2
       tta $RC $O --estimators spsa --seeds 1,2 ;;
     estimators)
-      # Seed 0 of each; cls needs its reference's seed 0 (run here if OUT lacks it), the reward task its reference's
-      # seed 0 from an earlier stage (verdict, or seed-reward-ref). ZO-Muon runs on the hf backend,
-      # whose reward step (generation) is ~3 steps/s: one lr and the reference's forwards there.
+      # Seed 0 of each; each task's reference seed 0 is run here where OUT lacks it (finished runs are skipped).
+      # ZO-Muon runs on the hf backend, whose reward step (generation) is ~3 steps/s: one lr and the
+      # reference's forwards there.
       tta $RC --methods reference --seeds 0
+      tta $RW --methods reference --seeds 0
       tta $RW $O --estimators gv --gv-lr-scales 0.5 --seeds 0
       tta $RC $O --estimators gv --gv-lr-scales 0.5 --seeds 0
       tta $RC $O --estimators fzoo --seeds 0
       tta $RW $O --estimators fzoo --seeds 0
       tta $RC $O --estimators zo_muon --seeds 0
       tta $RW $O --estimators zo_muon --lr-zo-muon 1e-3 --budget 1 --seeds 0 ;;
+    fzoo-reward)
+      # FZOO on the reward task (2026-12-07 ran it only on classification, where it won: 0.976 at lr 1e-3,
+      # target in 405 forwards at 3e-3, against spsa's 1120; 1e-5, fzoo.sh's, did not move): the reference's
+      # seed 0, then the grid FZOO learned at on classification.
+      tta $RW --methods reference --seeds 0
+      tta $RW $O --estimators fzoo --lr-fzoo ${FZOO_LRS:-3e-4,1e-3,3e-3} --seeds 0 ;;
+    fzoo-verdict)
+      # FZOO's 3-seed verdict on both tasks at the lr its seed-0 grid picks (the grid runs on seed 0 first where
+      # OUT lacks it), each seed's reference beside it on this machine (seed-paired): classification first
+      # (~1.5 min a pair), then the reward task (~3 min a pair).
+      for s in ${VERDICT_SEEDS:-0 1 2}; do
+        tta $RC --methods reference --seeds $s
+        tta $RC $O --estimators fzoo --lr-fzoo ${FZOO_LRS_CLS:-1e-3,3e-3} --seeds $s
+      done
+      for s in ${VERDICT_SEEDS:-0 1 2}; do
+        tta $RW --methods reference --seeds $s
+        tta $RW $O --estimators fzoo --lr-fzoo ${FZOO_LRS:-3e-4,1e-3,3e-3} --seeds $s
+      done ;;
+    long-ref)
+      # Does the reference MeZO (fp32, hf) also fall back to chance past ~1500 steps at lr 3e-5, as ours' spsa
+      # runs (bf16 on sglang, fp32 masters) and gv's did on classification (2026-12-07)? The reference's
+      # seed 0 over 2400 steps (ours' budget), in its own OUT (its step budget is another task setting).
+      TTA_OUT=/tmp/tta-long tta $RC --methods reference --seeds 0 --steps-cls 2400 ;;
     seed-reward-ref)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
-    *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators seed-reward-ref)"; exit 2 ;;
+    *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
+         "fzoo-verdict long-ref seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
