@@ -15,7 +15,11 @@
 #   estimators   gv at 0.5x, fzoo, zo_muon on seed 0 of both tasks (forwards to target compare across machines)
 #   fzoo-reward  the reward reference's seed 0 and FZOO's lr grid (FZOO_LRS, default 3e-4,1e-3,3e-3) there (~6 min)
 #   fzoo-verdict FZOO's 3 seeds beside the reference's, classification then reward (~14 min)
+#   fzoo-seeds   FZOO's seeds 1, 2 on both tasks, no references (after seed-runs: forwards decide FZOO vs spsa; ~4 min)
+#   zo-muon      ZO-Muon's lr grid (1e-3, 3e-3) on classification and 1e-3 on the reward task, seed 0 (hf; ~8 min)
+#   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~4 min)
+#   seed-runs    copy the two verdicts' references and spsa runs (bench/results) into OUT (no GPU)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
 #                session short of time compares estimators by forwards without rerunning it
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
@@ -117,6 +121,29 @@ for stage in ${*:-verdict tests cls estimators}; do
         tta $RW --methods reference --seeds $s
         tta $RW $O --estimators fzoo --lr-fzoo ${FZOO_LRS:-3e-4,1e-3,3e-3} --seeds $s
       done ;;
+    fzoo-seeds)
+      # FZOO's seeds 1, 2 on both tasks at the lr its seed-0 grid picks, without the references: FZOO against
+      # spsa is ours against ours (the same engine, ~260 forwards/s of training either way), so forwards to the
+      # target decide it, and they compare across machines; the target comes from the reference curves seeded
+      # by seed-runs (identical eval for eval on any machine). The seconds against the reference mix machines
+      # (the report says so); fzoo-verdict reruns the references here where those are wanted.
+      tta $RC $O --estimators fzoo --lr-fzoo ${FZOO_LRS_CLS:-1e-3,3e-3} --seeds 1,2
+      tta $RW $O --estimators fzoo --lr-fzoo ${FZOO_LRS:-3e-4,1e-3,3e-3} --seeds 1,2 ;;
+    zo-muon)
+      # ZO-Muon (hf backend) on seed 0: its lr grid on classification (2026-12-07's was cut off by the end of the
+      # device time), 1e-3 on the reward task at the reference's forwards.
+      tta $RC $O --estimators zo_muon --lr-zo-muon ${ZO_MUON_LRS:-1e-3,3e-3} --seeds 0
+      tta $RW $O --estimators zo_muon --lr-zo-muon 1e-3 --budget 1 --seeds 0 ;;
+    sweep)
+      # Issue 29's sweep table (the fused kernel's layouts, gaussian / rademacher / rademacher32), under $OUT/sweep.
+      OUT=$OUT/sweep bash scripts/gpu_suite.sh sweep | tail -30 ;;
+    seed-runs)
+      # The verdicts' runs (bench/results): the classification references and spsa of 2026-12-07 (one H100),
+      # the reward references and spsa of 2026-12-06/07, into OUT, so that the estimators' stages find their
+      # targets without rerunning the references (~4 min a reward reference). Their seconds are those machines'.
+      mkdir -p /tmp/tta/runs/cls /tmp/tta/runs/reward
+      cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json bench/results/2026-12-07-h100-late/tta/runs/cls/spsa-*.json /tmp/tta/runs/cls/
+      cp bench/results/2026-12-07-h100/combined/runs/reward/*.json /tmp/tta/runs/reward/ ;;
     long-ref)
       # Does the reference MeZO (fp32, hf) also fall back to chance past ~1500 steps at lr 3e-5, as ours' spsa
       # runs (bf16 on sglang, fp32 masters) and gv's did on classification (2026-12-07)? The reference's
@@ -126,7 +153,7 @@ for stage in ${*:-verdict tests cls estimators}; do
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-verdict long-ref seed-reward-ref)"; exit 2 ;;
+         "fzoo-seeds fzoo-verdict zo-muon sweep long-ref seed-runs seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
