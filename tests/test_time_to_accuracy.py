@@ -37,6 +37,7 @@ def test_time_to_accuracy_smoke(tmp_path):
         assert len(ref["runs"][0]["curve"]) == 1 + out["args"][f"steps_{task}"] // out["args"]["eval_every"]
         # |projected gradient| between evals, for every run (a divergence shows there before the metric falls)
         assert [g["step"] for g in ref["runs"][0]["grad_curve"]] == [p["step"] for p in ref["runs"][0]["curve"][1:]]
+        assert ref["runs"][0]["ready_s"] > 0 and ref["from_launch"]["ready"] > 0
         for est, fwd in (("spsa", 2), ("fzoo", 5), ("gv", 4)):
             run = t["methods"][est]["runs"][0]
             c = run["curve"]
@@ -48,6 +49,7 @@ def test_time_to_accuracy_smoke(tmp_path):
             assert [g["step"] for g in run["grad_curve"]] == [p["step"] for p in c[1:]]
             assert all(g["max_abs_g"] >= g["median_abs_g"] >= 0 for g in run["grad_curve"])
             assert any(g["max_abs_g"] > 0 for g in run["grad_curve"])
+            assert run["ready_s"] > 1  # a trainer's launch: its imports, model and step-0 eval
     # the same OUT again: nothing reruns, the report is rebuilt from OUT's runs (as --report-only does)
     again = bench(tmp_path, "--methods", "reference,ours")
     assert "running" not in again.stdout and again.stdout.count("done already") == 12, again.stdout

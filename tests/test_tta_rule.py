@@ -252,6 +252,35 @@ def test_grad_curve_is_read_from_an_ours_runs_step_log(tmp_path):
     assert read_grad_curve(tmp_path / "none.jsonl", [0, 2]) == []
 
 
+def test_from_launch_adds_each_runs_start_up_to_its_time_to_target(tmp_path):
+    """The report's from-launch line: per seed ready_s (launch to the step-0 eval's end) + training seconds to
+    the target, medians; ours' slow start (an engine, CUDA graphs) narrows its training-time speed-up."""
+    from tta import report
+
+    def run(method, seed, metrics, secs_per_eval, ready):
+        store.write_json(store.run_path(tmp_path, "t", method, 1e-3, seed), {
+            "task": "t", "method": method, "lr": 1e-3, "seed": seed, "settings": {"eps": 1e-3, "dtype": "float32"},
+            "forwards_per_step": 2, "n_eval": 1000, "curve": curve(metrics, secs_per_eval), "ready_s": ready})
+
+    for seed in (0, 1, 2):
+        run("reference", seed, [0.5, 0.6, 0.7, 0.8, 0.8, 0.8], 10.0, 5.0 + seed)
+        run("spsa", seed, [0.5, 0.7, 0.8, 0.8, 0.8, 0.8], 1.0, 30.0)
+    r = report.task_result(tmp_path, "t", ["reference", "spsa"], Rule())
+    ref, spsa = r["methods"]["reference"], r["methods"]["spsa"]
+    # target 0.74: the reference's smoothed curve crosses at its eval 4 (40 s), spsa's at eval 3 (3 s)
+    assert ref["seconds"]["median"] == 40.0 and spsa["seconds"]["median"] == 3.0
+    assert ref["from_launch"] == {"ready": 6.0, "seconds": 46.0} and spsa["from_launch"] == {"ready": 30.0, "seconds": 33.0}
+    assert spsa["speedup_from_launch"] == pytest.approx(46.0 / 33.0) and spsa["speedup_seconds"] == pytest.approx(40 / 3)
+    text = report.table({"card": "CPU", "date": "d", "versions": {"torch": "", "transformers": "", "sglang": ""},
+                         "backend": "hf", "model": "m", "budget": 3, "rule": {"window": 3, "fraction": 0.8, "min_gain": 0.1},
+                         "tasks": {"t": r}})
+    assert "from launch to the target" in text and "spsa 33 s (ready after 30 s), 1.39x" in text
+    (tmp_path / "runs" / "t" / "spsa-0.001-s0.json").write_text(
+        (tmp_path / "runs" / "t" / "spsa-0.001-s0.json").read_text().replace('"ready_s": 30.0', '"ready_s": null'))
+    r = report.task_result(tmp_path, "t", ["reference", "spsa"], Rule())  # a run without it: no line for spsa
+    assert r["methods"]["spsa"]["from_launch"] is None and r["methods"]["spsa"]["speedup_from_launch"] is None
+
+
 def test_peak_memory_is_the_runs_peak_over_its_forward_only_memory():
     c = curve([0.5, 0.6, 0.7])
     assert curves.peak_memory(c) is None  # CPU runs carry no memory keys

@@ -72,14 +72,34 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
             m[f"speedup_{k}"] = curves.speedup(ref[k]["median"], m[k]["median"]) if tgt["learned"] else None
         paired = curves.paired_speedups(ref_by_seed, {r["seed"]: h["seconds"] for r, h in zip(m["runs"], m["hits"])})
         m["speedup_paired"] = curves.spread(paired) if paired and tgt["learned"] else None
+    for m in res["methods"].values():
+        m["from_launch"] = from_launch(m["runs"], m["hits"])
+    ref_launch = ref["from_launch"]
+    for m in res["methods"].values():
+        ok = ref_launch and m["from_launch"] and tgt["learned"]
+        m["speedup_from_launch"] = curves.speedup(ref_launch["seconds"], m["from_launch"]["seconds"]) if ok else None
     res["machines"] = sorted({r.get("machine") or "unrecorded" for m in res["methods"].values() for r in m["runs"]})
     return res
+
+
+def from_launch(runs: list[dict], hits: list[dict]) -> dict | None:
+    """Medians over seeds of ready_s (launch to the end of the step-0 eval: start-up as a user waits for it)
+    and of ready_s + training seconds to the target (inf where not reached); None where a run lacks ready_s
+    (runs made before it was recorded)."""
+    if not runs or any(r.get("ready_s") is None for r in runs):
+        return None
+    return {"ready": statistics.median(r["ready_s"] for r in runs),
+            "seconds": statistics.median(r["ready_s"] + h["seconds"] for r, h in zip(runs, hits))}
 
 
 def fmt(v: float | None, digits: int = 4) -> str:
     if v is None:
         return "-"
     return "not reached" if v == INF else f"{v:.{digits}g}"
+
+
+def secs(v: float) -> str:
+    return "not reached" if v == INF else f"{v:.3g} s"
 
 
 def span(s: dict) -> str:
@@ -152,6 +172,14 @@ def table(result: dict) -> str:
             notes.append(f"{task}: runs from {len(r['machines'])} machines ({'; '.join(r['machines'])}): the "
                          "median-of-seconds speed-up mixes them; the seed-paired one compares each seed's pair, "
                          "where both ran on one machine")
+        launched = [(name, m) for name, m in r["methods"].items() if m.get("from_launch")]
+        if launched:
+            notes.append(f"{task}: from launch to the target (start-up and the step-0 eval, then training; later "
+                         "evals not counted), median: " + "; ".join(
+                             f"{'reference' if name == 'reference' else name} {secs(m['from_launch']['seconds'])} "
+                             f"(ready after {m['from_launch']['ready']:.3g} s)"
+                             + (f", {m['speedup_from_launch']:.2f}x" if name != "reference" and m.get("speedup_from_launch")
+                                else "") for name, m in launched))
         se = r["stderr_at_target"]
         notes.append(f"{task}: {r['n_eval']} eval examples, one eval's standard error at the target "
                      f"{'n/a' if se is None else f'{se:.4f}'}; reference total training {r['ref_seconds']:.3g} s")

@@ -117,6 +117,7 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
             examples, step = inputs
             return torch.tensor(float(objective.losses(examples, step).mean()))
 
+    t_launch = time.perf_counter()  # ready_s: the model's load, the data and the step-0 eval (imports not counted)
     cfg = from_dict(base_config(args, task, seed, lr, args.eps, model, args.ref_dtype))
     runner = HFRunner(cfg, torch.device(args.device), model)
     # The reference trains as MeZO does, on HF forwards of per-call batches (no graphs). Its evals are outside
@@ -144,6 +145,7 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
         return {"step": step, "seconds": secs, "forwards": 2 * step, "metric": metric, **mem}
 
     curve, grads, grad_curve, train_s = [point(0, 0.0)], [], [], 0.0
+    ready_s = time.perf_counter() - t_launch
     for t in range(task.steps):
         batch = [data.train[i] for i in sched.global_batch(t)]
         sync()
@@ -160,7 +162,8 @@ def run_reference(args, task: Task, seed: int, lr: float, model: str) -> dict:
     runner.close()
     nonzero = [g for g in grads if g > 0]  # a greedy reward often moves no argmax: g = 0 on most steps
     return {"forwards_per_step": 2, "n_eval": len(data.eval), "curve": curve, "stopped_early": False,
-            "median_abs_grad": float(np.median(nonzero)) if nonzero else 1.0, "grad_curve": grad_curve}
+            "median_abs_grad": float(np.median(nonzero)) if nonzero else 1.0, "grad_curve": grad_curve,
+            "ready_s": ready_s}
 
 
 def grad_point(step: int, abs_grads: list[float]) -> dict:
@@ -258,6 +261,7 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
         shutil.rmtree(work)  # an unfinished earlier attempt: its timings would not be one run's
     work.mkdir(parents=True)
     metrics = work / "metrics.jsonl"
+    t_launch = time.time()  # ready_s: the trainer's whole start (imports, engine, graphs) and its step-0 eval
     with open(work.parent / f"{work.name}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "mezo_elastic.train", *flags], cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -280,4 +284,20 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
     return {"forwards_per_step": method.forwards_per_step, "curve": curve, "stopped_early": stopped,
             "step_budget": steps, "eval_every_steps": every, "n_eval": eval_rows(task, args.eval_examples),
             "target_at_stop": stop[0] if stop else None,
-            "grad_curve": read_grad_curve(work / "steps.jsonl", [p["step"] for p in curve])}
+            "grad_curve": read_grad_curve(work / "steps.jsonl", [p["step"] for p in curve]),
+            "ready_s": ready_seconds(metrics, t_launch)}
+
+
+def ready_seconds(path: Path, t_launch: float) -> float | None:
+    """Seconds from the trainer's launch (unix time) to the end of its step-0 eval: its start-up as a user
+    waits for it (imports, engine, CUDA graphs) plus one eval; None where metrics.jsonl has no eval line."""
+    if not path.is_file():
+        return None
+    for raw in path.read_text().splitlines():
+        try:
+            m = json.loads(raw)
+        except json.JSONDecodeError:
+            break
+        if m.get("type") == "eval":
+            return m["time"] - t_launch
+    return None
