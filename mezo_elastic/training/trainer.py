@@ -71,7 +71,10 @@ class Trainer:
 
     def _build(self, ctx: RankContext, cfg: Config, comm: DataParallel, tok) -> None:
         self.signals = StopSignals(ctx, cfg.train.stop_grace_s, cfg.train.requeue_on_signal)
+        t0 = time.monotonic()
         self.runner: ForwardRunner = make_runner(ctx, cfg, comm.device, self.data.model_path)
+        # where a short run's wall-clock goes: an engine's start (SGLang: ~25 s at 135M) can outweigh training
+        log.info("%s runner ready in %.1f s", cfg.model.backend, time.monotonic() - t0)
         self.objective = make_objective(cfg, self.runner, tok)
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
         master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
