@@ -19,7 +19,7 @@
 #   zo-muon      ZO-Muon's lr grid (1e-3, 3e-3) on classification and 1e-3 on the reward task, seed 0 (hf; ~8 min)
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~4 min)
-#   seed-runs    copy the two verdicts' references and spsa runs (bench/results) into OUT (no GPU)
+#   seed-runs    copy the two verdicts' runs (bench/results; cls: FZOO's grid and gv too) into OUT (no GPU)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
 #                session short of time compares estimators by forwards without rerunning it
 # bench/time_to_accuracy.py's OUT is /tmp/tta (resumable: finished runs are skipped); $OUT/tta.tgz after each
@@ -138,11 +138,12 @@ for stage in ${*:-verdict tests cls estimators}; do
       # Issue 29's sweep table (the fused kernel's layouts, gaussian / rademacher / rademacher32), under $OUT/sweep.
       OUT=$OUT/sweep bash scripts/gpu_suite.sh sweep | tail -30 ;;
     seed-runs)
-      # The verdicts' runs (bench/results): the classification references and spsa of 2026-12-07 (one H100),
-      # the reward references and spsa of 2026-12-06/07, into OUT, so that the estimators' stages find their
-      # targets without rerunning the references (~4 min a reward reference). Their seconds are those machines'.
+      # The verdicts' runs (bench/results): classification's of 2026-12-07 (one H100: references, spsa, FZOO's
+      # grid and gv on seed 0), the reward references and spsa of 2026-12-06/07, into OUT, so that the estimators'
+      # stages find their targets and grids without rerunning them (~4 min a reward reference). Their seconds
+      # are those machines'.
       mkdir -p /tmp/tta/runs/cls /tmp/tta/runs/reward
-      cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json bench/results/2026-12-07-h100-late/tta/runs/cls/spsa-*.json /tmp/tta/runs/cls/
+      cp bench/results/2026-12-07-h100-late/tta/runs/cls/*.json /tmp/tta/runs/cls/
       cp bench/results/2026-12-07-h100/combined/runs/reward/*.json /tmp/tta/runs/reward/ ;;
     long-ref)
       # Does the reference MeZO (fp32, hf) also fall back to chance past ~1500 steps at lr 3e-5, as ours' spsa
