@@ -19,6 +19,7 @@
 #   zo-muon      ZO-Muon's lr grid (1e-3, 3e-3) on classification and 1e-3 on the reward task, seed 0 (hf; ~8 min)
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~4 min)
+#   fsync        an fsync's cost on this machine, /tmp and the working tree (checkpoint.log_sync; ~1 s)
 #   seed-runs    copy the two verdicts' runs (bench/results; cls: FZOO's grid and gv too) into OUT (no GPU)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
 #                session short of time compares estimators by forwards without rerunning it
@@ -137,6 +138,14 @@ for stage in ${*:-verdict tests cls estimators}; do
     sweep)
       # Issue 29's sweep table (the fused kernel's layouts, gaussian / rademacher / rademacher32), under $OUT/sweep.
       OUT=$OUT/sweep bash scripts/gpu_suite.sh sweep | tail -30 ;;
+    fsync)
+      # What an fsync of the step log costs on this machine (checkpoint.log_sync=step paid it in every step):
+      # a 150-byte append + fsync, 300 times, in /tmp and in the working tree.
+      for d in /tmp $PWD; do
+        python3 -c "import os,sys,time; p=sys.argv[1]+'/.fsync_probe'; f=open(p,'a'); t=time.perf_counter()
+for i in range(300): f.write('x'*150+'\n'); f.flush(); os.fsync(f.fileno())
+print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)/300*1e3:.3f} ms'); f.close(); os.remove(p)" $d
+      done | tee $OUT/fsync.txt ;;
     seed-runs)
       # The verdicts' runs (bench/results): classification's of 2026-12-07 (one H100: references, spsa, FZOO's
       # grid and gv on seed 0), the reward references and spsa of 2026-12-06/07, into OUT, so that the estimators'
@@ -154,7 +163,7 @@ for stage in ${*:-verdict tests cls estimators}; do
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon sweep long-ref seed-runs seed-reward-ref)"; exit 2 ;;
+         "fzoo-seeds fzoo-verdict zo-muon sweep long-ref fsync seed-runs seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done

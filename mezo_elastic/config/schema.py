@@ -378,6 +378,13 @@ class CheckpointConfig:
         True, "resume automatically from output_dir (newest valid checkpoint + step log); false = this must be a "
         "new run: a directory holding a run is refused, never started over or mixed (docs/elastic.md)"
     )
+    log_sync: Literal["background", "step"] = opt(
+        "background", "when the step log (steps.jsonl) is fsynced: background = a thread fsyncs what rank 0 has "
+        "written (every record reaches the OS before the step goes on, so a killed process loses nothing; a "
+        "machine crash may lose the last milliseconds' records, which resume recomputes from the same seeds), "
+        "and the log is fsynced through its end before each checkpoint and at exit; step = before every step "
+        "goes on (a network filesystem's fsync, milliseconds, then sits in each step)"
+    )
     lock_stale_s: float = opt(
         300.0, "one job per output_dir: rank 0 holds output_dir/.lock and refreshes it every lock_stale_s / 10 s; "
         "a lock from another host counts as stale (its job dead) once that refresh is older than this (keep it "
@@ -388,6 +395,7 @@ class CheckpointConfig:
         _positive("checkpoint", "every", self.every, zero_ok=True)
         _positive("checkpoint", "keep", self.keep)
         _positive("checkpoint", "lock_stale_s", self.lock_stale_s)
+        _choice("checkpoint", "log_sync", self.log_sync, ("background", "step"))
 
 
 @dataclass(kw_only=True)

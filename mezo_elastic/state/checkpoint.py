@@ -1,7 +1,9 @@
 """Run state on disk: atomic full checkpoints and the per-step log. Nothing here unpickles.
 
-    output_dir/steps.jsonl                 one record a step, appended + fsynced; each line carries
-                                           a CRC32 of its payload, so a torn last line is detected
+    output_dir/steps.jsonl                 one record a step, appended (written to the OS before the step
+                                           goes on) and fsynced (by a background thread, or every step:
+                                           checkpoint.log_sync); each line carries a CRC32 of its payload,
+                                           so a torn last line is detected
     output_dir/checkpoints/step-N/         weights after N steps:
         model.safetensors                  HF names (fp32 master values when master weights are kept)
         meta.json                          written LAST: a folder without it is not a checkpoint
@@ -21,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -139,14 +142,29 @@ def _decode(line: str) -> StepRecord | tuple[int, int] | None:
 class StepLog:
     """Append-only, fsynced step log; readers stop at the first torn or corrupt record.
 
+    append() writes a record to the OS before it returns, so a killed or crashed process loses nothing it
+    appended. fsync (durability against the machine going down) is `sync`'s: "step" fsyncs each record
+    before append returns; "background" hands it to a thread that fsyncs whatever is written (group
+    commit), so the step loop never waits on the filesystem (a network filesystem's fsync takes
+    milliseconds, as long as a small model's step). What a machine crash can then lose is the last records
+    (milliseconds' worth), and resume recomputes those steps from the same seeds and batches; before a
+    checkpoint is written and at close the log is fsynced through its end (sync_now).
+
     After read(), `gaps` lists the declared lost stretches [(lo, hi), ...]: the records of steps
     lo..hi-1 are gone (their result lives in a checkpoint at step hi or later).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, sync: str = "step") -> None:
+        if sync not in ("step", "background"):
+            raise ValueError(f"sync={sync!r}: step or background")
+        self.path, self.sync = Path(path), sync
         self._f = None
         self.gaps: list[tuple[int, int]] = []
+        self._cv = threading.Condition()
+        self._written = self._synced = 0  # records appended / fsynced (background)
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+        self._closing = False
 
     def read(self, warn: bool = True) -> list[StepRecord]:
         """Valid records in order. A bad record ends the log (only the last can be torn); `warn`
@@ -198,17 +216,78 @@ class StepLog:
         atomic_write_text(self.path, "".join(lines))
 
     def append(self, rec: StepRecord) -> None:
-        """Append one record and make it durable before returning."""
+        """Append one record: written to the OS before returning, fsynced now ("step") or by the
+        background thread ("background").
+
+        Raises:
+            OSError: the write failed, or the background thread's last fsync did (e.g. the disk is full).
+        """
+        if self._error is not None:
+            raise self._error
         if self._f is None:
             self._f = open(self.path, "a")
         self._f.write(_encode(rec))
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if self.sync == "step":
+            os.fsync(self._f.fileno())
+            return
+        with self._cv:
+            self._written += 1
+            self._cv.notify()
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._fsync_loop, name="steplog-fsync", daemon=True)
+            self._thread.start()
+
+    def _fsync_loop(self) -> None:
+        """Background: fsync whatever has been written, as often as the filesystem allows."""
+        fd = self._f.fileno()
+        while True:
+            with self._cv:
+                while self._synced == self._written and not self._closing:
+                    self._cv.wait()
+                if self._synced == self._written:  # closing, nothing left
+                    return
+                target = self._written
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                with self._cv:
+                    self._error = e
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._synced = target
+                self._cv.notify_all()
+
+    def sync_now(self) -> None:
+        """Return once every record appended so far is fsynced (before a checkpoint, at close).
+
+        Raises:
+            OSError: the background fsync failed.
+        """
+        if self._thread is None:
+            return
+        with self._cv:
+            while self._synced < self._written and self._error is None:
+                self._cv.wait()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """fsync what is written (background), stop the thread, close the file."""
+        try:
+            self.sync_now()
+        finally:
+            if self._thread is not None:
+                with self._cv:
+                    self._closing = True
+                    self._cv.notify_all()
+                self._thread.join()
+                self._thread = None
+            if self._f is not None:
+                self._f.close()
+                self._f = None
 
 
 # -- full checkpoints -----------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class Trainer:
         self.schedule = BatchSchedule(len(self.data.train), cfg.train.batch_size, cfg.data.seed)
         master = use_master_weights(cfg.mezo, cfg.model.dtype, adapter=cfg.peft.method != "none")
         self.opt = make_optimizer(self.runner.segments(), cfg.mezo, master, cfg.seed)
-        self.steplog = checkpoint.StepLog(self.out / "steps.jsonl")
+        self.steplog = checkpoint.StepLog(self.out / "steps.jsonl", cfg.checkpoint.log_sync)
         self.metrics = MetricsWriter(self.out, ctx.is_main, cfg.train.tensorboard)
         self.nonfinite = 0
 
@@ -151,6 +151,7 @@ class Trainer:
             if self.comm.dp_rank == 0:
                 state = self.state()  # a TP replica gathers its shards: all of its ranks take part
                 if self.ctx.is_main:
+                    self.steplog.sync_now()  # a checkpoint never stands ahead of the durable log
                     checkpoint.save_checkpoint(self.out, steps_done, state, {
                         "world_size": self.ctx.world_size, "model_path": stored_model_path(self.data.model_path, self.out), "time": time.time(),
                     }, self.cfg.checkpoint.keep)
@@ -208,6 +209,8 @@ class Trainer:
         final = (first_eval if first_eval and start == cfg.train.steps  # train.steps=0: the first eval's weights
                  else self.evaluate(cfg.train.steps) if self.data.eval else last)
         self.opt.clean()
+        if self.ctx.is_main:
+            self.steplog.sync_now()  # the whole log durable before final/ and the summary claim the run's end
         if cfg.train.save_final:
             self._check_finite_weights()
         if cfg.train.save_final and self.comm.dp_rank == 0:
@@ -266,11 +269,14 @@ class Trainer:
             tmp.rename(dst)
 
     def close(self) -> None:
-        """Close the log and metrics files, release the engine and the output directory's lock."""
-        self.steplog.close()
-        self.metrics.close()
-        self.runner.close()
-        self.lock.release()
+        """Close the log (fsynced through its end) and metrics files, release the engine and the output
+        directory's lock (also when the log's last fsync failed: that error is raised after)."""
+        try:
+            self.steplog.close()
+        finally:
+            self.metrics.close()
+            self.runner.close()
+            self.lock.release()
 
 
 def reduce_losses(comm: DataParallel, mode: str, sums: list[float], n_local: int, stop_vote: float):
