@@ -382,8 +382,8 @@ class CheckpointConfig:
         "background", "when the step log (steps.jsonl) is fsynced: background = a thread fsyncs what rank 0 has "
         "written (every record reaches the OS before the step goes on, so a killed process loses nothing; a "
         "machine crash may lose the last milliseconds' records, which resume recomputes from the same seeds), "
-        "and the log is fsynced through its end before each checkpoint and at exit; step = before every step "
-        "goes on (a network filesystem's fsync, milliseconds, then sits in each step)"
+        "and the log is fsynced through its end before each checkpoint, final/ and exit; step = each record "
+        "fsynced before its step goes on (a network filesystem's fsync, milliseconds, then sits in every step)"
     )
     lock_stale_s: float = opt(
         300.0, "one job per output_dir: rank 0 holds output_dir/.lock and refreshes it every lock_stale_s / 10 s; "
