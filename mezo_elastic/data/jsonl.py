@@ -179,20 +179,21 @@ class BatchSchedule:
 
     def __init__(self, n_examples: int, batch_size: int, seed: int) -> None:
         self.n, self.batch_size, self.seed = n_examples, batch_size, seed
-        self._perms: dict[int, torch.Tensor] = {}
+        self._perms: dict[int, list[int]] = {}
 
-    def _perm(self, epoch: int) -> torch.Tensor:
+    def _perm(self, epoch: int) -> list[int]:
+        # a Python list: 16 indices cost 3 us against 24 us through int(tensor[i]) (host time in every step)
         if epoch not in self._perms:
             if len(self._perms) > 4:
                 self._perms.clear()
             g = torch.Generator().manual_seed(_seed_int("data", self.seed, epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
+            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
         return self._perms[epoch]
 
     def global_batch(self, step: int) -> list[int]:
         """Indices of the examples of step `step`, in global order."""
         start = step * self.batch_size
-        return [int(self._perm(k // self.n)[k % self.n]) for k in range(start, start + self.batch_size)]
+        return [self._perm(k // self.n)[k % self.n] for k in range(start, start + self.batch_size)]
 
 
 def rank_slice(items: Sequence, rank: int, world: int) -> list:
