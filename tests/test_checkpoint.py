@@ -1,3 +1,8 @@
+import errno
+import os
+import threading
+
+import pytest
 import torch
 
 from mezo_elastic.state import checkpoint
@@ -56,44 +61,38 @@ def test_corrupt_checkpoint_quarantined_not_counted_toward_keep(tmp_path):
     assert (tmp_path / "checkpoints" / "corrupt-step-20").is_dir()
 
 
-def _record(step: int) -> StepRecord:
-    return StepRecord(step=step, seeds=[step + 1], grads=[0.5 * step], lr=1e-3, weight_decay=0.0)
+@pytest.fixture
+def fsync_threads(monkeypatch) -> list[str]:
+    """The name of the thread of every os.fsync the step log makes (the real fsync still runs)."""
+    calls, real = [], os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (calls.append(threading.current_thread().name), real(fd)))
+    return calls
 
 
-def test_step_log_background_sync_writes_each_record_before_append_returns_and_fsyncs_off_the_step(tmp_path, monkeypatch):
+def test_step_log_background_sync_writes_each_record_before_append_returns_and_fsyncs_off_the_step(tmp_path, fsync_threads):
     """checkpoint.log_sync=background: a record is in the file (the OS) when append returns, so another
     reader (or a relaunch after a kill -9) sees it at once; the thread fsyncs them (never on the caller's
     thread); sync_now waits for every record so far; close fsyncs what is left and stops the thread."""
-    import os
-    import threading
-
-    calls = []
-    real = os.fsync
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (calls.append(threading.current_thread().name), real(fd)))
+    calls = fsync_threads
     log = checkpoint.StepLog(tmp_path / "steps.jsonl", "background")
     for t in range(50):
-        log.append(_record(t))
+        log.append(_rec(t))
         assert [r.step for r in checkpoint.StepLog(tmp_path / "steps.jsonl").read()] == list(range(t + 1))
     log.sync_now()
     assert calls and set(calls) == {"steplog-fsync"}  # group commit: at most one fsync a record, off the loop
     assert len(calls) <= 50
     log.close()
     assert log._thread is None and [r.step for r in checkpoint.StepLog(tmp_path / "steps.jsonl").read()] == list(range(50))
-    log.append(_record(50))  # a log closed and appended to again (a relaunch in one process) starts a new thread
+    log.append(_rec(50))  # a log closed and appended to again (a relaunch in one process) starts a new thread
     log.close()
     assert len(checkpoint.StepLog(tmp_path / "steps.jsonl").read()) == 51
 
 
-def test_step_log_step_sync_fsyncs_on_the_callers_thread(tmp_path, monkeypatch):
-    import os
-    import threading
-
-    calls = []
-    real = os.fsync
-    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (calls.append(threading.current_thread().name), real(fd)))
+def test_step_log_step_sync_fsyncs_on_the_callers_thread(tmp_path, fsync_threads):
+    calls = fsync_threads
     log = checkpoint.StepLog(tmp_path / "steps.jsonl", "step")
     for t in range(3):
-        log.append(_record(t))
+        log.append(_rec(t))
     assert calls == [threading.current_thread().name] * 3 and log._thread is None
     log.close()
 
@@ -101,20 +100,17 @@ def test_step_log_step_sync_fsyncs_on_the_callers_thread(tmp_path, monkeypatch):
 def test_step_log_background_fsync_failure_surfaces_at_the_next_append_and_at_close(tmp_path, monkeypatch):
     """A failed fsync (a full or broken disk) is not swallowed by the thread: the next append, sync_now
     and close raise it."""
-    import errno
-
-    import pytest
 
     def broken(fd):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(checkpoint.os, "fsync", broken)
     log = checkpoint.StepLog(tmp_path / "steps.jsonl", "background")
-    log.append(_record(0))
+    log.append(_rec(0))
     with pytest.raises(OSError, match="Input/output error"):
         log.sync_now()
     with pytest.raises(OSError, match="Input/output error"):
-        log.append(_record(1))
+        log.append(_rec(1))
     with pytest.raises(OSError, match="Input/output error"):
         log.close()
     assert log._f is None  # closed all the same

@@ -122,7 +122,8 @@ def prefill_graph_tokens(micro_batch: int, max_length: int, cap: int | None = No
     real 135M model; a prefill pads to the next captured count, and at these sizes a prefill is launch-bound,
     so coarser steps cost little. A prefill above the last count runs eagerly (same result).
     """
-    top = max(min(micro_batch * max_length, cap or micro_batch * max_length), 64)
+    full = micro_batch * max_length
+    top = max(min(full, cap) if cap else full, 64)
     sizes, n = [], 64
     while n < top:
         sizes.append(n)
