@@ -3,7 +3,8 @@
 # shared/notes/gpu-real-model.md says), in the order that gives a verdict soonest (see below). Longer than
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
-# Stages (default: what is left after 2026-12-07: seed-runs fsync fzoo-reward suite fzoo-seeds long-ref zo-muon sweep):
+# Stages (default: what is left after 2026-12-07, FZOO's verdict first:
+#   seed-runs fsync fzoo-reward fzoo-seeds suite long-ref zo-muon sweep):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -38,7 +39,7 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-for stage in ${*:-seed-runs fsync fzoo-reward suite fzoo-seeds long-ref zo-muon sweep}; do
+for stage in ${*:-seed-runs fsync fzoo-reward fzoo-seeds suite long-ref zo-muon sweep}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
