@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ class Engine:
     # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
     lora_id: str | None = None
     memory: teardown.EngineMemory | None = None  # GPU memory around build and close (start_engine sets it)
+    # seconds of each start-up phase (start_engine's, then the runner's): where a short run's wall-clock goes
+    startup: dict[str, float] | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -295,6 +298,7 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     torch.distributed's default group must already be this replica's TP world (size tp_size) or
     absent; SGLang then builds its TP groups on it.
     """
+    t = [time.monotonic()]
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.distributed.parallel_state_wrapper import ParallelState
     from sglang.srt.layers.dp_attention import compute_dp_attention_world_info
@@ -303,6 +307,7 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     from sglang.srt.layers.quantization.fp8_utils import initialize_fp8_gemm_config
     from sglang.srt.model_executor.model_runner import ModelRunner
 
+    t.append(time.monotonic())
     sa = server_args
     memory = teardown.EngineMemory.before_build(gpu_id)
     initialize_moe_config(sa)
@@ -319,14 +324,18 @@ def start_engine(server_args: Any, gpu_id: int, tp_rank: int, nccl_port: int) ->
     )
     mr = ModelRunner(model_config=model_config, mem_fraction_static=sa.mem_fraction_static, gpu_id=gpu_id, ps=ps,
                      nccl_port=nccl_port, server_args=sa)
+    t.append(time.monotonic())
     mr.alloc_memory_pool()
     mr.init_attention_backends()
+    t.append(time.monotonic())
     # With disable_cuda_graph every phase's backend is "disabled": this captures nothing and only
     # sets up the eager runner the forward path dispatches to. Generation turns the decode graphs on.
     mr.init_cuda_graphs()
     if sa.disable_cuda_graph and mr.decode_cuda_graph_runner is not None:
         raise BackendError("sglang captured a decode CUDA graph although disable_cuda_graph=True")
+    t.append(time.monotonic())
     memory.built()
-    engine = Engine(mr, sa, memory=memory)
+    phases = ("import", "model_runner", "pools", "cuda_graphs")  # model_runner: config, weights, distributed
+    engine = Engine(mr, sa, memory=memory, startup={k: b - a for k, a, b in zip(phases, t, t[1:])})
     teardown.opened(engine)
     return engine
