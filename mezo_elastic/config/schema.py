@@ -203,6 +203,16 @@ class DataConfig:
             raise ConfigError(f"data.unk_warn_fraction={self.unk_warn_fraction} must be in [0, 1]")
 
 
+# What a refused population-less estimator's message suggests: each paper's settings, with the lr advice of
+# docs/estimators.md where ours measured otherwise (FZOO's 1e-5 did not move SmolLM2-135M; GV's 2x collapsed it).
+_PAPER_SETTINGS = {
+    "fzoo": "FZOO's --mezo.perturbations=8 --mezo.distribution=rademacher with an lr tuned per model (1e-3 on "
+            "SmolLM2-135M)",
+    "gv": "MeZO-GV's --mezo.perturbations=2 at your MeZO lr or half of it",
+    "es": "ES at scale's --mezo.perturbations=30 --mezo.reward_shaping=zscore --mezo.lr=5e-4",
+}
+
+
 def _check_estimator(m: "MezoConfig") -> None:
     """fzoo, es and gv: a population of at least 2 seeds in dp mode; es shapes, fzoo and gv do not."""
     if m.estimator == "spsa":
@@ -212,7 +222,8 @@ def _check_estimator(m: "MezoConfig") -> None:
                           f"is one step's seeds, scored on the whole batch")
     if m.perturbations < 2 and m.estimator != "zo_muon":
         raise ConfigError(f"mezo.estimator={m.estimator} needs mezo.perturbations >= 2 (got {m.perturbations}): "
-                          f"it normalises over the population's losses")
+                          f"it compares or normalises over the population's losses; try {_PAPER_SETTINGS[m.estimator]} "
+                          f"(docs/estimators.md)")
     if m.estimator == "zo_muon" and (m.reward_shaping != "none" or m.master_weights == "off"):
         raise ConfigError(f"mezo.estimator=zo_muon steps on (L_n - L_0) / eps and keeps the fp32 master weights; set "
                           f"mezo.reward_shaping=none and mezo.master_weights=auto or on (got {m.reward_shaping!r}, "
