@@ -14,6 +14,7 @@ compares the size it promises with the file's, so a file cut short is one line, 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mezo_elastic.errors import BackendError, ConfigError
-from mezo_elastic.state.checkpoint import sha256_file
+from mezo_elastic.state.checkpoint import atomic_write_text, sha256_file
 from mezo_elastic.zo.zgen.native import cache_dir
 
 if TYPE_CHECKING:
@@ -191,8 +192,8 @@ def hf_dir_for(gguf: Path, root: Path | None = None) -> tuple[Path, str]:
         BackendError: gguf/accelerate missing, the file truncated or not GGUF, or transformers cannot read it.
     """
     check_gguf(gguf)  # also where the run's file changed since (export, resume): one line, not a traceback
-    sha = _sha256(gguf)
     base = Path(root) if root is not None else cache_dir() / "gguf"
+    sha = _sha256(gguf, base)
     target = base / f"{sha}{LAYOUT}"
     if (target / ".complete").is_file():
         return target, sha
@@ -206,16 +207,37 @@ def hf_dir_for(gguf: Path, root: Path | None = None) -> tuple[Path, str]:
     return target, sha
 
 
-_SHA_SEEN: dict[tuple[str, int, int], str] = {}
+_SHA_SEEN: dict[tuple, str] = {}
 
 
-def _sha256(path: Path) -> str:
-    """The file's sha256, hashed once per process while its size and mtime stay (a 16 GB file takes ~30 s)."""
+def _sha256(path: Path, root: Path | None = None) -> str:
+    """The file's sha256, hashed once per machine (or shared cache) while the file's stat stays the same.
+
+    Hashing reads the whole file (~2 s a GB here: a 16 GB file ~30 s), and every rank of every launch needs the
+    sha (the converted directory's name, run.json's identity check), so it is kept under
+    `<cache>/gguf/sha/`, keyed by the file's path, size, mtime (ns), inode and device, as git's index keys its
+    hashes: any write to the file changes its mtime and so the key, and a changed file is hashed again.
+    """
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_SEEN:
-        _SHA_SEEN[key] = sha256_file(path)
-    return _SHA_SEEN[key]
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    if key in _SHA_SEEN:
+        return _SHA_SEEN[key]
+    index = (Path(root) if root is not None else cache_dir() / "gguf") / "sha" / \
+        hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    try:
+        rec = json.loads(index.read_text())
+        sha = rec["sha256"] if rec.get("key") == list(key) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        sha = None
+    if sha is None:
+        sha = sha256_file(path)
+        try:  # a cache that cannot be written (read-only home) costs the hash next time, nothing else
+            index.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(index, json.dumps({"key": list(key), "sha256": sha}))
+        except OSError as e:
+            log.debug("GGUF sha256 not cached at %s: %s", index, e)
+    _SHA_SEEN[key] = sha
+    return sha
 
 
 @contextmanager

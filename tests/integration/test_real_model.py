@@ -47,7 +47,9 @@ def test_gguf_in_under_torchrun_converts_once_and_records_the_file(real_run, rea
     converted = cache / "gguf" / f"{SHA256}{gguf.LAYOUT}"
     assert (converted / ".complete").is_file() and (converted / "config.json").is_file()
     assert json.loads((converted / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert sorted(p.name for p in (cache / "gguf").iterdir()) == [f"{SHA256}{gguf.LAYOUT}", f"{SHA256}.lock"]  # no temp dir left
+    assert sorted(p.name for p in (cache / "gguf").iterdir()) == [f"{SHA256}{gguf.LAYOUT}", f"{SHA256}.lock", "sha"]  # no temp dir left
+    # the file's sha256, kept for the next launch's ranks (each rank wrote the same record, atomically)
+    assert [json.loads(p.read_text())["sha256"] for p in (cache / "gguf" / "sha").iterdir()] == [SHA256]
     info = json.loads((out / "run.json").read_text())
     assert info["gguf"] == {"path": str(real_gguf.resolve()), "sha256": SHA256}
     assert info["model_path"] == str(converted) and info["trajectory"]["mezo.lr"] == 1e-6  # a user model's default
