@@ -136,3 +136,11 @@ def test_gguf_and_architecture_messages_are_quoted(tmp_path, monkeypatch):
     refusal = run_json_refusal(run, Config(), "/m", None)
     assert refusal is not None
     assert_quoted(refusal.replace(str(run), "/scratch/run"))
+
+
+def test_estimator_refusals_are_quoted():
+    from mezo_elastic.config.schema import MezoConfig
+
+    assert_quoted(_error(MezoConfig, estimator="fzoo"))
+    assert_quoted(_error(MezoConfig, estimator="gv", perturbations=2, reward_shaping="zscore"))
+    assert_quoted(_error(MezoConfig, estimator="gv", perturbations=2, gv_elite=1.0))
