@@ -242,14 +242,10 @@ def test_server_args_turn_on_only_the_graphs_each_objective_uses(monkeypatch):
     assert eager["disable_prefill_cuda_graph"] is True and "cuda_graph_bs_prefill" not in eager
     assert eager["disable_decode_cuda_graph"] is False
     cfg.model.sglang_prefill_graphs = "auto"
-    for field, value in (("tp_size", 2), ("peft", "lora")):  # auto: only where they were measured
-        other = Config()
-        other.model.backend, other.data.objective = "sglang", "reward"
-        if field == "peft":
-            other.peft.method = value
-        else:
-            other.model.tp_size = value
-        assert sg.prefill_graphs_on(other) is False, field
+    tp2, lora = Config(), Config()  # auto: only where they were measured
+    tp2.data.objective = lora.data.objective = "reward"
+    tp2.model.tp_size, lora.peft.method = 2, "lora"
+    assert sg.prefill_graphs_on(tp2) is False and sg.prefill_graphs_on(lora) is False
     cfg.data.micro_batch, cfg.data.max_length = 64, 512  # auto caps the counts at 8192 tokens; on does not
     assert sg.create_mezo_server_args(ctx, cfg, "/m")["cuda_graph_max_bs_prefill"] == sg.AUTO_PREFILL_TOKENS
     cfg.data.objective, cfg.model.sglang_prefill_graphs = "lm", "on"

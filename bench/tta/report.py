@@ -64,7 +64,8 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
         res["methods"][name] = {**s, "lr": lr, "eps": runs[0]["settings"]["eps"], "runs": runs,
                                 "lrs_tried": sorted({r["lr"] for r in runs_all if r["seed"] == 0}),
                                 "stopped_under_other_target": stale,
-                                "fell_back": fell_back_runs(runs, tgt["target"], tgt["zero_shot"], rule)}
+                                "fell_back": fell_back_runs(runs, tgt["target"], tgt["zero_shot"], rule),
+                                "from_launch": from_launch(runs, s["hits"])}
     ref = res["methods"]["reference"]
     ref_by_seed = {r["seed"]: h["seconds"] for r, h in zip(ref["runs"], ref["hits"])}
     for m in res["methods"].values():  # no verdict where the reference did not learn
@@ -72,12 +73,9 @@ def task_result(out: Path, task: str, methods: list[str], rule: Rule) -> dict | 
             m[f"speedup_{k}"] = curves.speedup(ref[k]["median"], m[k]["median"]) if tgt["learned"] else None
         paired = curves.paired_speedups(ref_by_seed, {r["seed"]: h["seconds"] for r, h in zip(m["runs"], m["hits"])})
         m["speedup_paired"] = curves.spread(paired) if paired and tgt["learned"] else None
-    for m in res["methods"].values():
-        m["from_launch"] = from_launch(m["runs"], m["hits"])
-    ref_launch = ref["from_launch"]
-    for m in res["methods"].values():
-        ok = ref_launch and m["from_launch"] and tgt["learned"]
-        m["speedup_from_launch"] = curves.speedup(ref_launch["seconds"], m["from_launch"]["seconds"]) if ok else None
+        launch = ref["from_launch"] and m["from_launch"] and tgt["learned"]
+        m["speedup_from_launch"] = (curves.speedup(ref["from_launch"]["seconds"], m["from_launch"]["seconds"])
+                                    if launch else None)
     res["machines"] = sorted({r.get("machine") or "unrecorded" for m in res["methods"].values() for r in m["runs"]})
     return res
 

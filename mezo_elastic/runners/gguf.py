@@ -210,20 +210,20 @@ def hf_dir_for(gguf: Path, root: Path | None = None) -> tuple[Path, str]:
 _SHA_SEEN: dict[tuple, str] = {}
 
 
-def _sha256(path: Path, root: Path | None = None) -> str:
+def _sha256(path: Path, base: Path) -> str:
     """The file's sha256, hashed once per machine (or shared cache) while the file's stat stays the same.
 
     Hashing reads the whole file (~2 s a GB here: a 16 GB file ~30 s), and every rank of every launch needs the
-    sha (the converted directory's name, run.json's identity check), so it is kept under
-    `<cache>/gguf/sha/`, keyed by the file's path, size, mtime (ns), inode and device, as git's index keys its
-    hashes: any write to the file changes its mtime and so the key, and a changed file is hashed again.
+    sha (the converted directory's name, run.json's identity check), so it is kept under `<base>/sha/` (base:
+    the conversions' folder, `<cache>/gguf`), keyed by the file's path, size, mtime (ns), inode and device, as
+    git's index keys its hashes: any write to the file changes its mtime and so the key, and a changed file is
+    hashed again.
     """
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
     if key in _SHA_SEEN:
         return _SHA_SEEN[key]
-    index = (Path(root) if root is not None else cache_dir() / "gguf") / "sha" / \
-        hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    index = base / "sha" / hashlib.sha256(repr(key).encode()).hexdigest()[:32]
     try:
         rec = json.loads(index.read_text())
         sha = rec["sha256"] if rec.get("key") == list(key) else None

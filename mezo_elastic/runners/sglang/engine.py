@@ -111,7 +111,7 @@ class Engine:
     # every request carries it, so ForwardBatch.init_new prepares the batch with that adapter.
     lora_id: str | None = None
     memory: teardown.EngineMemory | None = None  # GPU memory around build and close (start_engine sets it)
-    # seconds of each start-up phase (start_engine's, then the runner's): where a short run's wall-clock goes
+    # seconds of each of start_engine's phases (the runner logs them): where a short run's wall-clock goes
     startup: dict[str, float] | None = None
 
     @property
