@@ -59,6 +59,8 @@ def test_start_after_daemons_vanished_mid_job_gives_an_idle_node(slurm_cluster: 
     work.mkdir()
     env = {**os.environ, "MEZO_SLURM_DIR": str(d), "MEZO_SLURM_PORT": PORT, "MEZO_SLURM_WAIT": "20",
            "SLURM_CONF": str(d / "slurm.conf")}
+    session = Path(slurm_cluster.conf).parent
+    session_daemons = {f: int((session / f).read_text()) for f in ("slurmd.pid", "slurmctld.pid")}
     up = _script(UP, env)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -91,5 +93,10 @@ def test_start_after_daemons_vanished_mid_job_gives_an_idle_node(slurm_cluster: 
         _script(DOWN, env)
         for pid in _processes_of(d):
             _kill(pid)
+    # The session's cluster was not touched: the same daemons run, and it still counts as up (whatever
+    # state the other worker's jobs give its node meanwhile).
+    assert {f: int((session / f).read_text()) for f in session_daemons} == session_daemons
+    for pid in session_daemons.values():
+        os.kill(pid, 0)
     st = subprocess.run([str(UP), "--status"], capture_output=True, text=True, timeout=60)
-    assert st.returncode == 0, st.stdout + st.stderr  # the session's cluster was not touched
+    assert st.returncode == 0, st.stdout + st.stderr
