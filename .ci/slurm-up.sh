@@ -40,7 +40,9 @@ node_state() { timeout 10 sinfo -h -N -o %T 2>/dev/null | head -n1; }
 # Up: both daemons run and the node answers in a state that takes or runs jobs. Jobs of other tests come
 # and go meanwhile, so `completing` (a job's end), `planned` (backfill holds the node for a queued job)
 # and a flag suffix (`allocated+`, `mixed-`) count as up; a trailing `*` (not responding), down, drain
-# and fail do not. CI once failed on a strict idle|mixed|allocated here while another test's job ended.
+# and fail do not. CI once failed on the old strict idle|mixed|allocated check with a bare "slurm not up"
+# (no word of what it saw; a node busy with the other worker's jobs or a slow sinfo are the likely causes):
+# the state seen is now printed.
 STATE=""
 is_up() {
     STATE="daemons not running"

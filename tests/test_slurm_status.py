@@ -1,8 +1,8 @@
 """.ci/slurm-up.sh --status: which node states count as up.
 
-CI once failed because the check after a second cluster's test said "slurm not up" while the session's
-daemons ran: another worker's job was ending (or queued), and the node's state was none of
-idle|mixed|allocated. Here the daemons are this test's own live process and `sinfo` is a stand-in on
+CI once failed on the check after the second-cluster test: a bare "slurm not up" from the old strict
+idle|mixed|allocated rule, while the other worker's jobs ran on the node (a job ending leaves it `completing`,
+a queued one `planned`). Here the daemons are this test's own live process and `sinfo` is a stand-in on
 PATH that prints the state under test, so every state is tried without a cluster.
 """
 
