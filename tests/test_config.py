@@ -1,6 +1,7 @@
 import pytest
 
 from mezo_elastic.config import Config, iter_fields, parse_args
+from mezo_elastic.config.schema import MezoConfig
 from mezo_elastic.errors import ConfigError
 
 REQUIRED = ["seed", "train.steps", "train.batch_size", "train.output_dir", "model.backend", "model.path",
@@ -88,3 +89,21 @@ def test_lr_default_is_safe_on_a_user_model_and_the_builtin_keeps_its_own(tmp_pa
     assert parse_args(["--config", str(t)]).mezo.lr == 1e-6
     t.write_text('[mezo]\neps = 0.01\n')  # the built-in model with a file of its own: the preset still fills lr
     assert (parse_args(["--config", str(t)]).mezo.lr, parse_args(["--config", str(t)]).mezo.eps) == (1e-3, 0.01)
+
+
+def test_an_unset_lr_follows_the_estimators_rule_and_a_given_one_wins():
+    """docs/estimators.md#the-learning-rate: MeZO's 1e-6 (gv half), the scale-free steps their paper's lr at their
+    population scaled by sqrt(N / N_paper), zo_muon the authors'; the built-in model keeps its preset's 1e-3."""
+    user = ["--model.path=/models/smol.gguf", "--mezo.mode=dp"]
+    cases = {("spsa", 1, "none"): 1e-6, ("gv", 2, "none"): 5e-7, ("zo_muon", 1, "none"): 1e-2,
+             ("fzoo", 8, "none"): 1e-5, ("fzoo", 2, "none"): 1e-5 / 2, ("es", 30, "zscore"): 5e-4,
+             ("es", 2, "centered_rank"): 5e-4 * (2 / 30) ** 0.5, ("spsa", 15, "zscore"): 5e-4}
+    for (est, k, shaping), lr in cases.items():
+        flags = [*user, f"--mezo.estimator={est}", f"--mezo.perturbations={k}", f"--mezo.reward_shaping={shaping}"]
+        assert parse_args(flags).mezo.lr == pytest.approx(lr, rel=1e-12), (est, k, shaping)
+        assert parse_args([*flags, "--mezo.lr=3e-4"]).mezo.lr == 3e-4
+        assert parse_args(flags[1:]).mezo.lr == 1e-3  # the built-in model: its preset, whatever the estimator
+    # a shaped spsa run of the old per-eps rule (only resumed, never new) keeps the default it was made with
+    old_rule = MezoConfig(perturbations=2, reward_shaping="zscore", shaped_update="per_eps")
+    assert old_rule.lr == 1e-6
+    assert MezoConfig(estimator="fzoo", perturbations=8).lr == 1e-5  # the Python API resolves it too

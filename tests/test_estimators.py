@@ -119,11 +119,15 @@ def test_bad_estimator_settings_are_refused_in_one_line(kw, why):
 
 
 def test_a_run_json_from_before_the_es_rule_keeps_its_rule():
-    old = {"mezo.reward_shaping": "zscore", "mezo.perturbations": 2}  # no shaped_update, no estimator
+    old = {"mezo.reward_shaping": "zscore", "mezo.perturbations": 2, "mezo.lr": 1e-6}  # no shaped_update, estimator
     cfg = Config(mezo=MezoConfig(reward_shaping="zscore", perturbations=2))
     diff = trajectory_diff(old, cfg)
-    assert diff == ["mezo.shaped_update: 'per_eps' -> 'es' (the run was made with it: set "
+    # lr left out: ES's rule's default now (ES's alpha at N = 4), not the 1e-6 the run was made with; both named
+    assert diff == [f"mezo.lr: 1e-06 -> {5e-4 * math.sqrt(4 / 30)!r} (the run was made with it: set --mezo.lr=1e-06 "
+                    f"to continue it)",
+                    "mezo.shaped_update: 'per_eps' -> 'es' (the run was made with it: set "
                     "--mezo.shaped_update=per_eps to continue it)"]
+    # the old rule's lr left out is the old default: --mezo.shaped_update=per_eps alone continues it
     cont = Config(mezo=MezoConfig(reward_shaping="zscore", perturbations=2, shaped_update="per_eps"))
     assert trajectory_diff(old, cont) == []
     assert trajectory_diff({}, Config()) == []  # an unshaped old run: either rule is its rule

@@ -8,6 +8,7 @@ import pytest
 
 from mezo_elastic.config import SECTIONS, Config, parse_args
 from mezo_elastic.training.resume import TRAJECTORY_KEYS, _get, trajectory_diff
+from test_troubleshooting_doc import assert_quoted
 
 
 def _saved(argv: list[str]) -> tuple[dict, dict]:
@@ -100,3 +101,14 @@ def test_data_content_hash_and_compare(tmp_path):
     assert diffs == [f"data.eval_path: the run recorded {a} (sha256 {rec['eval']['sha256'][:12]}...), this launch "
                      f"gives no eval file"]
     assert data_record.compare(None, now, str) == ([], [])  # a run from before the hashes
+
+
+def test_a_run_made_with_the_old_lr_default_is_told_how_to_continue():
+    """An lr left out follows the estimator since 2026-12-07 (fzoo: FZOO's 1e-5): a fzoo run made at the old
+    default, 1e-6, is refused on a resume that leaves lr out, with the flag that continues it."""
+    fzoo = ["--model.path=/models/smol.gguf", "--mezo.estimator=fzoo", "--mezo.perturbations=8"]
+    before, config = _saved([*fzoo, "--mezo.lr=1e-6"])
+    diff = trajectory_diff(before, parse_args(fzoo), config)
+    assert diff == ["mezo.lr: 1e-06 -> 1e-05 (the run was made with it: set --mezo.lr=1e-06 to continue it)"]
+    assert_quoted(diff[0])
+    assert trajectory_diff(before, parse_args([*fzoo, "--mezo.lr=1e-6"]), config) == []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mezo_elastic.config import SECTIONS, iter_fields
+from mezo_elastic.config.parse import value_type
 from mezo_elastic.config.schema import BUILTIN_PRESET
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -46,6 +47,7 @@ def toml_value(value: Any) -> str:
 
 def type_name(typ: Any) -> str:
     """int, float, str, bool, or the allowed values of a Literal as `a \\| b` (escaped for tables)."""
+    typ = value_type(typ)
     if typing.get_origin(typ) is Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(typ))
     return getattr(typ, "__name__", str(typ))

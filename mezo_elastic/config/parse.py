@@ -64,8 +64,7 @@ def _coerce(key: str, raw: Any, typ: Any, source: str = "") -> Any:
         if raw not in allowed:
             raise ConfigError(f"{_named(key, raw, source)} is not allowed; choose one of {list(allowed)}")
         return str(raw)
-    if isinstance(typ, types.UnionType) or origin is typing.Union:
-        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    typ = value_type(typ)
     try:
         if typ is bool:
             return _bool(key, raw, source)
@@ -181,7 +180,15 @@ def iter_fields() -> typing.Iterator[tuple[str, Any, Any, str]]:
             yield f.name, _field_type(Config, f.name), f.default, f.metadata["help"]
 
 
+def value_type(typ: Any) -> Any:
+    """The type a value is given as: X for `X | None` (None = left out, resolved by the section, e.g. mezo.lr)."""
+    if isinstance(typ, types.UnionType) or typing.get_origin(typ) is typing.Union:
+        return next(t for t in typing.get_args(typ) if t is not type(None))
+    return typ
+
+
 def _type_name(typ: Any) -> str:
+    typ = value_type(typ)
     if typing.get_origin(typ) is Literal:
         return "|".join(str(a) for a in typing.get_args(typ))
     return getattr(typ, "__name__", str(typ))

@@ -213,6 +213,33 @@ _PAPER_SETTINGS = {
 }
 
 
+# mezo.lr where a run does not give it, by the rule its step takes (docs/estimators.md, the learning rate).
+# MeZO's step moves a weight lr |g| and gv's twice that: MeZO's lr (gv half of it). The scale-free steps (fzoo, es, shaped spsa) move
+# each weight about lr / sqrt(N) a step whatever the gradient's size, N their population: their paper's lr at its
+# N, scaled by sqrt(N / N_paper) so that another population keeps the paper's per-weight step. ZO-Muon's step
+# has a norm of about sqrt(r) per matrix whatever the gradient: the authors' lr. Each is the published value for
+# models of 0.5B to 13B; a small model may want more (on SmolLM2-135M fzoo learned at 1e-3, not at 1e-5).
+MEZO_LR = 1e-6  # MeZO's (1e-6 to 1e-7 at eps 1e-3); 1e-3 wrecks a pretrained model in a few steps
+PAPER_LR = {"fzoo": (1e-5, 8),  # DKmiyan/FZOO fzoo.sh: LR=1e-5, FORWARD_N=8 (OPT-1.3B)
+            "es": (5e-4, 30)}  # ES at scale: alpha 5e-4, sigma 1e-3, N = 30
+ZO_MUON_LR = 1e-2  # OPTML-Group/ZO-Muon at OPT-13B
+
+
+def default_lr(m: "MezoConfig") -> float:
+    """The lr a run gets where it does not give mezo.lr (see PAPER_LR above)."""
+    if m.estimator == "gv":
+        return MEZO_LR / 2  # E[(v.grad) v] is twice MeZO's: half its lr is MeZO's step (docs/estimators.md)
+    if m.estimator == "zo_muon":
+        return ZO_MUON_LR
+    if m.estimator in PAPER_LR:
+        lr, n = PAPER_LR[m.estimator]
+        return lr * math.sqrt(m.perturbations / n)
+    if m.reward_shaping != "none" and m.shaped_update == "es":  # ES's step over the N = 2K members
+        lr, n = PAPER_LR["es"]
+        return lr * math.sqrt(2 * m.perturbations / n)
+    return MEZO_LR
+
+
 def _check_estimator(m: "MezoConfig") -> None:
     """fzoo, es and gv: a population of at least 2 seeds in dp mode; es shapes, fzoo and gv do not."""
     if m.estimator == "spsa":
@@ -241,10 +268,12 @@ def _check_estimator(m: "MezoConfig") -> None:
 
 @dataclass(kw_only=True)
 class MezoConfig:
-    lr: float = opt(
-        1e-6, "learning rate (peak, when a schedule is used). The default suits a pretrained model (MeZO's own "
-        "are 1e-6 to 1e-7 at eps 1e-3; 1e-3 wrecks one in a few steps, docs/objectives.md); the built-in tiny "
-        "model (model.path empty) gets 1e-3 from BUILTIN_PRESET"
+    lr: float | None = opt(
+        None, "learning rate (peak, when a schedule is used). Not given: by the step's rule (default_lr), each "
+        "safe on a pretrained model: spsa 1e-6 (MeZO's; 1e-3 wrecks a model in a few steps, docs/objectives.md), "
+        "gv 5e-7, fzoo 1e-5 x sqrt(K/8) (FZOO's), es and shaped spsa 5e-4 x sqrt(N/30) (ES at scale's), zo_muon "
+        "1e-2 (docs/estimators.md#the-learning-rate); the built-in tiny model (model.path empty) gets 1e-3 from "
+        "BUILTIN_PRESET"
     )
     eps: float = opt(1e-3, "perturbation scale epsilon of SPSA")
     mode: Literal["dp", "multi_seed"] = opt(
@@ -321,6 +350,8 @@ class MezoConfig:
             raise ConfigError(f"mezo.perturbations={self.perturbations} needs master weights (mezo.master_weights="
                               f"'off' is not allowed with it): only the fp32 master replays a population exactly")
         _choice("mezo", "distribution", self.distribution, ("gaussian", "rademacher", "rademacher32"))
+        if self.lr is None:  # resolved here: run.json records, and a resume compares, the number itself
+            self.lr = default_lr(self)
         _positive("mezo", "lr", self.lr, zero_ok=True)
         _positive("mezo", "eps", self.eps)
         _positive("mezo", "weight_decay", self.weight_decay, zero_ok=True)

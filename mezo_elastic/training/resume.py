@@ -92,8 +92,8 @@ def trajectory_diff(before: dict, cfg: Config, config: dict | None = None) -> li
     out = []
     for k in diff:
         why = _WHY.get(k, "").format(cfg.mezo.schedule if cfg.mezo.schedule != "constant" else old["mezo.schedule"])
-        if k == "mezo.shaped_update":
-            why = f" (the run was made with it: set --mezo.shaped_update={old[k]} to continue it)"
+        if k in ("mezo.shaped_update", "mezo.lr"):  # an lr left out follows the estimator since 2026-12-07
+            why = f" (the run was made with it: set --{k}={old[k]} to continue it)"
         out.append(f"{k}: {old[k]!r} -> {_get(cfg, k)!r}{why}")
     return out
 
