@@ -119,7 +119,7 @@ def test_bad_estimator_settings_are_refused_in_one_line(kw, why):
 
 
 def test_a_run_json_from_before_the_es_rule_keeps_its_rule():
-    old = {"mezo.reward_shaping": "zscore", "mezo.perturbations": 2, "mezo.lr": 1e-6}  # no shaped_update, estimator
+    old = {"mezo.reward_shaping": "zscore", "mezo.perturbations": 2, "mezo.lr": 1e-6}  # no shaped_update nor estimator
     cfg = Config(mezo=MezoConfig(reward_shaping="zscore", perturbations=2))
     diff = trajectory_diff(old, cfg)
     # lr left out: ES's rule's default now (ES's alpha at N = 4), not the 1e-6 the run was made with; both named

@@ -214,11 +214,12 @@ _PAPER_SETTINGS = {
 
 
 # mezo.lr where a run does not give it, by the rule its step takes (docs/estimators.md, the learning rate).
-# MeZO's step moves a weight lr |g| and gv's twice that: MeZO's lr (gv half of it). The scale-free steps (fzoo, es, shaped spsa) move
-# each weight about lr / sqrt(N) a step whatever the gradient's size, N their population: their paper's lr at its
-# N, scaled by sqrt(N / N_paper) so that another population keeps the paper's per-weight step. ZO-Muon's step
-# has a norm of about sqrt(r) per matrix whatever the gradient: the authors' lr. Each is the published value for
-# models of 0.5B to 13B; a small model may want more (on SmolLM2-135M fzoo learned at 1e-3, not at 1e-5).
+# MeZO's step moves a weight lr |g| and gv's twice that: MeZO's lr (gv half of it). The scale-free steps (fzoo,
+# es, shaped spsa) move each weight about lr / sqrt(N) a step whatever the gradient's size, N their population:
+# their paper's lr at its N, scaled by sqrt(N / N_paper) so that another population keeps the paper's per-weight
+# step. ZO-Muon's step has a norm of about sqrt(r) per matrix whatever the gradient: the authors' lr. Each is the
+# published value for models of 0.5B to 13B; a small model may want more (SmolLM2-135M: fzoo learned at 1e-3,
+# not at 1e-5).
 MEZO_LR = 1e-6  # MeZO's (1e-6 to 1e-7 at eps 1e-3); 1e-3 wrecks a pretrained model in a few steps
 PAPER_LR = {"fzoo": (1e-5, 8),  # DKmiyan/FZOO fzoo.sh: LR=1e-5, FORWARD_N=8 (OPT-1.3B)
             "es": (5e-4, 30)}  # ES at scale: alpha 5e-4, sigma 1e-3, N = 30
