@@ -103,15 +103,16 @@ def test_gv_is_the_authors_step_and_ranks_its_candidates():
 
 
 @pytest.mark.parametrize("kw, why", [
-    (dict(estimator="fzoo"), r"needs mezo.perturbations >= 2 \(got 1\).*try FZOO's --mezo.perturbations=8 "
-                             r"--mezo.distribution=rademacher"),
-    (dict(estimator="es", perturbations=4), "needs mezo.reward_shaping=zscore or centered_rank"),
+    (dict(estimator="fzoo", perturbations=1), r"needs mezo.perturbations >= 2 \(got 1\).*try FZOO's "
+                                              r"--mezo.perturbations=8 --mezo.distribution=rademacher"),
+    (dict(estimator="es", perturbations=4, reward_shaping="none"), "needs mezo.reward_shaping=zscore or centered_rank"),
     (dict(estimator="fzoo", perturbations=4, reward_shaping="zscore"), "set mezo.reward_shaping=none"),
     (dict(estimator="fzoo", perturbations=2, mode="multi_seed"), "needs mezo.mode=dp"),
+    (dict(estimator="fzoo", mode="multi_seed"), "needs mezo.mode=dp"),
     (dict(estimator="adam"), "mezo.estimator='adam' is not allowed"),
     (dict(estimator="gv", perturbations=2, reward_shaping="zscore"), "set mezo.reward_shaping=none"),
     (dict(estimator="gv", perturbations=2, gv_elite=1.0), "mezo.gv_elite=1.0 must be in"),
-    (dict(estimator="gv"), "needs mezo.perturbations >= 2.*try MeZO-GV's --mezo.perturbations=2"),
+    (dict(estimator="gv", perturbations=1), "needs mezo.perturbations >= 2.*try MeZO-GV's --mezo.perturbations=2"),
 ])
 def test_bad_estimator_settings_are_refused_in_one_line(kw, why):
     with pytest.raises(ConfigError, match=why):

@@ -23,7 +23,8 @@ def _saved(argv: list[str]) -> tuple[dict, dict]:
     ("--data.max_length=16", "data.max_length: 63 -> 16"),
     ("--mezo.grad_clip=1.0", "mezo.grad_clip: 0.0 -> 1.0"),
     ("--mezo.master_weights=on", "mezo.master_weights: 'auto' -> 'on'"),  # fp32: auto is off
-    ("--mezo.distribution=rademacher32", "mezo.distribution: 'gaussian' -> 'rademacher32'"),
+    ("--mezo.distribution=rademacher32", "mezo.distribution: 'gaussian' -> 'rademacher32' (the run was made with "
+                                         "it: set --mezo.distribution=gaussian to continue it)"),
 ])
 def test_a_key_that_shapes_the_trajectory_is_named(flag, words):
     before, config = _saved([])
@@ -112,3 +113,16 @@ def test_a_run_made_with_the_old_lr_default_is_told_how_to_continue():
     assert diff == ["mezo.lr: 1e-06 -> 1e-05 (the run was made with it: set --mezo.lr=1e-06 to continue it)"]
     assert_quoted(diff[0])
     assert trajectory_diff(before, parse_args([*fzoo, "--mezo.lr=1e-6"]), config) == []
+
+
+def test_a_run_made_before_the_estimators_own_defaults_is_told_how_to_continue():
+    """fzoo's z left out was gaussian before 2026-12-07 (now rademacher, FZOO's); zo_muon's population 1 (now 4)."""
+    fzoo = ["--model.path=/models/smol.gguf", "--mezo.estimator=fzoo", "--mezo.perturbations=8", "--mezo.lr=1e-5"]
+    before, config = _saved([*fzoo, "--mezo.distribution=gaussian"])
+    assert trajectory_diff(before, parse_args(fzoo), config) == [
+        "mezo.distribution: 'gaussian' -> 'rademacher' (the run was made with it: set --mezo.distribution=gaussian "
+        "to continue it)"]
+    muon = ["--model.path=/models/smol.gguf", "--mezo.estimator=zo_muon", "--mezo.lr=1e-2"]
+    before, config = _saved([*muon, "--mezo.perturbations=1"])
+    assert trajectory_diff(before, parse_args(muon), config) == [
+        "mezo.perturbations: 1 -> 4 (the run was made with it: set --mezo.perturbations=1 to continue it)"]

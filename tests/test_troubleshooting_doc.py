@@ -141,6 +141,6 @@ def test_gguf_and_architecture_messages_are_quoted(tmp_path, monkeypatch):
 def test_estimator_refusals_are_quoted():
     from mezo_elastic.config.schema import MezoConfig
 
-    assert_quoted(_error(MezoConfig, estimator="fzoo"))
+    assert_quoted(_error(MezoConfig, estimator="fzoo", perturbations=1))
     assert_quoted(_error(MezoConfig, estimator="gv", perturbations=2, reward_shaping="zscore"))
     assert_quoted(_error(MezoConfig, estimator="gv", perturbations=2, gv_elite=1.0))

@@ -56,15 +56,14 @@ def _named(key: str, raw: Any, source: str) -> str:
 def _coerce(key: str, raw: Any, typ: Any, source: str = "") -> Any:
     """Turn a CLI string (or a file's value) into the field's type; a bad value names the key and where it
     came from (a flag, or the config file `source`)."""
-    origin = typing.get_origin(typ)
-    if origin is Literal:
+    typ = value_type(typ)
+    if typing.get_origin(typ) is Literal:
         allowed = typing.get_args(typ)
         if "on" in allowed and str(raw).lower() in ("true", "false", "1", "0", "yes", "no"):
             raw = "on" if str(raw).lower() in ("true", "1", "yes") else "off"  # on/off switches take booleans
         if raw not in allowed:
             raise ConfigError(f"{_named(key, raw, source)} is not allowed; choose one of {list(allowed)}")
         return str(raw)
-    typ = value_type(typ)
     try:
         if typ is bool:
             return _bool(key, raw, source)

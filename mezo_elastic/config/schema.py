@@ -226,6 +226,14 @@ PAPER_LR = {"fzoo": (1e-5, 8),  # DKmiyan/FZOO fzoo.sh: LR=1e-5, FORWARD_N=8 (OP
 ZO_MUON_LR = 1e-2  # OPTML-Group/ZO-Muon at OPT-13B
 
 
+# What a run gets where it does not give these, by estimator: its paper's settings (docs/estimators.md). FZOO
+# (fzoo.sh): 8 Rademacher directions; MeZO-GV's code: 2 candidates; ES at scale: N = 30, z-scored rewards;
+# ZO-Muon's README (OPT-13B): 4 samples; MeZO: one seed, Gaussian z, no shaping.
+PAPER_POPULATION = {"spsa": 1, "fzoo": 8, "gv": 2, "es": 30, "zo_muon": 4}
+PAPER_DISTRIBUTION = {"fzoo": "rademacher"}  # the others: gaussian
+PAPER_SHAPING = {"es": "zscore"}  # the others: none
+
+
 def default_lr(m: "MezoConfig") -> float:
     """The lr a run gets where it does not give mezo.lr (see PAPER_LR above)."""
     if m.estimator == "gv":
@@ -292,13 +300,15 @@ class MezoConfig:
         "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16 and for a LoRA "
         "adapter (peft.method=lora, docs/lora.md), off for fp32 full weights"
     )
-    perturbations: int = opt(
-        1, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
-        "fp32 master weights"
+    perturbations: int | None = opt(
+        None, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
+        "fp32 master weights. Not given: the estimator's paper's (PAPER_POPULATION): spsa 1, fzoo 8, gv 2, es 30, "
+        "zo_muon 4"
     )
-    reward_shaping: Literal["none", "zscore", "centered_rank"] = opt(
-        "none", "map the population's losses before the step: none, zscore (minus the mean, over the std; 0 when "
-        "all equal), centered_rank (ranks scaled to [-0.5, 0.5]); see docs/objectives.md"
+    reward_shaping: Literal["none", "zscore", "centered_rank"] | None = opt(
+        None, "map the population's losses before the step: none, zscore (minus the mean, over the std; 0 when "
+        "all equal), centered_rank (ranks scaled to [-0.5, 0.5]); see docs/objectives.md. Not given: zscore for "
+        "estimator es (ES at scale's), none otherwise"
     )
     shaped_update: Literal["es", "per_eps"] = opt(
         "es", "estimator spsa with reward_shaping: es = ES at scale's theta += lr/N sum R_n z_n over the N = 2K "
@@ -326,14 +336,23 @@ class MezoConfig:
     fold_next_perturbation: bool = opt(
         True, "keep weights perturbed between steps: 2 sweeps a step instead of 3 (eval/save still see clean weights)"
     )
-    distribution: Literal["gaussian", "rademacher", "rademacher32"] = opt(
-        "gaussian", "z's distribution: gaussian (Philox + Box-Muller, MeZO's), rademacher (+-1 from one Philox "
+    distribution: Literal["gaussian", "rademacher", "rademacher32"] | None = opt(
+        None, "z's distribution: gaussian (Philox + Box-Muller, MeZO's), rademacher (+-1 from one Philox "
         "bit an element, SPSA's original; cheaper sweeps) or rademacher32 (+-1, 32 signs per Philox word: 32x "
         "fewer Philox calls, meant as the cheapest GPU sweep, not yet measured; other z than rademacher's, so the "
-        "two are not interchangeable on resume). Part of the trajectory: resume refuses a change"
+        "two are not interchangeable on resume). Part of the trajectory: resume refuses a change. Not given: "
+        "rademacher for estimator fzoo (FZOO's), gaussian otherwise"
     )
 
     def __post_init__(self) -> None:
+        # Left out: the estimator's paper's settings, resolved here so that run.json records, and a resume
+        # compares, the values themselves (docs/estimators.md). A given value is checked as given.
+        if self.perturbations is None:
+            self.perturbations = PAPER_POPULATION.get(self.estimator, 1)
+        if self.distribution is None:
+            self.distribution = PAPER_DISTRIBUTION.get(self.estimator, "gaussian")
+        if self.reward_shaping is None:
+            self.reward_shaping = PAPER_SHAPING.get(self.estimator, "none")
         _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
         _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))

@@ -33,6 +33,9 @@ LEGACY = {"mezo.shaped_update": "per_eps"}
 # schedule, the shaped update rule only to a shaped population.
 _SCHEDULED = ("train.steps", "mezo.min_lr_ratio")
 _WHY = {"train.steps": " (a {} lr schedule decays over train.steps)"}
+# Keys whose default changed under runs made before (ES's shaped rule; since 2026-12-07 the estimator's paper's
+# settings where a run leaves them out): a refusal names the flag that continues such a run as it was.
+_DEFAULT_MOVED = ("mezo.shaped_update", "mezo.lr", "mezo.perturbations", "mezo.distribution", "mezo.reward_shaping")
 _MISSING = object()
 
 
@@ -92,7 +95,7 @@ def trajectory_diff(before: dict, cfg: Config, config: dict | None = None) -> li
     out = []
     for k in diff:
         why = _WHY.get(k, "").format(cfg.mezo.schedule if cfg.mezo.schedule != "constant" else old["mezo.schedule"])
-        if k in ("mezo.shaped_update", "mezo.lr"):  # an lr left out follows the estimator since 2026-12-07
+        if k in _DEFAULT_MOVED:
             why = f" (the run was made with it: set --{k}={old[k]} to continue it)"
         out.append(f"{k}: {old[k]!r} -> {_get(cfg, k)!r}{why}")
     return out
