@@ -52,12 +52,12 @@ def locate_or_fetch(dest: Path = CACHE) -> tuple[Path | None, str]:
         path = dest / NAME
         with open(dest / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another worker or run may be downloading it: wait for it
-            if path.is_file() and sha256_file(path) != SHA256:
-                path.unlink()  # a kept copy that is not the model (damaged since): fetched again, never used
-            if not path.is_file():
-                why = _download(dest, path)
-                if why:
-                    return None, why
+            if path.is_file() and sha256_file(path) == SHA256:
+                return path, ""
+            path.unlink(missing_ok=True)  # a kept copy that is not the model (damaged since): fetched again
+            why = _download(dest, path)
+            if why:
+                return None, why
     got = sha256_file(path)
     assert got == SHA256, f"{path}: sha256 {got}, expected {SHA256}"
     return path, ""

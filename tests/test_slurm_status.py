@@ -16,13 +16,13 @@ import pytest
 from helpers import SLURM_UP
 
 
-def _status(tmp_path: Path, state: str) -> subprocess.CompletedProcess[str]:
+def _status(tmp_path: Path, state: str, slurmd_pid: str | None = None) -> subprocess.CompletedProcess[str]:
     d, bin_ = tmp_path / "slurm", tmp_path / "bin"
     d.mkdir(exist_ok=True)
     bin_.mkdir(exist_ok=True)
     (d / "slurm.conf").write_text("# stand-in\n")
-    for f in ("slurmctld.pid", "slurmd.pid"):
-        (d / f).write_text(str(os.getpid()))  # a live, non-zombie process
+    (d / "slurmctld.pid").write_text(str(os.getpid()))  # a live, non-zombie process
+    (d / "slurmd.pid").write_text(str(os.getpid()) if slurmd_pid is None else slurmd_pid)
     sinfo = bin_ / "sinfo"
     sinfo.write_text(f"#!/bin/sh\nprintf '%s\\n' '{state}'\n" if state else "#!/bin/sh\nexit 1\n")
     sinfo.chmod(0o755)
@@ -45,10 +45,5 @@ def test_states_that_do_not_are_not_up_and_say_what_was_seen(tmp_path: Path, sta
 
 
 def test_dead_daemons_are_not_up(tmp_path: Path):
-    d = tmp_path / "slurm"
-    d.mkdir()
-    _status(tmp_path, "idle")
-    (d / "slurmd.pid").write_text("")  # no pid: slurmd never wrote one
-    env = {**os.environ, "MEZO_SLURM_DIR": str(d), "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    st = subprocess.run([str(SLURM_UP), "--status"], env=env, capture_output=True, text=True, timeout=60)
+    st = _status(tmp_path, "idle", slurmd_pid="")  # no pid: slurmd never wrote one
     assert (st.returncode, st.stdout.strip()) == (1, "slurm not up (daemons not running)")

@@ -203,16 +203,6 @@ class DataConfig:
             raise ConfigError(f"data.unk_warn_fraction={self.unk_warn_fraction} must be in [0, 1]")
 
 
-# What a refused population-less estimator's message suggests: each paper's settings, with the lr advice of
-# docs/estimators.md where ours measured otherwise (FZOO's 1e-5 did not move SmolLM2-135M; GV's 2x collapsed it).
-_PAPER_SETTINGS = {
-    "fzoo": "FZOO's --mezo.perturbations=8 --mezo.distribution=rademacher with an lr tuned per model (1e-3 on "
-            "SmolLM2-135M)",
-    "gv": "MeZO-GV's --mezo.perturbations=2 at your MeZO lr or half of it",
-    "es": "ES at scale's --mezo.perturbations=30 --mezo.reward_shaping=zscore --mezo.lr=5e-4",
-}
-
-
 # mezo.lr where a run does not give it, by the rule its step takes (docs/estimators.md, the learning rate).
 # MeZO's step moves a weight lr |g| and gv's twice that: MeZO's lr (gv half of it). The scale-free steps (fzoo,
 # es, shaped spsa) move each weight about lr / sqrt(N) a step whatever the gradient's size, N their population:
@@ -232,6 +222,18 @@ ZO_MUON_LR = 1e-2  # OPTML-Group/ZO-Muon at OPT-13B
 PAPER_POPULATION = {"spsa": 1, "fzoo": 8, "gv": 2, "es": 30, "zo_muon": 4}
 PAPER_DISTRIBUTION = {"fzoo": "rademacher"}  # the others: gaussian
 PAPER_SHAPING = {"es": "zscore"}  # the others: none
+
+
+# What a refused population-less estimator's message suggests: each paper's settings (the tables above), with the lr
+# advice of docs/estimators.md where ours measured otherwise (FZOO's 1e-5 did not move SmolLM2-135M; GV's 2x
+# collapsed it).
+_PAPER_SETTINGS = {
+    "fzoo": f"FZOO's --mezo.perturbations={PAPER_POPULATION['fzoo']} --mezo.distribution={PAPER_DISTRIBUTION['fzoo']} "
+            f"with an lr tuned per model (1e-3 on SmolLM2-135M)",
+    "gv": f"MeZO-GV's --mezo.perturbations={PAPER_POPULATION['gv']} at your MeZO lr or half of it",
+    "es": f"ES at scale's --mezo.perturbations={PAPER_POPULATION['es']} --mezo.reward_shaping={PAPER_SHAPING['es']} "
+          f"--mezo.lr=5e-4",
+}
 
 
 def default_lr(m: "MezoConfig") -> float:
