@@ -125,9 +125,9 @@ def export(run_dir: Path, out: Path, step: int | None = None, merge: bool = Fals
     opt.clean()  # the last replayed step may have folded in the next perturbation: now theta
     if cfg.mezo.estimator == "zo_muon" and step > base:
         # its update's float64 matmuls sum in another order on a GPU than here (zo/lowrank.py)
-        logger.warning("note: zo_muon steps %d-%d replayed on the CPU; where the run was made on a GPU a few "
-                       "elements may differ from its weights by one float32 ulp (its final/ and checkpoints are "
-                       "exact)", base + 1, step)
+        logger.warning("note: zo_muon steps %d-%d replayed on the CPU; where the run was made on a GPU its weights "
+                       "may differ from these by rounding (about one float32 ulp of each tensor's largest weight; "
+                       "its final/ and checkpoints are exact)", base + 1, step)
     bad = checkpoint.first_nonfinite(runner.model.named_parameters())
     if bad:
         raise CheckpointError(f"--step {step}: tensor {bad[0]!r} has {bad[1]} non-finite values (the run diverged "

@@ -3,8 +3,8 @@
 # shared/notes/gpu-real-model.md says), in the order that gives a verdict soonest (see below). Longer than
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
-# Stages (default: what is left after 2026-12-07, FZOO's verdict first:
-#   seed-runs fsync fzoo-reward fzoo-seeds suite long-ref zo-muon sweep):
+# Stages (default: what is left after 2026-12-07's evening run, the zo_muon test and the fall-back's cause first:
+#   zo-test collapse sweep zo-muon):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -19,7 +19,10 @@
 #   fzoo-seeds   FZOO's seeds 1, 2 on both tasks, no references (after seed-runs: forwards decide FZOO vs spsa; ~4 min)
 #   zo-muon      ZO-Muon's lr grid (1e-3, 3e-3) on classification and 1e-3 on the reward task, seed 0 (hf; ~8 min)
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
-#   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~4 min)
+#   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~6 min)
+#   collapse     ours' spsa seed 0 on classification over 2400 steps: float32 on hf, float32 and bfloat16 on sglang,
+#                each in /tmp/tta-<backend>-<dtype> (is the fall-back bf16's?; ~9 min)
+#   zo-test      tests/gpu/test_zo_muon_gpu.py alone (~1 min)
 #   fsync        an fsync's cost on this machine, /tmp and the working tree (checkpoint.log_sync; ~1 s)
 #   seed-runs    copy the two verdicts' runs (bench/results; cls: FZOO's grid and gv too) into OUT (no GPU)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a
@@ -39,7 +42,7 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-for stage in ${*:-seed-runs fsync fzoo-reward fzoo-seeds suite long-ref zo-muon sweep}; do
+for stage in ${*:-zo-test collapse sweep zo-muon}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
@@ -155,6 +158,23 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/cls /tmp/tta/runs/reward
       cp bench/results/2026-12-07-h100-late/tta/runs/cls/*.json /tmp/tta/runs/cls/
       cp bench/results/2026-12-07-h100/combined/runs/reward/*.json /tmp/tta/runs/reward/ ;;
+    collapse)
+      # Whose is the fall-back past ~1500 steps on classification? The fp32 reference climbed on to 0.999 over 2400
+      # steps (long-ref, 2026-12-07) where ours' spsa (bf16 forwards on sglang, fp32 masters) fell to chance on all
+      # three seeds. Ours' spsa seed 0 over its whole 3x budget at the reference's lr three ways, each in its own OUT
+      # seeded with the cls references (the target and the budget come from them): float32 on hf (the reference's
+      # numerics, ours' algorithm and loop; ~6 min like long-ref), bfloat16 on sglang again (its median and max |g|
+      # between evals now recorded; ~1 min), float32 on sglang (ours' engine without bf16; last: SGLang's attention
+      # kernels may refuse float32). Each run killed after 600 s.
+      for v in "hf float32" "sglang bfloat16" "sglang float32"; do
+        set -- $v; D=/tmp/tta-$1-$2
+        mkdir -p $D/runs/cls && cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
+        TTA_OUT=$D tta $RC $O --estimators spsa --seeds 0 --backend $1 --dtype $2 --run-timeout 600
+      done ;;
+    zo-test)
+      # tests/gpu/test_zo_muon_gpu.py alone (its bound moved to each tensor's scale after 2026-12-07's suite; ~1 min)
+      python3 -m pytest tests/gpu/test_zo_muon_gpu.py -m gpu -q -s -p no:cacheprovider > $OUT/test_zo_muon_gpu.log 2>&1
+      grep "zo_muon on cuda" $OUT/test_zo_muon_gpu.log; tail -1 $OUT/test_zo_muon_gpu.log ;;
     long-ref)
       # Does the reference MeZO (fp32, hf) also fall back to chance past ~1500 steps at lr 3e-5, as ours' spsa
       # runs (bf16 on sglang, fp32 masters) and gv's did on classification (2026-12-07)? The reference's
@@ -164,7 +184,7 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon sweep long-ref fsync seed-runs seed-reward-ref)"; exit 2 ;;
+         "fzoo-seeds fzoo-verdict zo-muon zo-test collapse sweep long-ref fsync seed-runs seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
