@@ -20,10 +20,11 @@
 #   zo-muon      ZO-Muon's lr grid (1e-3, 3e-3) on classification and 1e-3 on the reward task, seed 0 (hf; ~8 min)
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~6 min)
-#   collapse     ours' spsa seed 0 on classification over 2400 steps: float32 on hf, float32 and bfloat16 (lr 3e-5, 1e-5) on sglang,
-#                each in /tmp/tta-<backend>-<dtype> (is the fall-back bf16's?; ~9 min)
+#   collapse     ours' spsa seed 0 on classification over 2400 steps: float32 on hf, bfloat16 (lr 3e-5, 1e-5)
+#                and float32 on sglang, each in /tmp/tta-<backend>-<dtype> (is the fall-back bf16's?; ~10 min)
 #   zo-test      tests/gpu/test_zo_muon_gpu.py alone (~1 min)
-#   benches      issue 29's 1B, LoRA 1B and 8B step tables (scripts/gpu_suite.sh bench1b lora1b bench8b), under $OUT/benches
+#   benches      issue 29's 1B, LoRA 1B and 8B step tables (scripts/gpu_suite.sh bench1b lora1b bench8b),
+#                under $OUT/benches
 #   fsync        an fsync's cost on this machine, /tmp and the working tree (checkpoint.log_sync; ~1 s)
 #   seed-runs    copy the two verdicts' runs (bench/results; cls: FZOO's grid and gv too) into OUT (no GPU)
 #   seed-reward-ref   copy the reward reference's seed-0 run of 2026-12-06 (bench/results) into OUT, so that a

@@ -23,10 +23,10 @@ What differs from MeZO's machinery, and why this is a module of its own:
   seeds' order (the same bits anywhere), NS5 and P NS5(.) run in float64 on the weights' device, and the new
   master is rounded once to float32. Two devices' float64 matmuls (and NS5's norm) sum in other orders: a GPU
   run's CPU export of 10 steps of the built-in model differed by at most 1.19e-7, one float32 ulp of a weight
-  near 1.0, but on about 10% of the elements (H100, 2026-12-07, twice), more than float64 reordering alone
-  explains; which op differs is not established (tests/gpu/test_zo_muon_gpu.py prints the tensors). A replay
-  takes no forwards, so such a difference does not grow; a resume on the device that made the run, and
-  final/ and checkpoints, are bit-exact.
+  near 1.0 (H100, 2026-12-07, two runs), on about 10% of the elements (counted on the second), more than
+  float64 reordering alone explains; which op differs is not established (tests/gpu/test_zo_muon_gpu.py
+  prints the tensors). A replay takes no forwards, so such a difference does not grow; a resume on the device
+  that made the run, and final/ and checkpoints, are bit-exact.
 - only whole HF parameters with their 2-D shape (the hf backend without LoRA): the SGLang backend's
   fused and sharded tensors are refused in one line by the config.
 Memory: P (m x r, float32 and float64 copies) per matrix on top of the master copy: m r 12 bytes a matrix
