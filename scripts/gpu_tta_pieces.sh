@@ -4,7 +4,7 @@
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
 # Stages (default: what is left after 2026-12-07's evening run, the zo_muon test and the fall-back's cause first:
-#   zo-test collapse sweep zo-muon benches):
+#   zo-test g-noise collapse sweep zo-muon benches):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -21,7 +21,9 @@
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~6 min)
 #   collapse     ours' spsa seed 0 on classification over 2400 steps: float32 on hf, bfloat16 (lr 3e-5, 1e-5)
-#                and float32 on sglang, each in /tmp/tta-<backend>-<dtype> (is the fall-back bf16's?; ~10 min)
+#                and float32 on sglang, bfloat16 at eps 1e-2, each in /tmp/tta-<backend>-<dtype>[-eps<eps>]
+#                (is the fall-back bf16's?; ~11 min)
+#   g-noise      bench/g_noise.py on the real model: how much of g is hf/sglang bf16 rounding (~2 min)
 #   zo-test      tests/gpu/test_zo_muon_gpu.py alone (~1 min)
 #   benches      issue 29's 1B, LoRA 1B and 8B step tables (scripts/gpu_suite.sh bench1b lora1b bench8b),
 #                under $OUT/benches
@@ -44,7 +46,7 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-for stage in ${*:-zo-test collapse sweep zo-muon benches}; do
+for stage in ${*:-zo-test g-noise collapse sweep zo-muon benches}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
@@ -169,11 +171,19 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       # of it (its median and max |g| between evals now recorded: does a smaller step keep it up?; ~1 min each),
       # float32 on sglang (ours' engine without bf16; last: SGLang's attention kernels may refuse float32). A run is
       # killed after the last field's seconds.
-      for v in "hf float32 3e-5 600" "sglang bfloat16 3e-5,1e-5 240" "sglang float32 3e-5 300"; do
-        set -- $v; D=/tmp/tta-$1-$2
+      # Then bf16 on sglang at eps 1e-2 (a rounding's share of g falls as eps grows: bench/g_noise.py).
+      for v in "hf float32 3e-5 600 1e-3" "sglang bfloat16 3e-5,1e-5 240 1e-3" "sglang float32 3e-5 300 1e-3" \
+               "sglang bfloat16 3e-5 240 1e-2"; do
+        set -- $v; D=/tmp/tta-$1-$2; [ $5 = 1e-3 ] || D=$D-eps$5
         mkdir -p $D/runs/cls && cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
-        TTA_OUT=$D tta $RC $O --estimators spsa --lr-spsa $3 --seeds 0 --backend $1 --dtype $2 --run-timeout $4
+        TTA_OUT=$D tta $RC $O --estimators spsa --lr-spsa $3 --seeds 0 --backend $1 --dtype $2 --run-timeout $4 --eps $5
       done ;;
+    g-noise)
+      # How much of g is the forward's rounding: the real model's cls task, 16 seeds, eps 1e-3 and 1e-2, through
+      # hf float32 (the reference), hf bfloat16 and sglang bfloat16 (bench/g_noise.py; ~2 min), under $OUT/g_noise.
+      python3 bench/g_noise.py --model "$MEZO_REAL_GGUF" --out /tmp/g_noise > $OUT/g_noise.log 2>&1
+      mkdir -p $OUT/g_noise && cp /tmp/g_noise/g_noise.md /tmp/g_noise/g_noise.json $OUT/g_noise/ 2>/dev/null
+      tail -12 $OUT/g_noise.log ;;
     benches)
       # Issue 29's tables without the real model: the 1B step with ours/ideal, full MeZO vs LoRA at 1B, the 8B step
       # (scripts/gpu_suite.sh bench1b lora1b bench8b), under $OUT/benches.
@@ -191,7 +201,7 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon zo-test collapse benches sweep long-ref fsync seed-runs seed-reward-ref)"; exit 2 ;;
+         "fzoo-seeds fzoo-verdict zo-muon zo-test g-noise collapse benches sweep long-ref fsync seed-runs seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
