@@ -17,8 +17,10 @@ Each forward loads the model in its dtype, shows cast(theta + eps z) and cast(th
 task's training loss and restores the clean weights exactly. z comes from the package's Philox generator: the same
 z on every forward and device. Columns per (forward, eps): median |g|, corr(g, g of the first forward at that eps),
 rms(g - g_first) / rms(g_first) (0 = the same g; 1 = noise as large as the signal), sign agreement.
-Forwards (--forwards, default hf:float32,hf:bfloat16, plus sglang:bfloat16 on CUDA with sglang installed); the
-first is the reference. Output: the table (stdout and OUT/g_noise.md) and OUT/g_noise.json (every g).
+Forwards (--forwards, default hf:float32,hf:float32@bfloat16,hf:bfloat16, plus sglang:bfloat16 on CUDA with sglang
+installed); the first is the reference. hf:float32@bfloat16 computes in float32 on weights rounded to bf16 values,
+clean and shown alike: the shown perturbation's rounding alone, apart from the forward's. Output: the table (stdout
+and OUT/g_noise.md) and OUT/g_noise.json (every g).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--objective", choices=["classification", "lm", "reward"], default="classification")
     p.add_argument("--train", default="", help="your own train JSONL (default: bench/real_tasks.py's cls task)")
     p.add_argument("--verbatim", action="store_true", help="data.verbatim (the real tasks' prompts hold the template)")
-    p.add_argument("--forwards", default="", help="backend:dtype list; the first is the reference "
-                   "(default hf:float32,hf:bfloat16, and sglang:bfloat16 where CUDA and sglang are)")
+    p.add_argument("--forwards", default="", help="backend:dtype list; the first is the reference (default "
+                   "hf:float32,hf:float32@bfloat16,hf:bfloat16, and sglang:bfloat16 where CUDA and sglang are)")
     p.add_argument("--eps", default="1e-3,1e-2", help="eps values (MeZO's 1e-3; smoke 1e-2)")
     p.add_argument("--seeds", type=int, default=16, help="z draws, each on its own batch (smoke 6)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -65,7 +67,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     cuda = torch.cuda.is_available() and not a.smoke
     a.device = "cuda" if cuda else "cpu"
     if not a.forwards:
-        a.forwards = "hf:float32,hf:bfloat16"
+        a.forwards = "hf:float32,hf:float32@bfloat16,hf:bfloat16"
         if cuda:
             try:
                 import sglang  # noqa: F401
@@ -75,8 +77,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 pass
     a.forwards = [tuple(f.split(":")) for f in a.forwards.split(",")]
     if bad := [f for f in a.forwards if len(f) != 2 or f[0] not in ("hf", "sglang")
-               or f[1] not in ("float32", "bfloat16", "float16")]:
-        p.error(f"--forwards {bad}: each is backend:dtype, backend hf or sglang, dtype float32, bfloat16 or float16")
+               or f[1] not in ("float32", "bfloat16", "float16", "float32@bfloat16", "float32@float16")
+               or (f[0] == "sglang" and "@" in f[1])]:
+        p.error(f"--forwards {bad}: each is backend:dtype, backend hf or sglang, dtype float32, bfloat16 or float16; "
+                f"hf also float32@bfloat16 or float32@float16 (float32 math on weights rounded to the 16-bit type)")
     a.eps = [float(x) for x in ("1e-2" if a.smoke and a.eps == "1e-3,1e-2" else a.eps).split(",")]
     a.seeds = 6 if a.smoke and a.seeds == 16 else a.seeds
     return a
@@ -103,7 +107,10 @@ def task_files(a: argparse.Namespace, out: Path) -> tuple[str, str, bool]:
 
 def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: str,
           verbatim: bool) -> dict[float, list[float]]:
-    """{eps: [g per seed]} through one forward (a runner of `backend` in `dtype`, closed at the end)."""
+    """{eps: [g per seed]} through one forward (a runner of `backend` in `dtype`, closed at the end).
+    dtype "float32@bfloat16": float32 math on weights rounded to bfloat16 values, the clean ones and every shown
+    point (cast(theta + eps z) as a bf16 run shows it): the perturbation's rounding without the forward's."""
+    dtype, _, shown = dtype.partition("@")
     cfg = from_dict({
         "seed": 0,
         "model": {"backend": backend, "path": model, "dtype": dtype, "device": a.device},
@@ -119,6 +126,14 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
         stage.discard()
         objective = make_objective(cfg, runner, tok)
         sched = BatchSchedule(len(data.train), a.batch_size, cfg.data.seed)
+        rounded = getattr(torch, shown) if shown else None
+
+        def round_shown() -> None:
+            for prm in runner.model.parameters():
+                prm.data.copy_(prm.data.to(rounded).to(prm.dtype))
+
+        if rounded is not None:
+            round_shown()
         clean = {k: v.clone() for k, v in runner.hf_state_dict().items()}
         out: dict[float, list[float]] = {}
         for eps in a.eps:
@@ -129,6 +144,8 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
                 for sign in (1, -1):
                     runner.load_hf_state_dict(clean)
                     sweep(runner.segments(), SweepPlan(post=[(7919 + t, sign * eps)]))
+                    if rounded is not None:
+                        round_shown()
                     loss[sign] = float(objective.losses(batch, t).mean())
                 out[eps].append((loss[1] - loss[-1]) / (2 * eps))
             print(f"  {backend}:{dtype} eps {eps:g}: {a.seeds} g in {time.perf_counter() - t0:.1f} s", file=sys.stderr,

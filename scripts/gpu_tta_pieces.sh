@@ -21,8 +21,8 @@
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~6 min)
 #   collapse     ours' spsa seed 0 on classification over 2400 steps: float32 on hf, bfloat16 (lr 3e-5, 1e-5)
-#                and float32 on sglang, bfloat16 at eps 1e-2, each in /tmp/tta-<backend>-<dtype>[-eps<eps>]
-#                (is the fall-back bf16's?; ~11 min)
+#                float16 and float32 on sglang, bfloat16 at eps 1e-2, each in /tmp/tta-<backend>-<dtype>[-eps<eps>]
+#                (is the fall-back bf16's?; ~12 min)
 #   g-noise      bench/g_noise.py on the real model: how much of g is hf/sglang bf16 rounding (~2 min)
 #   zo-test      tests/gpu/test_zo_muon_gpu.py alone (~1 min)
 #   benches      issue 29's 1B, LoRA 1B and 8B step tables (scripts/gpu_suite.sh bench1b lora1b bench8b),
@@ -164,24 +164,26 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       cp bench/results/2026-12-07-h100/combined/runs/reward/*.json /tmp/tta/runs/reward/ ;;
     collapse)
       # Whose is the fall-back past ~1500 steps on classification? The fp32 reference climbed on to 0.999 over 2400
-      # steps (long-ref, 2026-12-07) where ours' spsa (bf16 forwards on sglang, fp32 masters) fell to chance on all
-      # three seeds. Ours' spsa seed 0 over its whole 3x budget at the reference's lr three ways, each in its own OUT
-      # seeded with the cls references (the target and the budget come from them): float32 on hf (the reference's
-      # numerics, ours' algorithm and loop; ~6 min like long-ref), bfloat16 on sglang again at the lr and at a third
-      # of it (its median and max |g| between evals now recorded: does a smaller step keep it up?; ~1 min each),
-      # float32 on sglang (ours' engine without bf16; last: SGLang's attention kernels may refuse float32). A run is
-      # killed after the last field's seconds.
-      # Then bf16 on sglang at eps 1e-2 (a rounding's share of g falls as eps grows: bench/g_noise.py).
-      for v in "hf float32 3e-5 600 1e-3" "sglang bfloat16 3e-5,1e-5 240 1e-3" "sglang float32 3e-5 300 1e-3" \
-               "sglang bfloat16 3e-5 240 1e-2"; do
+      # steps (long-ref, 2026-12-07) where ours' spsa (bf16 on sglang, fp32 masters) fell to chance on all three
+      # seeds, and on the CPU bench/g_noise.py found ours' shown perturbation cast_bf16(master +- eps z) far from
+      # +-eps z (g shrunk, a third of it error at zero-shot), fp16's grid nearly exact. Ours' spsa seed 0 over its
+      # whole 3x budget, each way in its own OUT seeded with the cls references (the target and budget come from
+      # them); fields: backend, dtype, lr(s), seconds before a run is killed, eps:
+      #   hf float32 (the reference's numerics, ours' loop; ~6 min like long-ref); sglang bfloat16 at the lr and a
+      #   third of it (now with |g| between evals); sglang float16; sglang float32 (SGLang's attention kernels may
+      #   refuse it); sglang bfloat16 at eps 1e-2 (a rounding's share of g falls as eps grows).
+      for v in "hf float32 3e-5 600 1e-3" "sglang bfloat16 3e-5,1e-5 240 1e-3" "sglang float16 3e-5 240 1e-3" \
+               "sglang float32 3e-5 300 1e-3" "sglang bfloat16 3e-5 240 1e-2"; do
         set -- $v; D=/tmp/tta-$1-$2; [ $5 = 1e-3 ] || D=$D-eps$5
         mkdir -p $D/runs/cls && cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
         TTA_OUT=$D tta $RC $O --estimators spsa --lr-spsa $3 --seeds 0 --backend $1 --dtype $2 --run-timeout $4 --eps $5
       done ;;
     g-noise)
-      # How much of g is the forward's rounding: the real model's cls task, 16 seeds, eps 1e-3 and 1e-2, through
-      # hf float32 (the reference), hf bfloat16 and sglang bfloat16 (bench/g_noise.py; ~2 min), under $OUT/g_noise.
-      python3 bench/g_noise.py --model "$MEZO_REAL_GGUF" --out /tmp/g_noise > $OUT/g_noise.log 2>&1
+      # How much of g is rounding: the real model's cls task, 16 seeds, eps 1e-3 and 1e-2, through hf float32 (the
+      # reference), float32 math on bf16- and fp16-rounded weights, hf and sglang in bf16 and fp16 (bench/g_noise.py;
+      # ~3 min), under $OUT/g_noise.
+      F=hf:float32,hf:float32@bfloat16,hf:bfloat16,sglang:bfloat16,hf:float32@float16,sglang:float16
+      python3 bench/g_noise.py --model "$MEZO_REAL_GGUF" --out /tmp/g_noise --forwards $F > $OUT/g_noise.log 2>&1
       mkdir -p $OUT/g_noise && cp /tmp/g_noise/g_noise.md /tmp/g_noise/g_noise.json $OUT/g_noise/ 2>/dev/null
       tail -12 $OUT/g_noise.log ;;
     benches)

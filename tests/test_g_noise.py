@@ -1,6 +1,7 @@
-"""bench/g_noise.py --smoke on the CPU: float32 and bfloat16 forwards of the built-in model give a table and every g;
-each g starts from exactly the clean weights (a second invocation asking one eps alone gets the same g bit for bit,
-where the first had moved the weights through another eps and another forward before it)."""
+"""bench/g_noise.py --smoke on the CPU: float32, float32 on bf16-rounded weights and bfloat16 forwards of the built-in
+model give a table and every g; each g starts from exactly the clean weights (a second invocation asking one eps
+alone gets the same g bit for bit, where the first had moved the weights through another eps and other forwards
+before it)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ def probe(out: Path, *args: str) -> tuple[str, dict]:
 
 def test_g_noise_smoke_table_and_exact_restore(tmp_path):
     text, both = probe(tmp_path / "a", "--eps", "1e-2,3e-2", "--seeds", "3")
-    assert "| hf:float32 | 0.01 |" in text and "| hf:bfloat16 | 0.03 |" in text, text
+    assert all(f"| hf:{d} | 0.01 |" in text for d in ("float32", "float32@bfloat16", "bfloat16")), text
     assert both["reference"] == "hf:float32"
-    for forward in ("hf:float32", "hf:bfloat16"):
+    for forward in ("hf:float32", "hf:float32@bfloat16", "hf:bfloat16"):
         for eps in ("0.01", "0.03"):
             g = both["g"][forward][eps]
             assert len(g) == 3 and all(math.isfinite(x) for x in g) and any(x != 0 for x in g)
