@@ -1,16 +1,17 @@
-"""How much of MeZO's projected gradient is the forward's numerics: g = (L(theta + eps z) - L(theta - eps z)) / 2 eps
-for the same seeds and batches through several forwards (backend:dtype), each against the first.
+"""How much of MeZO's projected gradient is rounding (the shown weights' and the forward's): g = (L(theta + eps z) -
+L(theta - eps z)) / 2 eps for the same seeds and batches through several forwards (backend:dtype), each against the
+first.
 
     python bench/g_noise.py --model SmolLM2-135M-Instruct.Q4_1.gguf --out /tmp/gn    # real model, its cls task
     python bench/g_noise.py --smoke --out /tmp/gn                                     # CPU, built-in model, seconds
     python bench/g_noise.py --model DIR --out /tmp/gn --objective classification --train F.jsonl [--verbatim]
 
-Why: at lr 3e-5 ours' spsa (bf16 forwards on SGLang, fp32 masters) fell back to chance past ~1500 steps on the real
-model's classification task where the float32 reference MeZO did not (docs/benchmarks.md#time-to-accuracy). A
-forward's rounding adds noise n to every g whatever the gradient: while the true |g| is large it hardly matters;
-as training converges and |g| shrinks (the reference's median |g|: ~10 -> 1.7), an n that stays is what is left,
-and each step then moves the weights by lr n z, a random walk. The table says how large n is against g, per
-forward and eps (the signal grows with eps, a rounding does not).
+Why: at lr 3e-5 ours' spsa (bf16 on SGLang, fp32 masters) fell back to chance past ~1500 steps on the real model's
+classification task where the float32 reference MeZO did not (docs/benchmarks.md#time-to-accuracy). A rounding
+error in every g, whatever the gradient, hardly matters while the true |g| is large; as training converges and |g|
+shrinks (the reference's median |g|: ~10 -> 1.7), an error that stays is what is left. The table says how large it
+is against g, per forward and eps. First answer (CPU, 2026-12-07): at eps 1e-3 the bf16 grid's rounding of the shown
+point cast(theta +- eps z) leaves a third of g in error, the forward's bf16 arithmetic adds little, fp16's grid 2%.
 
 Each forward loads the model in its dtype, shows cast(theta + eps z) and cast(theta - eps z) from its clean weights
 (ours shows cast(master + eps z), its master starting at the weights: the same values), scores the batch with the
