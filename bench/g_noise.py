@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tta.models import ensure_hf_model  # noqa: E402
 
-from mezo_elastic.cluster.rank_context import RankContext  # noqa: E402
+from mezo_elastic.cluster.rank_context import detect  # noqa: E402
 from mezo_elastic.config import from_dict  # noqa: E402
 from mezo_elastic.data.jsonl import BatchSchedule  # noqa: E402
 from mezo_elastic.objectives import make_objective  # noqa: E402
@@ -60,8 +60,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--verbatim", action="store_true", help="data.verbatim (the real tasks' prompts hold the template)")
     p.add_argument("--forwards", default="", help="backend:dtype list; the first is the reference (default "
                    "hf:float32,hf:float32@bfloat16,hf:bfloat16, and sglang:bfloat16 where CUDA and sglang are)")
-    p.add_argument("--eps", default="1e-3,1e-2", help="eps values (MeZO's 1e-3; smoke 1e-2)")
-    p.add_argument("--seeds", type=int, default=16, help="z draws, each on its own batch (smoke 6)")
+    p.add_argument("--eps", default="", help="eps values (default 1e-3,1e-2: MeZO's and 10x; smoke 1e-2)")
+    p.add_argument("--seeds", type=int, default=None, help="z draws, each on its own batch (default 16; smoke 6)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128)
     a = p.parse_args(argv)
@@ -82,8 +82,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                or (f[0] == "sglang" and "@" in f[1])]:
         p.error(f"--forwards {bad}: each is backend:dtype, backend hf or sglang, dtype float32, bfloat16 or float16; "
                 f"hf also float32@bfloat16 or float32@float16 (float32 math on weights rounded to the 16-bit type)")
-    a.eps = [float(x) for x in ("1e-2" if a.smoke and a.eps == "1e-3,1e-2" else a.eps).split(",")]
-    a.seeds = 6 if a.smoke and a.seeds == 16 else a.seeds
+    a.eps = [float(x) for x in (a.eps or ("1e-2" if a.smoke else "1e-3,1e-2")).split(",")]
+    a.seeds = a.seeds or (6 if a.smoke else 16)
     return a
 
 
@@ -119,9 +119,7 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
                  "max_length": a.max_length},
         "train": {"batch_size": a.batch_size},
     })
-    ctx = RankContext(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, master_addr=None,
-                      master_port=None, restart_count=0, run_id="g-noise", launcher="single")
-    runner = make_runner(ctx, cfg, torch.device(a.device), model)
+    runner = make_runner(detect({}), cfg, torch.device(a.device), model)  # one process: no launcher's variables
     try:
         tok, data, stage = load_inputs(cfg, True)
         stage.discard()
@@ -158,15 +156,14 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
 
 
 def compare(g: list[float], ref: list[float]) -> dict[str, float]:
-    """median |g|, corr with ref, rms(g - ref) / rms(ref), sign agreement."""
+    """median |g|, corr with ref (nan where either is constant), rms(g - ref) / rms(ref), sign agreement."""
     n = len(g)
-    mg, mr = sum(g) / n, sum(ref) / n
-    sg = math.sqrt(sum((x - mg) ** 2 for x in g) / n)
-    sr = math.sqrt(sum((x - mr) ** 2 for x in ref) / n)
-    cov = sum((x - mg) * (y - mr) for x, y in zip(g, ref)) / n
+    try:
+        corr = statistics.correlation(g, ref)
+    except statistics.StatisticsError:
+        corr = float("nan")
     rms_ref = math.sqrt(sum(y * y for y in ref) / n)
-    return {"median_abs_g": statistics.median(abs(x) for x in g),
-            "corr": cov / (sg * sr) if sg > 0 and sr > 0 else float("nan"),
+    return {"median_abs_g": statistics.median(abs(x) for x in g), "corr": corr,
             "noise": (math.sqrt(sum((x - y) ** 2 for x, y in zip(g, ref)) / n) / rms_ref if rms_ref > 0
                       else float("nan")),
             "sign": sum((x > 0) == (y > 0) for x, y in zip(g, ref)) / n}
