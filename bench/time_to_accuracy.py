@@ -173,6 +173,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument("--max-length", type=int, default=128)
     b.add_argument("--run-timeout", type=float, default=3600, help="seconds before a run of ours is killed")
+    m.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer setting for every run of ours, after the bench's own (repeatable), e.g. "
+                        "mezo.perturb_about=weights; give each setting its own --out (runs are named by method, "
+                        "lr and seed only)")
     a = p.parse_args(argv)
     builtin = a.smoke or not a.model
     cuda = torch.cuda.is_available() and not a.smoke

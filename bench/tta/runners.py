@@ -97,6 +97,8 @@ def settings(args, task: Task, method: Method) -> dict:
            "eps": method.eps, "mezo": dict(method.mezo), "dtype": dtype_of(args, method)}
     if method.estimator != "reference":  # the reference always runs its own budget on HF
         out.update(budget=args.budget, backend=args.backend)
+        if getattr(args, "ours_set", None):
+            out["ours_set"] = list(args.ours_set)  # only where given: runs stored before it still match
     return out
 
 
@@ -257,6 +259,7 @@ def run_ours(args, task: Task, seed: int, method: Method, lr: float, model: str,
     cfg["model"].update(dict(method.model))
     flags = [f"--{s}.{k}={v}" for s, sub in cfg.items() if isinstance(sub, dict) for k, v in sub.items()]
     flags.append(f"--seed={seed}")
+    flags += [f"--{kv}" for kv in getattr(args, "ours_set", [])]  # last: a user's setting wins over the bench's
     if work.exists():
         shutil.rmtree(work)  # an unfinished earlier attempt: its timings would not be one run's
     work.mkdir(parents=True)

@@ -302,6 +302,13 @@ class MezoConfig:
         "in bf16 reaches ~2% of the weights in 100 steps (docs/elastic.md). auto = on for bf16/fp16 and for a LoRA "
         "adapter (peft.method=lora, docs/lora.md), off for fp32 full weights"
     )
+    perturb_about: Literal["master", "weights"] = opt(
+        "master", "with fp32 master weights in a 16-bit dtype, the point a forward sees: master = cast(master + eps "
+        "z) (rounded once; in bf16 +eps z and -eps z round unevenly about theta where eps is below the weight's "
+        "ulp); weights = cast(cast(master) + eps z), about the clean weights the model shows, so both points round "
+        "the same distance either side of them (docs/estimators.md#16-bit-weights). No effect without master "
+        "weights or in float32"
+    )
     perturbations: int | None = opt(
         None, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
         "fp32 master weights. Not given: the estimator's paper's (PAPER_POPULATION): spsa 1, fzoo 8, gv 2, es 30, "
@@ -358,6 +365,7 @@ class MezoConfig:
         _choice("mezo", "mode", self.mode, ("dp", "multi_seed"))
         _choice("mezo", "schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("mezo", "master_weights", self.master_weights, ("auto", "on", "off"))
+        _choice("mezo", "perturb_about", self.perturb_about, ("master", "weights"))
         _choice("mezo", "reward_shaping", self.reward_shaping, ("none", "zscore", "centered_rank"))
         _choice("mezo", "shaped_update", self.shaped_update, ("es", "per_eps"))
         _choice("mezo", "estimator", self.estimator, ("spsa", "fzoo", "es", "gv", "zo_muon"))

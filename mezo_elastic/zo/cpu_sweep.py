@@ -190,7 +190,8 @@ def _combine(zs: dict[int, torch.Tensor], terms: list[Term], acc: torch.Tensor, 
 
 def _apply(b: _Batch, segments: list[ParamSegment], plan: SweepPlan, zs: dict[int, torch.Tensor],
            scratch: _Scratch) -> None:
-    """new = (1 - decay) * (base + pre) + post; master <- new, weights <- new + show (see perturb)."""
+    """new = (1 - decay) * (base + pre) + post; master <- new, weights <- new + show, or cast(new) + show
+    with plan.show_on_grid (see perturb)."""
     single = len(b.pieces) == 1
     pieces = [(segments[i], lo, n) for i, lo, n in b.pieces]
     _, _, n = pieces[0]
@@ -218,7 +219,12 @@ def _apply(b: _Batch, segments: list[ParamSegment], plan: SweepPlan, zs: dict[in
         if not in_place:
             torch._foreach_copy_(srcs, views)  # the new master
         if _combine(zs, plan.show, acc, tmp):
-            acc.add_(work)
+            if plan.show_on_grid and dsts[0].dtype != b.work_dtype:  # c = cast(new), back in fp32: c + show
+                grid = scratch.get("grid", size, dsts[0].dtype)
+                grid.copy_(work)
+                acc.add_(tmp.copy_(grid))
+            else:
+                acc.add_(work)
             views = [acc] if single else [acc[p : p + n_] for p, (_, _, n_) in zip(b.pos, pieces)]
     if b.master or not in_place:
         torch._foreach_copy_(dsts, views)

@@ -141,7 +141,8 @@ class LowRankOptimizer:
         for seg in self.segments:
             u = drawn[seg.name]
             d = (self._p[seg.name][1] @ u).view(-1) if len(seg.shape) == 2 else u
-            seg.tensor.copy_(seg.master + eps * d)
+            base = seg.master.to(seg.tensor.dtype).float() if self.cfg.perturb_about == "weights" else seg.master
+            seg.tensor.copy_(base + eps * d)
         self.offset = (seed, scale)
 
     def clean(self) -> None:

@@ -107,6 +107,7 @@ class MezoOptimizer:
 
     def _sweep(self, plan: SweepPlan) -> None:
         plan.dist = self.cfg.distribution  # every sweep of a run draws z from the run's distribution
+        plan.show_on_grid = self.cfg.perturb_about == "weights"
         sweep(self.segments, plan, self.cfg.chunk_elems)
 
     def _move(self, new_offset: list[Term]) -> None:

@@ -139,7 +139,9 @@ if HAVE_TRITON:
     @triton.jit
     def _lane(wp, mp, e, numel, pre, post, show, factor, HAS_MASTER: tl.constexpr, DT: tl.constexpr,
               ALIGNED: tl.constexpr):
-        """new = (base + pre) * factor + post for the elements at indices e (any shape); store it."""
+        """new = (base + pre) * factor + post for the elements at indices e (any shape); store it.
+        HAS_MASTER: 0 = none (new is the weights); 1 = master <- new, weights <- new + show; 2 = the same
+        with weights <- cast(cast(new) + show) (SweepPlan.show_on_grid: the shown point about c = cast(new))."""
         if ALIGNED:  # e >= 0 always; the mask is constant over each 4 elements, so loads vectorize
             mask = e < numel
         else:
@@ -151,6 +153,11 @@ if HAVE_TRITON:
         new = (base + pre) * factor + post
         if HAS_MASTER:
             tl.store(mp + e, new, mask=mask)
+            if HAS_MASTER == 2:
+                if DT == 1:
+                    new = new.to(tl.bfloat16).to(tl.float32)
+                elif DT == 2:
+                    new = new.to(tl.float16).to(tl.float32)
             new = new + show
         if DT == 0:
             tl.store(wp + e, new, mask=mask)
@@ -483,13 +490,15 @@ def fused_sweep(segments: list[ParamSegment], plan: SweepPlan, _mode: int = 0) -
     keep = 1.0 - plan.decay  # in float64 here, as the torch path's python scalar
     with torch.cuda.device(p.device):
         for g in p.groups:
+            # HAS_MASTER 2: the shown point about cast(master) (_lane); True/False keep the kernels compiled before it
+            has_master = 2 if g.has_master and plan.show_on_grid and g.dt != 0 else g.has_master
             if dist == 2:
                 _sweep_kernel_packed[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
-                                                  HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, ALIGNED=g.aligned,
+                                                  HAS_MASTER=has_master, DT=g.dt, BLOCK=g.block, ALIGNED=g.aligned,
                                                   num_warps=NUM_WARPS)
                 continue
             _sweep_kernel[(g.blocks,)](g.blk_seg, *g.tables, keys, coef, keep, NSEEDS=len(seeds),
-                                       HAS_MASTER=g.has_master, DT=g.dt, BLOCK=g.block, MODE=_mode, ALIGNED=g.aligned,
+                                       HAS_MASTER=has_master, DT=g.dt, BLOCK=g.block, MODE=_mode, ALIGNED=g.aligned,
                                        VEC=(1 if g.aligned else 0) if VEC is None else VEC,
                                        DIST=dist, num_warps=NUM_WARPS)
     return True

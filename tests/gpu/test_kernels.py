@@ -61,6 +61,40 @@ def test_fused_sweep_matches_torch_sweep(dtype, master):
     _assert_within_rounding(a, b, dtype, master)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher", "rademacher32"])
+def test_fused_sweep_shows_points_about_the_clean_weights(dtype, dist):
+    """SweepPlan.show_on_grid (mezo.perturb_about=weights) in the kernel: the torch path's weights and masters
+    (bit for bit with rademacher's exact z), and +eps z / -eps z shown the same distance either side of
+    cast(master) on large, off-grid masters wherever no point crosses a power of two."""
+    def make():
+        g = torch.Generator().manual_seed(2)
+        segs = []
+        for i, n in enumerate([4099, 517, 70004]):
+            m = torch.randn(n, generator=g) * 0.4
+            segs.append(ParamSegment(m.to(dtype).to(DEV), f"q{i}", offset=8 * i, master=m.to(DEV)))
+        return segs
+
+    update = dict(post=[(31, -2e-4), (32, 1e-3)], show_on_grid=True)
+    a, b = _fused_and_torch(make, dict(update, show=[(33, 1e-3)]), dist)
+    if dist == "gaussian":
+        _assert_within_rounding(a, b, dtype, True)
+    else:
+        for sa, sb in zip(a, b):
+            assert torch.equal(sa.tensor, sb.tensor) and torch.equal(sa.master, sb.master), sa.name
+    plus, minus = make(), make()
+    assert kernels.fused_sweep(plus, SweepPlan(show=[(33, 1e-3)], show_on_grid=True, dist=dist))
+    assert kernels.fused_sweep(minus, SweepPlan(show=[(33, -1e-3)], show_on_grid=True, dist=dist))
+    uneven = total = 0
+    for sp, sm in zip(plus, minus):
+        c, p, m = sp.master.to(dtype).float(), sp.tensor.float(), sm.tensor.float()
+        binade = [torch.floor(torch.log2(t.abs())) * torch.sign(t) for t in (c, p, m)]
+        keep = (binade[0] == binade[1]) & (binade[0] == binade[2]) & (c != 0)
+        uneven += int(((p - c) != (c - m))[keep].sum())
+        total += int(keep.sum())
+    assert total > 60000 and uneven == 0, f"{dtype} {dist}: {uneven} of {total} points round unevenly"
+
+
 def _assert_within_rounding(a, b, dtype, master: bool) -> None:
     """Segments `a` (fused kernel) within a few ulps of `b` (torch path), and their masters close if `master`."""
     for sa, sb in zip(a, b):

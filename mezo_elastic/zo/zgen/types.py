@@ -53,6 +53,10 @@ class SweepPlan:
     decay: float = 0.0
     show: list[Term] = field(default_factory=list)
     dist: str = "gaussian"
+    # Master mode: weights <- cast(cast(new) + show) instead of cast(new + show). The shown point is then
+    # c +- eps z rounded about c = cast(master), a point of the weights' grid, so +eps z and -eps z round to
+    # the same distance either side of c (mezo.perturb_about=weights, docs/estimators.md).
+    show_on_grid: bool = False
 
     def __post_init__(self) -> None:
         if self.dist not in DISTRIBUTIONS:
