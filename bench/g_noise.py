@@ -20,7 +20,8 @@ z on every forward and device. Columns per (forward, eps): median |g|, corr(g, g
 rms(g - g_first) / rms(g_first) (0 = the same g; 1 = noise as large as the signal), sign agreement.
 Forwards (--forwards, default hf:float32,hf:float32@bfloat16,hf:bfloat16, plus sglang:bfloat16 on CUDA with sglang
 installed); the first is the reference. hf:float32@bfloat16 computes in float32 on weights rounded to bf16 values,
-clean and shown alike: the shown perturbation's rounding alone, apart from the forward's. Output: the table (stdout
+clean and shown alike: the shown perturbation's rounding alone, apart from the forward's; hf:float32@bfloat16/master
+leaves theta off the grid (a trained master under mezo.perturb_about=master). Output: the table (stdout
 and OUT/g_noise.md) and OUT/g_noise.json (every g).
 """
 
@@ -78,10 +79,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 pass
     a.forwards = [tuple(f.split(":")) for f in a.forwards.split(",")]
     if bad := [f for f in a.forwards if len(f) != 2 or f[0] not in ("hf", "sglang")
-               or f[1] not in ("float32", "bfloat16", "float16", "float32@bfloat16", "float32@float16")
-               or (f[0] == "sglang" and "@" in f[1])]:
+               or f[1].removesuffix("/master") not in ("float32", "bfloat16", "float16", "float32@bfloat16",
+                                                       "float32@float16")
+               or (f[1].endswith("/master") and "@" not in f[1]) or (f[0] == "sglang" and "@" in f[1])]:
         p.error(f"--forwards {bad}: each is backend:dtype, backend hf or sglang, dtype float32, bfloat16 or float16; "
-                f"hf also float32@bfloat16 or float32@float16 (float32 math on weights rounded to the 16-bit type)")
+                f"hf also float32@bfloat16 or float32@float16 (float32 math on weights rounded to the 16-bit type), "
+                f"either with /master (theta left off the 16-bit grid)")
     a.eps = [float(x) for x in (a.eps or ("1e-2" if a.smoke else "1e-3,1e-2")).split(",")]
     a.seeds = a.seeds or (6 if a.smoke else 16)
     return a
@@ -110,8 +113,12 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
           verbatim: bool) -> dict[float, list[float]]:
     """{eps: [g per seed]} through one forward (a runner of `backend` in `dtype`, closed at the end).
     dtype "float32@bfloat16": float32 math on weights rounded to bfloat16 values, the clean ones and every shown
-    point (cast(theta + eps z) as a bf16 run shows it): the perturbation's rounding without the forward's."""
+    point (cast(theta + eps z) as a bf16 run shows it): the perturbation's rounding without the forward's. theta is
+    rounded to the grid first (as a bf16 run's master is at step 0, and as mezo.perturb_about=weights shows every
+    point: about cast(master)); "float32@bfloat16/master" leaves theta off the grid, as a trained master is under
+    mezo.perturb_about=master (the points round unevenly about it)."""
     dtype, _, shown = dtype.partition("@")
+    shown, _, about = shown.partition("/")
     cfg = from_dict({
         "seed": 0,
         "model": {"backend": backend, "path": model, "dtype": dtype, "device": a.device},
@@ -131,7 +138,7 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
             for prm in runner.model.parameters():
                 prm.data.copy_(prm.data.to(rounded).to(prm.dtype))
 
-        if rounded is not None:
+        if rounded is not None and about != "master":
             round_shown()
         clean = {k: v.clone() for k, v in runner.hf_state_dict().items()}
         out: dict[float, list[float]] = {}
