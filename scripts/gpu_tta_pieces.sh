@@ -173,10 +173,10 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       #   hf float32 (the reference's numerics, ours' loop; ~6 min like long-ref); sglang bfloat16 at the lr and a
       #   third of it (now with |g| between evals); sglang float16; sglang float32 (SGLang's attention kernels may
       #   refuse it); sglang bfloat16 at eps 1e-2 (a rounding's share of g falls as eps grows).
-      #   and first, the candidate fix: sglang bfloat16 with mezo.perturb_about=weights (the points +-eps z rounded
+      #   and the candidate fix: sglang bfloat16 with mezo.perturb_about=weights (the points +-eps z rounded
       #   about the clean weights, so both the same distance either side; 6th field, into the OUT's name).
       # In the order that names the cause soonest (COLLAPSE picks some, e.g. COLLAPSE="sglang-bfloat16-about").
-      for v in "sglang bfloat16 3e-5 240 1e-3 about" "sglang float16 3e-5 240 1e-3" "sglang bfloat16 3e-5 240 1e-2" \
+      for v in "sglang float16 3e-5 240 1e-3" "sglang bfloat16 3e-5 240 1e-3 about" "sglang bfloat16 3e-5 240 1e-2" \
                "sglang float32 3e-5 300 1e-3" "sglang bfloat16 1e-5 240 1e-3" "hf float32 3e-5 600 1e-3"; do
         set -- $v; D=/tmp/tta-$1-$2; [ $5 = 1e-3 ] || D=$D-eps$5; [ $3 = 3e-5 ] || D=$D-lr$3
         S=""; [ "${6:-}" = about ] && { D=$D-about; S="--ours-set mezo.perturb_about=weights"; }
