@@ -4,7 +4,7 @@
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
 # Stages (default: what is left after 2026-12-07's evening run, the GPU tests and the fall-back's cause first:
-#   zo-test kernels-about collapse g-noise sweep benches):
+#   zo-test kernels-about fp32-head-test collapse g-noise sweep benches):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -20,10 +20,12 @@
 #   zo-muon      ZO-Muon's lr grid (1e-3, 3e-3) on classification and 1e-3 on the reward task, seed 0 (hf; ~8 min)
 #   sweep        issue 29's sweep table (scripts/gpu_suite.sh sweep), under $OUT/sweep
 #   long-ref     the classification reference's seed 0 over 2400 steps, in /tmp/tta-long (~6 min)
-#   collapse     ours' spsa seed 0 on classification over 2400 steps: sglang bfloat16 with mezo.perturb_about=
-#                weights, float16, bfloat16 at eps 1e-2, float32, bfloat16 at lr 1e-5, then float32 on hf, each in
-#                /tmp/tta-<backend>-<dtype>[-eps<eps>][-lr<lr>][-about] (is the fall-back bf16's?; ~3 min each, hf 6)
+#   collapse     ours' spsa seed 0 on classification over 2400 steps on sglang: float16, bfloat16 with
+#                model.fp32_lm_head, at eps 1e-2, with mezo.perturb_about=weights, float32, at lr 1e-5; then float32
+#                on hf; each in /tmp/tta-<backend>-<dtype>[-eps<eps>][-lr<lr>][-about|-fp32head] (is the fall-back
+#                bf16's, and whose rounding?; ~3 min each, hf 6; COLLAPSE picks some)
 #   kernels-about  tests/gpu/test_kernels.py: the fused sweep with the shown point about cast(master) (~1 min)
+#   fp32-head-test tests/gpu/test_fp32_lm_head_gpu.py: model.fp32_lm_head on both backends (~1 min)
 #   g-noise      bench/g_noise.py on the real model: how much of g is hf/sglang bf16 rounding (~2 min)
 #   zo-test      tests/gpu/test_zo_muon_gpu.py alone (~1 min)
 #   benches      issue 29's 1B, LoRA 1B and 8B step tables (scripts/gpu_suite.sh bench1b lora1b bench8b),
@@ -47,7 +49,7 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-for stage in ${*:-zo-test kernels-about collapse g-noise sweep benches}; do
+for stage in ${*:-zo-test kernels-about fp32-head-test collapse g-noise sweep benches}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
@@ -176,10 +178,14 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       #   and the candidate fix: sglang bfloat16 with mezo.perturb_about=weights (the points +-eps z rounded
       #   about the clean weights, so both the same distance either side; 6th field, into the OUT's name).
       # In the order that names the cause soonest (COLLAPSE picks some, e.g. COLLAPSE="sglang-bfloat16-about").
-      for v in "sglang float16 3e-5 240 1e-3" "sglang bfloat16 3e-5 240 1e-3 about" "sglang bfloat16 3e-5 240 1e-2" \
-               "sglang float32 3e-5 300 1e-3" "sglang bfloat16 1e-5 240 1e-3" "hf float32 3e-5 600 1e-3"; do
+      #   and sglang bfloat16 with model.fp32_lm_head (float32 logits: a bf16 logit's grid against a loss
+      #   difference that shrinks as the model grows confident).
+      for v in "sglang float16 3e-5 240 1e-3" "sglang bfloat16 3e-5 240 1e-3 fp32head" "sglang bfloat16 3e-5 240 1e-2" \
+               "sglang bfloat16 3e-5 240 1e-3 about" "sglang float32 3e-5 300 1e-3" "sglang bfloat16 1e-5 240 1e-3" \
+               "hf float32 3e-5 600 1e-3"; do
         set -- $v; D=/tmp/tta-$1-$2; [ $5 = 1e-3 ] || D=$D-eps$5; [ $3 = 3e-5 ] || D=$D-lr$3
         S=""; [ "${6:-}" = about ] && { D=$D-about; S="--ours-set mezo.perturb_about=weights"; }
+        [ "${6:-}" = fp32head ] && { D=$D-fp32head; S="--ours-set model.fp32_lm_head=true"; }
         [ -n "${COLLAPSE:-}" ] && [[ " $COLLAPSE " != *" ${D#/tmp/tta-} "* ]] && continue
         mkdir -p $D/runs/cls && cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
         TTA_OUT=$D tta $RC $O --estimators spsa --lr-spsa $3 --seeds 0 --backend $1 --dtype $2 --run-timeout $4 --eps $5 $S
@@ -189,6 +195,10 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       # against the torch path and symmetric, and the fused sweep's other parity tests beside it (~1 min).
       python3 -m pytest tests/gpu/test_kernels.py -m gpu -q -p no:cacheprovider > $OUT/test_kernels.log 2>&1
       tail -3 $OUT/test_kernels.log ;;
+    fp32-head-test)
+      # model.fp32_lm_head: float32 logits on both backends, graph == eager, SGLang's own path beside ours (~1 min)
+      python3 -m pytest tests/gpu/test_fp32_lm_head_gpu.py -m gpu -q -s -p no:cacheprovider > $OUT/test_fp32_lm_head.log 2>&1
+      grep "max |" $OUT/test_fp32_lm_head.log; tail -1 $OUT/test_fp32_lm_head.log ;;
     g-noise)
       # How much of g is rounding: the real model's cls task, 16 seeds, eps 1e-3 and 1e-2, through hf float32 (the
       # reference), float32 math on bf16- and fp16-rounded weights, hf and sglang in bf16 and fp16 (bench/g_noise.py;
@@ -214,7 +224,7 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about g-noise collapse benches sweep long-ref fsync seed-runs"\
+         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise collapse benches sweep long-ref fsync seed-runs"\
          "seed-reward-ref)"; exit 2 ;;
   esac
 done

@@ -64,6 +64,11 @@ class ModelConfig:
         "(tests/gpu/test_sglang_prefill_graphs*.py); off for the scoring objectives, whose forwards "
         "model.scoring_graphs captures whole. on/off: as asked (true/false are read as on/off)"
     )
+    fp32_lm_head: bool = opt(
+        False, "float32 logits from a bf16/fp16 LM head (its GEMM's float32 accumulator, not rounded to 16 bits: a "
+        "bf16 logit near 20 sits on a 0.125 grid, coarse next to the +-eps z points' loss difference); hf and "
+        "sglang (SGLang's enable_fp32_lm_head for its own paths). runners/lm_head.py, docs/estimators.md#16-bit-weights"
+    )
     scoring_graphs: bool = opt(
         True, "CUDA: scoring forwards (lm, classification, evaluation) run fixed-shape batches (right-padded "
         "to a multiple of 32 tokens, no attention mask) captured once per shape as CUDA graphs and replayed: "

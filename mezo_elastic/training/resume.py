@@ -26,7 +26,7 @@ TRAJECTORY_KEYS = ("seed", "data.seed", "data.objective", "train.batch_size", "m
                    "mezo.shaped_update", "model.dtype", "model.sglang_load_format", "data.max_length",
                    "mezo.min_lr_ratio", "mezo.grad_clip", "mezo.master_weights", "train.steps", "mezo.gv_elite",
                    "mezo.zo_muon_rank", "mezo.zo_muon_interval", "mezo.zo_muon_vector_lr",
-                   "mezo.perturb_about")
+                   "mezo.perturb_about", "model.fp32_lm_head")
 # What a key missing from an older run.json (and from its config) means, where that is not today's default:
 # shaped populations stepped by (f+ - f-) / (2 eps) until mezo.shaped_update existed (issue 24).
 LEGACY = {"mezo.shaped_update": "per_eps"}

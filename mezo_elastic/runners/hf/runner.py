@@ -15,7 +15,7 @@ import torch
 
 from mezo_elastic.config import Config
 from mezo_elastic.errors import BackendError
-from mezo_elastic.runners import gguf
+from mezo_elastic.runners import gguf, lm_head
 from mezo_elastic.runners import scoring_plan as sp
 from mezo_elastic.runners.base import GenerateRequest, GenerationSettings, ScoreRequest
 from mezo_elastic.runners.hf.graphs import hf_graph_scorer
@@ -91,6 +91,11 @@ class HFRunner:
         # save_pretrained writes it out (clearing it there made every final/ and export generate past EOS).
         self._own_generation = _without_eos(self.model.generation_config)
         self.model.requires_grad_(False)  # forward only: no autograd graph, no grad buffers
+        if cfg.model.fp32_lm_head:
+            try:
+                lm_head.use_fp32_head(self.model)  # scoring, graphs and generate all call the head's forward
+            except TypeError as e:
+                raise BackendError(f"model.path={model_path!r}: {e}; set model.fp32_lm_head=false") from None
         # peft.method=lora: the adapter's tensors are the trainable set; self.model stays the same
         # transformers model (peft injects its layers in place), so scoring and generate are unchanged.
         self.adapter = LoraAdapter(self.model, cfg, model_path) if cfg.peft.method == "lora" else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from mezo_elastic.runners import lm_head
 from mezo_elastic.runners.graph_scorer import GraphScorer, Slot
 from mezo_elastic.runners.scoring_plan import pick_logprobs
 
@@ -28,9 +29,11 @@ def fits(engine, shape: tuple[int, int, int], context_length: int) -> bool:
     return rows <= engine.max_requests and rows * width <= engine.max_tokens and width <= context_length
 
 
-def sglang_graph_scorer(engine, vocab_size: int, device: torch.device, capture: bool) -> GraphScorer:
+def sglang_graph_scorer(engine, vocab_size: int, device: torch.device, capture: bool,
+                        fp32_head: bool = False) -> GraphScorer:
     """A GraphScorer over a started Engine (runners/sglang/engine.py) whose model has `.model` (the
-    decoder) and `.lm_head`; `vocab_size` cuts the LM head's padded rows off."""
+    decoder) and `.lm_head`; `vocab_size` cuts the LM head's padded rows off; `fp32_head`: float32 logits
+    (model.fp32_lm_head, runners/lm_head.py)."""
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     mr = engine.model_runner
@@ -44,6 +47,8 @@ def sglang_graph_scorer(engine, vocab_size: int, device: torch.device, capture: 
             mr._prepare_eager_forward_batch(fb)
         picks = torch.zeros((3, n_picks), dtype=torch.long, device=device)
         head = mr.model.lm_head.weight[:vocab_size]
+        if fp32_head:
+            lm_head.prepare(head)  # its capability probe before any capture
 
         def refresh() -> None:
             with forward_context(ctx):
@@ -54,7 +59,8 @@ def sglang_graph_scorer(engine, vocab_size: int, device: torch.device, capture: 
                 hidden = mr.model.model(fb.input_ids, fb.positions, fb)
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
-            logits = torch.matmul(hidden[picks[0] * width + picks[1]], head.t())
+            rows = hidden[picks[0] * width + picks[1]]
+            logits = lm_head.fp32_logits(rows, head) if fp32_head else torch.matmul(rows, head.t())
             return pick_logprobs(logits, picks[2])
 
         return Slot(ids=fb.input_ids, picks=picks, run=run, refresh=refresh, keep=(batch, fb))

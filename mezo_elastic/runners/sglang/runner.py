@@ -87,6 +87,8 @@ def create_mezo_server_args(ctx: RankContext, cfg: Config, model_path: str) -> A
         top = AUTO_PREFILL_TOKENS if m.sglang_prefill_graphs == "auto" else None
         sizes = prefill_graph_tokens(cfg.data.micro_batch, cfg.data.max_length, top)
         fields.update(cuda_graph_bs_prefill=sizes, cuda_graph_max_bs_prefill=sizes[-1])
+    if m.fp32_lm_head:
+        fields["enable_fp32_lm_head"] = True  # SGLang's own logits (generation, eager scoring) in float32
     if cfg.peft.method == "lora":
         fields.update(sglang_lora.lora_server_fields(cfg))
     return compat.make_server_args(fields)
@@ -264,7 +266,7 @@ class SGLangRunner:
         self.graphs, self._plans = None, sp.PlanCache()
         if self.tp_size == 1 and cfg.peft.method == "none" and cfg.model.scoring_graphs:
             vocab = int(self.engine.model_runner.model_config.vocab_size)
-            self.graphs = graphs.sglang_graph_scorer(self.engine, vocab, device, True)
+            self.graphs = graphs.sglang_graph_scorer(self.engine, vocab, device, True, cfg.model.fp32_lm_head)
         # (our scoring graphs are captured at each shape's first forward: in the step-0 eval and the first step)
         log.info("sglang start-up phases (s): %s",
                  ", ".join(f"{k} {v:.1f}" for k, v in (self.engine.startup or {}).items()))
