@@ -21,7 +21,8 @@ rms(g - g_first) / rms(g_first) (0 = the same g; 1 = noise as large as the signa
 Forwards (--forwards, default hf:float32,hf:float32@bfloat16,hf:bfloat16, plus sglang:bfloat16 on CUDA with sglang
 installed); the first is the reference. hf:float32@bfloat16 computes in float32 on weights rounded to bf16 values,
 clean and shown alike: the shown perturbation's rounding alone, apart from the forward's; hf:float32@bfloat16/master
-leaves theta off the grid (a trained master under mezo.perturb_about=master). Output: the table (stdout
+leaves theta off the grid (a trained master under mezo.perturb_about=master); a +fp32head suffix scores with
+float32 logits (model.fp32_lm_head). Output: the table (stdout
 and OUT/g_noise.md) and OUT/g_noise.json (every g).
 """
 
@@ -79,12 +80,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 pass
     a.forwards = [tuple(f.split(":")) for f in a.forwards.split(",")]
     if bad := [f for f in a.forwards if len(f) != 2 or f[0] not in ("hf", "sglang")
-               or f[1].removesuffix("/master") not in ("float32", "bfloat16", "float16", "float32@bfloat16",
-                                                       "float32@float16")
+               or f[1].removesuffix("+fp32head").removesuffix("/master") not in (
+                   "float32", "bfloat16", "float16", "float32@bfloat16", "float32@float16")
                or (f[1].endswith("/master") and "@" not in f[1]) or (f[0] == "sglang" and "@" in f[1])]:
         p.error(f"--forwards {bad}: each is backend:dtype, backend hf or sglang, dtype float32, bfloat16 or float16; "
                 f"hf also float32@bfloat16 or float32@float16 (float32 math on weights rounded to the 16-bit type), "
-                f"either with /master (theta left off the 16-bit grid)")
+                f"either with /master (theta left off the 16-bit grid); any with +fp32head (model.fp32_lm_head)")
     a.eps = [float(x) for x in (a.eps or ("1e-2" if a.smoke else "1e-3,1e-2")).split(",")]
     a.seeds = a.seeds or (6 if a.smoke else 16)
     return a
@@ -117,11 +118,12 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
     rounded to the grid first (as a bf16 run's master is at step 0, and as mezo.perturb_about=weights shows every
     point: about cast(master)); "float32@bfloat16/master" leaves theta off the grid, as a trained master is under
     mezo.perturb_about=master (the points round unevenly about it)."""
+    dtype, fp32_head = dtype.removesuffix("+fp32head"), dtype.endswith("+fp32head")
     dtype, _, shown = dtype.partition("@")
     shown, _, about = shown.partition("/")
     cfg = from_dict({
         "seed": 0,
-        "model": {"backend": backend, "path": model, "dtype": dtype, "device": a.device},
+        "model": {"backend": backend, "path": model, "dtype": dtype, "device": a.device, "fp32_lm_head": fp32_head},
         "data": {"objective": a.objective, "path": train, "seed": 1234, "verbatim": verbatim,
                  "max_length": a.max_length},
         "train": {"batch_size": a.batch_size},

@@ -203,7 +203,7 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       # How much of g is rounding: the real model's cls task, 16 seeds, eps 1e-3 and 1e-2, through hf float32 (the
       # reference), float32 math on bf16- and fp16-rounded weights, hf and sglang in bf16 and fp16 (bench/g_noise.py;
       # ~3 min), under $OUT/g_noise.
-      F=hf:float32,hf:float32@bfloat16,hf:float32@bfloat16/master,hf:bfloat16,sglang:bfloat16,hf:float32@float16,sglang:float16
+      F=hf:float32,hf:float32@bfloat16,hf:float32@bfloat16/master,hf:bfloat16,sglang:bfloat16,sglang:bfloat16+fp32head,hf:float32@float16,sglang:float16
       python3 bench/g_noise.py --model "$MEZO_REAL_GGUF" --out /tmp/g_noise --forwards $F > $OUT/g_noise.log 2>&1
       mkdir -p $OUT/g_noise && cp /tmp/g_noise/g_noise.md /tmp/g_noise/g_noise.json $OUT/g_noise/ 2>/dev/null
       tail -12 $OUT/g_noise.log ;;
