@@ -175,11 +175,12 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       #   hf float32 (the reference's numerics, ours' loop; ~6 min like long-ref); sglang bfloat16 at the lr and a
       #   third of it (now with |g| between evals); sglang float16; sglang float32 (SGLang's attention kernels may
       #   refuse it); sglang bfloat16 at eps 1e-2 (a rounding's share of g falls as eps grows).
-      #   and the candidate fix: sglang bfloat16 with mezo.perturb_about=weights (the points +-eps z rounded
-      #   about the clean weights, so both the same distance either side; 6th field, into the OUT's name).
-      # In the order that names the cause soonest (COLLAPSE picks some, e.g. COLLAPSE="sglang-bfloat16-about").
-      #   and sglang bfloat16 with model.fp32_lm_head (float32 logits: a bf16 logit's grid against a loss
-      #   difference that shrinks as the model grows confident).
+      #   and the two candidate cures (6th field, into the OUT's name): sglang bfloat16 with model.fp32_lm_head
+      #   (float32 logits: a bf16 logit's grid against a loss difference that shrinks as the model grows
+      #   confident) and with mezo.perturb_about=weights (the points +-eps z rounded about the clean weights, so
+      #   both the same distance either side).
+      # In the order that names the cause soonest; COLLAPSE picks some by their OUT's name without /tmp/tta-,
+      # e.g. COLLAPSE="sglang-float16 sglang-bfloat16-fp32head".
       for v in "sglang float16 3e-5 240 1e-3" "sglang bfloat16 3e-5 240 1e-3 fp32head" "sglang bfloat16 3e-5 240 1e-2" \
                "sglang bfloat16 3e-5 240 1e-3 about" "sglang float32 3e-5 300 1e-3" "sglang bfloat16 1e-5 240 1e-3" \
                "hf float32 3e-5 600 1e-3"; do

@@ -309,10 +309,11 @@ class MezoConfig:
     )
     perturb_about: Literal["master", "weights"] = opt(
         "master", "with fp32 master weights in a 16-bit dtype, the point a forward sees: master = cast(master + eps "
-        "z) (rounded once; in bf16 +eps z and -eps z round unevenly about theta where eps is below the weight's "
-        "ulp); weights = cast(cast(master) + eps z), about the clean weights the model shows, so both points round "
-        "the same distance either side of them (docs/estimators.md#16-bit-weights). No effect without master "
-        "weights or in float32"
+        "z) (a trained master sits off the weights' grid, which dithers the rounding, but +eps z and -eps z then "
+        "round unevenly about it); weights = cast(cast(master) + eps z), about the clean weights the model shows: "
+        "both points the same distance either side, but a weight whose ulp exceeds 2 eps |z| is not perturbed (on "
+        "the real 135M model at zero-shot its g is further from float32's: docs/estimators.md#16-bit-weights). No "
+        "effect without master weights or in float32"
     )
     perturbations: int | None = opt(
         None, "population: seeds a step, each scored at +eps and -eps (multi_seed: per rank); more than 1 keeps the "
