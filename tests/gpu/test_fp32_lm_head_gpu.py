@@ -13,13 +13,11 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from sglang_models import TINY, random_requests, save_random_model, sglang_cfg, single_ctx  # noqa: E402
+from test_scoring_graphs import _check_runner  # noqa: E402  (graph == eager after +-eps sweeps, scores and choices)
 
 from mezo_elastic.config import Config, ModelConfig  # noqa: E402
 from mezo_elastic.runners import lm_head  # noqa: E402
-from mezo_elastic.runners import scoring_plan as sp  # noqa: E402
 from mezo_elastic.runners.hf.runner import HFRunner  # noqa: E402
-from mezo_elastic.zo.optimizer import MezoOptimizer  # noqa: E402
-from mezo_elastic.zo.perturb import step_seed  # noqa: E402
 
 NAME = "llama32_tied"
 DEV = torch.device("cuda", 0)
@@ -38,19 +36,6 @@ def test_one_gemm_gives_the_float32_product():
     assert out.dtype == torch.float32 and err < 1e-3 and err16 > 20 * err
 
 
-def _sweeps_keep_graph_equal_eager(runner, scorer, vocab: int) -> None:
-    reqs = random_requests(11, vocab, seed=3, prompt=(4, 60), completion=(1, 6))
-    plan = sp.plan_score(reqs, cap=512)
-    opt = MezoOptimizer(runner.segments(), Config().mezo, master_weights=True)
-    for sign in (+1.0, -1.0):
-        opt.perturb(step_seed(5, 0), sign)
-        graph = scorer.logprobs(plan)
-        slot = scorer.slots[plan.shape]
-        slot.refresh()
-        assert torch.equal(graph, slot.run().cpu())
-    opt.clean()
-
-
 def test_hf_fp32_head_scores_in_float32_through_the_graphs(tmp_path):
     path = save_random_model(TINY[NAME], tmp_path / NAME, seed=1)
     vocab = TINY[NAME]["vocab_size"]
@@ -64,7 +49,7 @@ def test_hf_fp32_head_scores_in_float32_through_the_graphs(tmp_path):
                 logits = runner.model(input_ids=ids).logits
             assert (logits.dtype == torch.float32) == fp32
             assert runner.graphs is not None
-            _sweeps_keep_graph_equal_eager(runner, runner.graphs, vocab)
+            _check_runner(runner, runner.graphs, vocab)  # graph == eager after sweeps
             reqs = random_requests(8, vocab, seed=7, prompt=(4, 60), completion=(1, 6))
             runs[fp32] = runner.score(reqs)[0]
         finally:
@@ -83,7 +68,7 @@ def test_sglang_fp32_head_graph_matches_sglangs_own(tmp_path):
     sg = SGLangRunner(single_ctx(), sglang_cfg(path, fp32_lm_head=True), DEV, str(path))
     try:
         assert sg.engine.model_runner.server_args.enable_fp32_lm_head
-        _sweeps_keep_graph_equal_eager(sg, sg.graphs, vocab)
+        _check_runner(sg, sg.graphs, vocab)
         reqs = random_requests(9, vocab, seed=8, prompt=(4, 60), completion=(1, 6))
         got, n = sg.score(reqs)
         seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in reqs]
