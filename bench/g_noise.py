@@ -128,7 +128,9 @@ def grads(a: argparse.Namespace, backend: str, dtype: str, model: str, train: st
                  "max_length": a.max_length},
         "train": {"batch_size": a.batch_size},
     })
-    runner = make_runner(detect({}), cfg, torch.device(a.device), model)  # one process: no launcher's variables
+    # cuda:0, not "cuda": SGLang's runner sets its device by index (a bare "cuda" failed there on 2026-12-07)
+    device = torch.device("cuda", 0) if a.device == "cuda" else torch.device(a.device)
+    runner = make_runner(detect({}), cfg, device, model)  # one process: no launcher's variables
     try:
         tok, data, stage = load_inputs(cfg, True)
         stage.discard()

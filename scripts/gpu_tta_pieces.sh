@@ -168,25 +168,27 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
     collapse)
       # Whose is the fall-back past ~1500 steps on classification? The fp32 reference climbed on to 0.999 over 2400
       # steps (long-ref, 2026-12-07) where ours' spsa (bf16 on sglang, fp32 masters) fell to chance on all three
-      # seeds, and on the CPU bench/g_noise.py found ours' shown perturbation cast_bf16(master +- eps z) far from
-      # +-eps z (g shrunk, a third of it error at zero-shot), fp16's grid nearly exact. Ours' spsa seed 0 over its
-      # whole 3x budget, each way in its own OUT seeded with the cls references (the target and budget come from
-      # them); fields: backend, dtype, lr(s), seconds before a run is killed, eps:
-      #   hf float32 (the reference's numerics, ours' loop; ~6 min like long-ref); sglang bfloat16 at the lr and a
-      #   third of it (now with |g| between evals); sglang float16; sglang float32 (SGLang's attention kernels may
-      #   refuse it); sglang bfloat16 at eps 1e-2 (a rounding's share of g falls as eps grows).
-      #   and the two candidate cures (6th field, into the OUT's name): sglang bfloat16 with model.fp32_lm_head
-      #   (float32 logits: a bf16 logit's grid against a loss difference that shrinks as the model grows
-      #   confident) and with mezo.perturb_about=weights (the points +-eps z rounded about the clean weights, so
-      #   both the same distance either side).
+      # seeds. 2026-12-07 night (bench/results/2026-12-07-h100-night): float16, bf16 + model.fp32_lm_head and bf16
+      # + mezo.perturb_about=weights fell back too (|g| growing from ~10 to 15-790 where the reference's fell to
+      # 1.7); bf16 at eps 1e-2 held ~0.70 with |g| ~6 but never passed 0.80. Left: ours in float32 (hf: ours'
+      # sglang refuses float32), which says whether any 16-bit forward is the cause, and lr decay (cosine to 0 over
+      # the run), the cure a user would reach for. Ours' spsa seed 0 over its whole 3x budget, each way in its own
+      # OUT seeded with the cls references (the target and budget come from them); fields: backend, dtype, lr,
+      # seconds before a run is killed, eps, and a tag for an --ours-set (into the OUT's name):
+      #   fp32head  model.fp32_lm_head=true       about   mezo.perturb_about=weights      cosine  mezo.schedule=cosine
       # In the order that names the cause soonest; COLLAPSE picks some by their OUT's name without /tmp/tta-,
-      # e.g. COLLAPSE="sglang-float16 sglang-bfloat16-fp32head".
-      for v in "sglang float16 3e-5 240 1e-3" "sglang bfloat16 3e-5 240 1e-3 fp32head" "sglang bfloat16 3e-5 240 1e-2" \
-               "sglang bfloat16 3e-5 240 1e-3 about" "sglang float32 3e-5 300 1e-3" "sglang bfloat16 1e-5 240 1e-3" \
-               "hf float32 3e-5 600 1e-3"; do
+      # e.g. COLLAPSE="hf-float32 sglang-bfloat16-cosine".
+      for v in "hf float32 3e-5 600 1e-3" "sglang bfloat16 3e-5 240 1e-3 cosine" "sglang float16 3e-5 240 1e-3" \
+               "sglang bfloat16 3e-5 240 1e-3 fp32head" "sglang bfloat16 3e-5 240 1e-2" \
+               "sglang bfloat16 3e-5 240 1e-3 about" "sglang float16 3e-5 240 1e-3 fp32head" \
+               "sglang bfloat16 1e-5 240 1e-3"; do
         set -- $v; D=/tmp/tta-$1-$2; [ $5 = 1e-3 ] || D=$D-eps$5; [ $3 = 3e-5 ] || D=$D-lr$3
-        S=""; [ "${6:-}" = about ] && { D=$D-about; S="--ours-set mezo.perturb_about=weights"; }
-        [ "${6:-}" = fp32head ] && { D=$D-fp32head; S="--ours-set model.fp32_lm_head=true"; }
+        S=""; case "${6:-}" in
+          about) S="--ours-set mezo.perturb_about=weights" ;;
+          fp32head) S="--ours-set model.fp32_lm_head=true" ;;
+          cosine) S="--ours-set mezo.schedule=cosine" ;;
+        esac
+        [ -n "${6:-}" ] && D=$D-$6
         [ -n "${COLLAPSE:-}" ] && [[ " $COLLAPSE " != *" ${D#/tmp/tta-} "* ]] && continue
         mkdir -p $D/runs/cls && cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
         TTA_OUT=$D tta $RC $O --estimators spsa --lr-spsa $3 --seeds 0 --backend $1 --dtype $2 --run-timeout $4 --eps $5 $S
@@ -220,7 +222,11 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       # Does the reference MeZO (fp32, hf) also fall back to chance past ~1500 steps at lr 3e-5, as ours' spsa
       # runs (bf16 on sglang, fp32 masters) and gv's did on classification (2026-12-07)? The reference's
       # seed 0 over 2400 steps (ours' budget), in its own OUT (its step budget is another task setting).
-      TTA_OUT=/tmp/tta-long tta $RC --methods reference --seeds 0 --steps-cls 2400 ;;
+      # LONG_SEEDS (default 0) picks the seeds: seed 0 climbed to 0.999; seeds 1 and 2 say whether that was luck.
+      # The grid runs seed 0 first whatever --seeds says, so seed 0's run of 2026-12-07 evening goes into the OUT.
+      mkdir -p /tmp/tta-long/runs/cls
+      cp -n bench/results/2026-12-07-h100-evening/tta-long/runs/cls/reference-*.json /tmp/tta-long/runs/cls/
+      TTA_OUT=/tmp/tta-long tta $RC --methods reference --seeds ${LONG_SEEDS:-0} --steps-cls 2400 ;;
     seed-reward-ref)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
