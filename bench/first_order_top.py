@@ -50,9 +50,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-examples", type=int, default=200, help="eval rows per check (the last check: all)")
     p.add_argument("--until", type=float, default=0.97, help="stop once the eval accuracy reaches this")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda where there is one; --smoke: cpu)")
     a = p.parse_args(argv)
     if not a.model and not a.smoke:
         p.error("--model is needed (an HF directory or .gguf), or --smoke for the built-in model")
+    a.device = a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
     return a
 
 
@@ -72,6 +74,7 @@ def task_files(a: argparse.Namespace, out: Path) -> tuple[str, str, str, bool]:
 
 def scores(model: torch.nn.Module, examples: list[Example]) -> torch.Tensor:
     """[examples, candidates] summed log-likelihood of each candidate's tokens after its prompt (differentiable)."""
+    device = next(model.parameters()).device
     seqs = [(ex.prompt_ids, c) for ex in examples for c in ex.candidates]
     width = max(len(p) + len(c) for p, c in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -81,6 +84,7 @@ def scores(model: torch.nn.Module, examples: list[Example]) -> torch.Tensor:
         ids[i, : len(p) + len(c)] = torch.tensor(list(p) + list(c))
         mask[i, : len(p) + len(c)] = 1
         pick[i, len(p) - 1 : len(p) + len(c) - 1] = True
+    ids, mask, pick = ids.to(device), mask.to(device), pick.to(device)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
     logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
     per_seq = (logp * pick[:, :-1]).sum(1)
@@ -107,13 +111,13 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoModelForCausalLM
 
     model_dir, train, evl, verbatim = task_files(a, out)
-    cfg = from_dict({"seed": 0, "model": {"backend": "hf", "path": model_dir, "dtype": "float32", "device": "cpu"},
+    cfg = from_dict({"seed": 0, "model": {"backend": "hf", "path": model_dir, "dtype": "float32", "device": a.device},
                      "data": {"objective": "classification", "path": train, "eval_path": evl, "seed": 1234,
                               "verbatim": verbatim},
                      "train": {"batch_size": a.batch_size}})
     _, data, stage = load_inputs(cfg, True)
     stage.discard()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(a.device)
     model.train(False)  # no dropout: the same function MeZO's forwards see
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     sched = BatchSchedule(len(data.train), a.batch_size, cfg.data.seed)
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     for t in range(a.max_steps):
         batch = [data.train[i] for i in sched.global_batch(t)]
         sc = scores(model, batch)
-        loss = torch.nn.functional.cross_entropy(sc, torch.tensor([ex.label for ex in batch]))
+        loss = torch.nn.functional.cross_entropy(sc, torch.tensor([ex.label for ex in batch], device=sc.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(dst)
-    result = {"model": a.model or "built-in", "lr": a.lr, "batch_size": a.batch_size, "curve": curve, "final_accuracy": final,
-              "eval_examples": len(data.eval), "seconds": time.perf_counter() - t0, "torch": torch.__version__}
+    result = {"model": a.model or "built-in", "device": a.device, "lr": a.lr, "batch_size": a.batch_size,
+              "curve": curve, "final_accuracy": final, "eval_examples": len(data.eval), "seconds": time.perf_counter() - t0, "torch": torch.__version__}
     atomic_write_text(out / "first_order.json", json.dumps(result, indent=1))
     return result
 

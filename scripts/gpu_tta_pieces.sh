@@ -3,8 +3,9 @@
 # shared/notes/gpu-real-model.md says), in the order that gives a verdict soonest (see below). Longer than
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
-# Stages (default: what is left after 2026-12-07's evening run, the GPU tests and the fall-back's cause first:
-#   zo-test kernels-about fp32-head-test collapse g-noise sweep benches):
+# Stages (default: what is left after 2026-12-07's night run, the fall-back's cause: ours in float32 and lr decay
+#   first, then g at a confident model, then the reference's seed 1 over 2400 steps:
+#   COLLAPSE="hf-float32 sglang-bfloat16-cosine" collapse, g-noise-top, LONG_SEEDS=1 long-ref):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -27,6 +28,8 @@
 #   kernels-about  tests/gpu/test_kernels.py: the fused sweep with the shown point about cast(master) (~1 min)
 #   fp32-head-test tests/gpu/test_fp32_lm_head_gpu.py: model.fp32_lm_head on both backends (~1 min)
 #   g-noise      bench/g_noise.py on the real model: how much of g is hf/sglang bf16 rounding (~2 min)
+#   g-noise-top  the same at a confident model (bench/first_order_top.py: backprop to ~1.0 accuracy first; ~3 min)
+#   long-ref     (LONG_SEEDS="1 2": other seeds of the 2400-step reference, beside seed 0's)
 #   zo-test      tests/gpu/test_zo_muon_gpu.py alone (~1 min)
 #   benches      issue 29's 1B, LoRA 1B and 8B step tables (scripts/gpu_suite.sh bench1b lora1b bench8b),
 #                under $OUT/benches
@@ -49,7 +52,8 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-for stage in ${*:-zo-test kernels-about fp32-head-test collapse g-noise sweep benches}; do
+if [ $# = 0 ]; then COLLAPSE=${COLLAPSE:-hf-float32 sglang-bfloat16-cosine} LONG_SEEDS=${LONG_SEEDS:-1}; fi
+for stage in ${*:-collapse g-noise-top long-ref}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
@@ -210,6 +214,17 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       python3 bench/g_noise.py --model "$MEZO_REAL_GGUF" --out /tmp/g_noise --forwards $F > $OUT/g_noise.log 2>&1
       mkdir -p $OUT/g_noise && cp /tmp/g_noise/g_noise.md /tmp/g_noise/g_noise.json $OUT/g_noise/ 2>/dev/null
       tail -12 $OUT/g_noise.log ;;
+    g-noise-top)
+      # The same where the model is confident, as a run near its top is: bench/first_order_top.py trains the real
+      # model in float32 by backprop to ~1.0 eval accuracy on the cls task (~30 steps, seconds here; 9 min on the
+      # CPU), then g_noise at that model: is a 16-bit forward's g still float32's there (the fall-back's question)?
+      python3 bench/first_order_top.py --model "$MEZO_REAL_GGUF" --out /tmp/top --lr 1e-4 --batch-size 8 \
+        --eval-every 10 --eval-examples 100 --until 0.97 --max-steps 80 > $OUT/first_order_top.log 2>&1
+      F=hf:float32,hf:float32@bfloat16/master,hf:bfloat16,sglang:bfloat16,sglang:bfloat16+fp32head,hf:float32@float16/master,sglang:float16
+      python3 bench/g_noise.py --model /tmp/top/top-model --out /tmp/g_noise_top --forwards $F > $OUT/g_noise_top.log 2>&1
+      mkdir -p $OUT/g_noise_top && cp /tmp/g_noise_top/g_noise.md /tmp/g_noise_top/g_noise.json /tmp/top/first_order.json \
+        $OUT/g_noise_top/ 2>/dev/null
+      tail -12 $OUT/g_noise_top.log ;;
     benches)
       # Issue 29's tables without the real model: the 1B step with ours/ideal, full MeZO vs LoRA at 1B, the 8B step
       # (scripts/gpu_suite.sh bench1b lora1b bench8b), under $OUT/benches.
@@ -226,12 +241,12 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       # The grid runs seed 0 first whatever --seeds says, so seed 0's run of 2026-12-07 evening goes into the OUT.
       mkdir -p /tmp/tta-long/runs/cls
       cp -n bench/results/2026-12-07-h100-evening/tta-long/runs/cls/reference-*.json /tmp/tta-long/runs/cls/
-      TTA_OUT=/tmp/tta-long tta $RC --methods reference --seeds ${LONG_SEEDS:-0} --steps-cls 2400 ;;
+      L=${LONG_SEEDS:-0}; TTA_OUT=/tmp/tta-long tta $RC --methods reference --seeds ${L// /,} --steps-cls 2400 ;;
     seed-reward-ref)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise collapse benches sweep long-ref fsync seed-runs"\
+         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise g-noise-top collapse benches sweep long-ref fsync seed-runs"\
          "seed-reward-ref)"; exit 2 ;;
   esac
 done
