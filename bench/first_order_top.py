@@ -47,8 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=20)
-    p.add_argument("--eval-examples", type=int, default=200, help="eval rows per check (the last check: the whole loaded eval set, "
-                   "data.eval_examples' default rows)")
+    p.add_argument("--eval-examples", type=int, default=200,
+                   help="eval rows per check (the last check: the whole loaded eval set, data.eval_examples' default)")
     p.add_argument("--until", type=float, default=0.97, help="stop once the eval accuracy reaches this")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda where there is one; --smoke: cpu)")
