@@ -75,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from mezo_elastic.cluster import distributed
-    from mezo_elastic.cluster.rank_context import detect
-    from mezo_elastic.config import parse_args
-    from mezo_elastic.errors import MezoError
-    from mezo_elastic.training.trainer import StopRequested, Trainer
+    try:
+        from mezo_elastic.cluster import distributed
+        from mezo_elastic.cluster.rank_context import detect
+        from mezo_elastic.config import parse_args
+        from mezo_elastic.errors import MezoError
+        from mezo_elastic.training.trainer import StopRequested, Trainer
+    except Exception:
+        if _INTERRUPTED:  # a Ctrl-C inside one of these imports can leave a module half-loaded (numpy under torch)
+            raise KeyboardInterrupt from None  # ... and the next import fails with its own error: still the Ctrl-C
+        raise
 
     try:
         cfg = parse_args(argv)
@@ -135,7 +140,13 @@ def cli() -> None:
         signal.signal(signal.SIGINT, interrupted)
     try:
         code = main()
+    except Exception:  # e.g. the Ctrl-C left numpy half-loaded under torch's import in main(): the next
+        if not _INTERRUPTED:  # import raised ImportError "cannot load module more than once per process"
+            raise
+        code = None
     except KeyboardInterrupt:  # main()'s finally has torn down; a half-imported torch must not be touched
+        code = None
+    if code is None:
         _report("mezo_elastic: interrupted (SIGINT) during start-up, before the first step; nothing was trained")
         sys.stdout.flush()
         os._exit(130)

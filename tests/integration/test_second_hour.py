@@ -207,6 +207,24 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("mezo_elastic-builtin-")]
 
 
+def test_ctrl_c_that_breaks_an_import_is_still_one_line(tmp_path):
+    # CI, 2026-12-08: the SIGINT landed inside numpy's import under torch's; numpy was left half-loaded and the
+    # next import raised ImportError ("cannot load module more than once per process") with a traceback.
+    code = ("import mezo_elastic.train as t\n"
+            "def main():\n"
+            "    t._INTERRUPTED.append(2)\n"
+            "    raise ImportError('cannot load module more than once per process')\n"
+            "t.main = main\n"
+            "t.cli()\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env(), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 130 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("mezo_elastic: interrupted (SIGINT) during start-up")
+    res = subprocess.run([sys.executable, "-c", code.replace("t._INTERRUPTED.append(2)", "pass")], env=env(),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "ImportError" in res.stderr  # without a Ctrl-C the error is not hidden
+
+
 def test_make_install_shows_pip_and_the_venv_hint(tmp_path):
     dry = subprocess.run(["make", "-n", "install"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and "pip install" in dry.stdout and " -q " not in dry.stdout, dry.stdout
