@@ -3,9 +3,10 @@
 # shared/notes/gpu-real-model.md says), in the order that gives a verdict soonest (see below). Longer than
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
-# Stages (default: what is left after 2026-12-07's night run, the fall-back's cause: ours in float32 and lr decay
-#   first, then g at a confident model, then the reference's seed 1 over 2400 steps:
-#   COLLAPSE="hf-float32 sglang-bfloat16-cosine" collapse, g-noise-top, LONG_SEEDS=1 long-ref):
+# Stages (default: what is left after 2026-12-07's night run, the fall-back's cause: ours in float32 and in bf16
+#   on hf (every fall-back so far ran on sglang: numerics or backend?), the reference's seed 1 over 2400 steps
+#   (is its climb luck?), lr decay, then g at a confident model:
+#   COLLAPSE="hf-float32 hf-bfloat16" collapse, LONG_SEEDS=1 long-ref, cosine, g-noise-top):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -24,7 +25,8 @@
 #   collapse     ours' spsa seed 0 on classification over 2400 steps on sglang: float16, bfloat16 with
 #                model.fp32_lm_head, at eps 1e-2, with mezo.perturb_about=weights, float32, at lr 1e-5; then float32
 #                on hf; each in /tmp/tta-<backend>-<dtype>[-eps<eps>][-lr<lr>][-about|-fp32head] (is the fall-back
-#                bf16's, and whose rounding?; ~3 min each, hf 6; COLLAPSE picks some)
+#                bf16's, and whose rounding?; ~3 min each, hf 6; COLLAPSE picks some; hf-bfloat16: the backend's share)
+#   cosine       collapse's sglang bf16 run with mezo.schedule=cosine (~3 min)
 #   kernels-about  tests/gpu/test_kernels.py: the fused sweep with the shown point about cast(master) (~1 min)
 #   fp32-head-test tests/gpu/test_fp32_lm_head_gpu.py: model.fp32_lm_head on both backends (~1 min)
 #   g-noise      bench/g_noise.py on the real model: how much of g is hf/sglang bf16 rounding (~2 min)
@@ -52,8 +54,8 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-if [ $# = 0 ]; then COLLAPSE=${COLLAPSE:-hf-float32 sglang-bfloat16-cosine} LONG_SEEDS=${LONG_SEEDS:-1}; fi
-for stage in ${*:-collapse g-noise-top long-ref}; do
+if [ $# = 0 ]; then COLLAPSE=${COLLAPSE:-hf-float32 hf-bfloat16} LONG_SEEDS=${LONG_SEEDS:-1}; fi
+for stage in ${*:-collapse long-ref cosine g-noise-top}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
@@ -182,7 +184,8 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       #   fp32head  model.fp32_lm_head=true       about   mezo.perturb_about=weights      cosine  mezo.schedule=cosine
       # In the order that names the cause soonest; COLLAPSE picks some by their OUT's name without /tmp/tta-,
       # e.g. COLLAPSE="hf-float32 sglang-bfloat16-cosine".
-      for v in "hf float32 3e-5 600 1e-3" "sglang bfloat16 3e-5 240 1e-3 cosine" "sglang float16 3e-5 240 1e-3" \
+      for v in "hf float32 3e-5 600 1e-3" "hf bfloat16 3e-5 600 1e-3" "sglang bfloat16 3e-5 240 1e-3 cosine" \
+               "sglang float16 3e-5 240 1e-3" \
                "sglang bfloat16 3e-5 240 1e-3 fp32head" "sglang bfloat16 3e-5 240 1e-2" \
                "sglang bfloat16 3e-5 240 1e-3 about" "sglang float16 3e-5 240 1e-3 fp32head" \
                "sglang bfloat16 1e-5 240 1e-3"; do
@@ -197,6 +200,9 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
         mkdir -p $D/runs/cls && cp bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
         TTA_OUT=$D tta $RC $O --estimators spsa --lr-spsa $3 --seeds 0 --backend $1 --dtype $2 --run-timeout $4 --eps $5 $S
       done ;;
+    cosine)
+      # lr decay (cosine to 0 over the run), the cure a user would reach for: the collapse stage's sglang run.
+      COLLAPSE=sglang-bfloat16-cosine bash "$0" collapse ;;
     kernels-about)
       # The fused sweep's shown point about cast(master) (SweepPlan.show_on_grid, mezo.perturb_about=weights)
       # against the torch path and symmetric, and the fused sweep's other parity tests beside it (~1 min).
@@ -246,7 +252,7 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise g-noise-top collapse benches sweep long-ref fsync seed-runs"\
+         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise g-noise-top collapse cosine benches sweep long-ref fsync seed-runs"\
          "seed-reward-ref)"; exit 2 ;;
   esac
 done
