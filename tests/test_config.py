@@ -45,6 +45,8 @@ def test_config_files_toml_and_yaml_then_flags_win(tmp_path):
     (["--model.tp_size=2"], ["model.tp_size", "sglang"]),
     (["--model.trainable=("], ["model.trainable"]),
     (["positional"], ["positional"]),
+    (["--train.early_stop_evals=-1"], ["train.early_stop_evals", ">= 0"]),
+    (["--train.early_stop_evals=3", "--train.eval_every=0"], ["train.early_stop_evals=3", "train.eval_every"]),
 ])
 def test_bad_values_name_the_field_and_the_allowed(argv, words):
     with pytest.raises(ConfigError) as e:

@@ -8,6 +8,7 @@ import pytest
 
 from mezo_elastic.errors import ConfigError
 from mezo_elastic.export import best_step
+from mezo_elastic.training.metrics import evals_since_best
 
 
 def _run(tmp_path, *evals: dict, extra: str = ""):
@@ -46,3 +47,16 @@ def test_no_eval_or_an_absent_key_is_one_clear_error(tmp_path):
     run = _run(tmp_path, {"step": 0, "eval_loss": 1.0, "eval_accuracy": 0.5})
     with pytest.raises(ConfigError, match="has no eval with eval_f1; its eval lines carry eval_accuracy, eval_loss"):
         best_step(run, "eval_f1")
+
+
+@pytest.mark.parametrize("values, key, since", [
+    ([0.5, 0.6, 0.7], "eval_accuracy", 0),        # every eval beat the one before
+    ([0.5, 0.8, 0.7, 0.8], "eval_accuracy", 2),   # a tie does not beat the best
+    ([3.0, 2.0, 2.5, 2.1], "eval_loss", 2),       # lower is better for a loss
+    ([3.0, float("nan"), 2.9], "eval_loss", 0),   # a nan never beats; a later gain still does
+    ([float("nan"), float("nan")], "eval_loss", 2),
+    ([0.4], "eval_accuracy", 0),
+    ([], "eval_accuracy", 0),
+])
+def test_evals_since_best_counts_the_evals_that_did_not_beat_it(values, key, since):
+    assert evals_since_best(values, key) == since

@@ -429,6 +429,11 @@ class TrainConfig:
         "auto", "also write metrics to output_dir/tb: auto = when the tensorboard package is installed"
     )
     save_final: bool = opt(True, "save the final model (HF format) to output_dir/final")
+    early_stop_evals: int = opt(
+        0, "end the run once this many evals in a row have not beaten the best eval so far (by the metric "
+        "export --step best picks); 0 = off. final/ then holds the last step's weights; export --step best "
+        "rebuilds the best's. A relaunch of a run that stopped so ends again, unless this is raised or 0"
+    )
     stop_grace_s: float = opt(
         20.0, "after SIGTERM/SIGINT/SIGUSR1 the current step may finish; a rank still busy after this many seconds "
         "(e.g. blocked on a dead peer) exits at once (torchrun kills workers 30 s after forwarding a signal)"
@@ -444,6 +449,10 @@ class TrainConfig:
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "eval_every", self.eval_every, zero_ok=True)
         _positive("train", "log_every", self.log_every)
+        _positive("train", "early_stop_evals", self.early_stop_evals, zero_ok=True)
+        if self.early_stop_evals and not self.eval_every:
+            raise ConfigError(f"train.early_stop_evals={self.early_stop_evals} needs evals during the run; "
+                              "set train.eval_every to a number of steps (0 evaluates only at the start and end)")
         if not self.output_dir:
             raise ConfigError("train.output_dir='' is not allowed; give a directory path")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,41 @@ def last_run_seconds(path: Path) -> float:
 BEST_KEYS = ("dev_f1", "dev_accuracy", "dev_reward", "dev_loss", "eval_f1", "eval_accuracy", "eval_reward", "eval_loss")
 
 
+def eval_lines(run_dir: Path) -> dict[int, dict]:
+    """The run's eval lines in metrics.jsonl by step (a resumed run repeats an eval on the same weights: the
+    last line wins); {} where there is no file."""
+    path = Path(run_dir) / "metrics.jsonl"
+    evals: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by a crash mid-write: the rest are whole
+                continue
+            if rec.get("type") == "eval":
+                evals[rec["step"]] = rec
+    return evals
+
+
+def best_key(keys) -> str:
+    """The first of BEST_KEYS among `keys` (an eval's metric names), or ""."""
+    return next((k for k in BEST_KEYS if k in keys), "")
+
+
+def evals_since_best(values: list[float], key: str) -> int:
+    """How many evals in a row, at the end of `values` (one metric's evals in step order), have not beaten the
+    best before them (higher is better; lower for a `*_loss` key). A tie or a nan does not beat it; the first
+    eval sets the best. train.early_stop_evals ends a run once this reaches it."""
+    sign = -1.0 if key.endswith("_loss") else 1.0
+    best, since = None, 0
+    for v in values:
+        if math.isfinite(v) and (best is None or sign * v > sign * best):
+            best, since = v, 0
+        else:
+            since += 1
+    return since
+
+
 def best_step(run_dir: Path, key: str = "") -> tuple[int, str, float]:
     """(step, key, value) of the run's best eval in metrics.jsonl: the highest value of `key` (the lowest for a
     `*_loss` key), the earliest step on ties; `key` empty = the first of BEST_KEYS the eval lines carry.
@@ -40,17 +76,9 @@ def best_step(run_dir: Path, key: str = "") -> tuple[int, str, float]:
         ConfigError: no eval line (with `key`) in the run's metrics.jsonl.
     """
     path = Path(run_dir) / "metrics.jsonl"
-    evals: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut by a crash mid-write: the rest are whole
-                continue
-            if rec.get("type") == "eval":
-                evals[rec["step"]] = rec  # a resumed run repeats an eval: the same weights, the last line wins
+    evals = eval_lines(run_dir)
     keys = sorted({k for rec in evals.values() for k in rec if k.startswith(("eval_", "dev_"))})
-    key = key or next((k for k in BEST_KEYS if k in keys), "")
+    key = key or best_key(keys)
     scored = [(rec[key], step) for step, rec in sorted(evals.items()) if isinstance(rec.get(key), (int, float))]
     if not scored:
         found = f"its eval lines carry {', '.join(keys)}" if keys else "it has no eval lines (train.eval_every)"

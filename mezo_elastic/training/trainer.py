@@ -25,6 +25,7 @@ from mezo_elastic.state import checkpoint, rundir
 from mezo_elastic.state import lock as run_lock
 from mezo_elastic.training import evaluation
 from mezo_elastic.training import resume as resuming
+from mezo_elastic.training.early_stop import EarlyStop
 from mezo_elastic.training.inputs import load_inputs, stored_model_path
 from mezo_elastic.training.metrics import MetricsWriter, Progress, best_step
 from mezo_elastic.training.signals import StopRequested, StopSignals
@@ -172,9 +173,12 @@ class Trainer:
         start = self.resume()
         self.signals.steps_done = start
         first_eval = self.evaluate(0) if start == 0 and self.data.eval else {}
+        stopper, end = self._early_stop(start, first_eval), cfg.train.steps
+        if stopper and 0 < start < end and stopper.stopped_before(start):
+            end = start
         meter = _Meter(self, start)
         last: dict[str, float] = {}
-        for t in range(start, cfg.train.steps):
+        for t in range(start, end):
             rec, stop = self.step(t)
             self._count_nonfinite(rec)
             done = t + 1
@@ -191,9 +195,25 @@ class Trainer:
                 raise self.signals.stop(done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != cfg.train.steps and self.data.eval:
                 last = self.evaluate(done)
+                if stopper and stopper.after_eval(done, last):
+                    end = done
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0:
                 self.save(done)
-        return self._finish(start, first_eval, last, meter)
+            if done == end:
+                break
+        return self._finish(start, first_eval, last, meter, end)
+
+    def _early_stop(self, start: int, first_eval: dict) -> EarlyStop | None:
+        """train.early_stop_evals' tracker (None when off), fed the step-0 eval."""
+        if not self.cfg.train.early_stop_evals:
+            return None
+        if not self.data.eval:
+            raise ConfigError(f"train.early_stop_evals={self.cfg.train.early_stop_evals} needs an eval set; give "
+                              "data.eval_path (or data.task's), or set it to 0")
+        stopper = EarlyStop(self, start)
+        if first_eval:
+            stopper.after_eval(0, first_eval)
+        return stopper
 
     def _count_nonfinite(self, rec: StepRecord) -> None:
         """Count skipped (non-finite) steps; past mezo.max_nonfinite the run stops on every rank."""
@@ -203,30 +223,37 @@ class Trainer:
                 raise MezoError(f"{self.nonfinite} steps had non-finite losses (mezo.max_nonfinite="
                                 f"{self.cfg.mezo.max_nonfinite}); lower mezo.lr or mezo.eps")
 
-    def _finish(self, start: int, first_eval: dict, last: dict, meter: "_Meter") -> dict[str, float]:
-        """Final eval, clean weights, the final save and the summary line."""
+    def _finish(self, start: int, first_eval: dict, last: dict, meter: "_Meter", end: int) -> dict[str, float]:
+        """Final eval, clean weights, the final save and the summary line; `end` = the steps done (train.steps, or
+        fewer where train.early_stop_evals ended the run)."""
         cfg = self.cfg
-        final = (first_eval if first_eval and start == cfg.train.steps  # train.steps=0: the first eval's weights
-                 else self.evaluate(cfg.train.steps) if self.data.eval else last)
+        early = end < cfg.train.steps
+        if first_eval and start == end:  # train.steps=0: the first eval's weights
+            final = first_eval
+        elif early and last:  # the eval that stopped the run was at these weights
+            final = last
+        else:
+            final = self.evaluate(end) if self.data.eval else last
         self.opt.clean()
         if self.ctx.is_main:
             self.steplog.sync_now()  # the whole log durable before final/ and the summary claim the run's end
         if cfg.train.save_final:
-            self._check_finite_weights()
+            self._check_finite_weights(end)
         if cfg.train.save_final and self.comm.dp_rank == 0:
             self._save_final()
         self.comm.barrier()
         meter.progress.close()
-        summary = {"steps": cfg.train.steps, "resumed_from": start, **{f"first_{k}": v for k, v in first_eval.items()},
+        summary = {"steps": end, **({"stopped_early": 1} if early else {}), "resumed_from": start,
+                   **{f"first_{k}": v for k, v in first_eval.items()},
                    **{f"final_{k}": v for k, v in final.items()}, "nonfinite_steps": self.nonfinite,
                    "seconds": time.monotonic() - meter.t0, "run_seconds": self.metrics.run_seconds()}
-        self.metrics.write("summary", cfg.train.steps, **summary)
+        self.metrics.write("summary", end, **summary)
         log.info("done: %s", " ".join(f"{k}={v + 0.0:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in summary.items()))  # + 0.0: a reward loss of -0.0 prints 0
-        self._say_best(final)
+        self._say_best(final, end)
         return summary
 
-    def _say_best(self, final: dict) -> None:
+    def _say_best(self, final: dict, end: int) -> None:
         """Rank 0: where an earlier eval beat the final one (a run past its best), say which and how to get its
         weights, since the final save holds the last step's."""
         if not (self.ctx.is_main and self.metrics.enabled and self.data.eval):
@@ -236,11 +263,11 @@ class Trainer:
         except ConfigError:
             return
         worse = key in final and (final[key] > value if key.endswith("_loss") else final[key] < value)
-        if step != self.cfg.train.steps and worse:
+        if step != end and worse:
             log.info("best eval: step %d, %s=%.4f (final: %.4f); its weights: python -m mezo_elastic.export --run %s "
                      "--step best --out DIR", step, key, value, final[key], self.out)
 
-    def _check_finite_weights(self) -> None:
+    def _check_finite_weights(self, end: int) -> None:
         """Refuse the final save, on every rank, when a weight is nan/inf (a diverged run).
 
         Each rank checks its own trainable tensors (the others never change) and the ranks agree
@@ -251,7 +278,7 @@ class Trainer:
         if total:
             where = f"tensor {bad[0]!r} has {bad[1]} non-finite values" if bad else "another rank's weights are not finite"
             raise CheckpointError(
-                f"final save refused: {where} after {self.cfg.train.steps} steps (the run diverged; lower mezo.lr "
+                f"final save refused: {where} after {end} steps (the run diverged; lower mezo.lr "
                 f"or mezo.eps); the step log is intact: export an earlier step with python -m mezo_elastic.export"
             )
 

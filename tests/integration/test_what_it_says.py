@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAST, REPO, env, train
+from helpers import FAST, REPO, env, final_weights, train, train_together
 from test_first_hour import _done, _line, _quote, _read_only_dir, _start
 
 pytestmark = pytest.mark.integration
@@ -170,6 +170,26 @@ def test_export_best_step_is_the_best_evals_weights_and_bad_steps_are_one_line(t
     for k, p in procs.items():
         _refused(p, bad[k], tmp_path)
     assert not (tmp_path / "x").exists()
+
+
+def test_early_stop_ends_a_run_past_its_best_and_a_relaunch_goes_on_only_when_asked(tmp_path, tiny_inputs):
+    """train.early_stop_evals on 2 ranks: a run whose eval loss climbs (lr far too large) ends after 2 evals that
+    did not beat step 0's, saves final/ and says so; the same command again trains nothing; with the option off
+    the run continues bit-exactly: the same step log and final weights as a run never stopped."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    args = [*tiny_inputs, *FAST, "--train.steps=12", "--train.eval_every=2", "--mezo.lr=0.03"]
+    res, _ = train_together((run, *args, "--train.early_stop_evals=2", {"nproc": 2}), (whole, *args, {"nproc": 2}))
+    assert "early stop at step 4: 2 evals in a row without beating step 0's eval_loss=" in res.stderr, res.stderr[-3000:]
+    assert "done: steps=4 stopped_early=1" in res.stderr and (run / "final" / "model.safetensors").is_file()
+    log = (run / "steps.jsonl").read_text()
+    assert len(log.splitlines()) == 4
+    res = train(run, *args, "--train.early_stop_evals=2", nproc=2)
+    assert "the run stopped early at step 4" in res.stderr and "nothing to train" in res.stderr, res.stderr[-3000:]
+    assert (run / "steps.jsonl").read_text() == log
+    train(run, *args, nproc=2)
+    assert (run / "steps.jsonl").read_text() == (whole / "steps.jsonl").read_text()
+    a, b = final_weights(run), final_weights(whole)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 # -- items 7 and 10: the launcher variables ----------------------------------------------------------
