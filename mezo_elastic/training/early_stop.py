@@ -43,12 +43,13 @@ class EarlyStop:
         return max(self.seen, key=lambda sv: (sign * sv[1] if sv[1] == sv[1] else float("-inf"), -sv[0]))
 
     def stopped_before(self, start: int) -> bool:
-        """At launch: had the run already stopped early at `start` (its last logged step)? Then it ends again."""
+        """At launch: do the run's evals up to `start` (its last logged step) already meet the stop rule (a run
+        that stopped early, or one relaunched with the option newly set)? Then it ends where it is."""
         stop = self._agree(self._stalled())
         if stop and self.trainer.ctx.is_main:
             step, value = self._best()
-            log.warning("the run stopped early at step %d (%d evals in a row without beating step %d's %s=%.4f): "
-                        "nothing to train; raise train.early_stop_evals (now %d) or set it to 0 to go on",
+            log.warning("early stop at step %d, where the run is (its evals: %d in a row without beating step %d's "
+                        "%s=%.4f): nothing to train; raise train.early_stop_evals (now %d) or set it to 0 to go on",
                         start, evals_since_best([v for _, v in self.seen], self.key), step, self.key, value,
                         self.patience)
         return stop

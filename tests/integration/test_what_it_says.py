@@ -184,7 +184,7 @@ def test_early_stop_ends_a_run_past_its_best_and_a_relaunch_goes_on_only_when_as
     log = (run / "steps.jsonl").read_text()
     assert len(log.splitlines()) == 4
     res = train(run, *args, "--train.early_stop_evals=2", nproc=2)
-    assert "the run stopped early at step 4" in res.stderr and "nothing to train" in res.stderr, res.stderr[-3000:]
+    assert "early stop at step 4, where the run is" in res.stderr and "nothing to train" in res.stderr, res.stderr[-3000:]
     assert (run / "steps.jsonl").read_text() == log
     train(run, *args, nproc=2)
     assert (run / "steps.jsonl").read_text() == (whole / "steps.jsonl").read_text()
