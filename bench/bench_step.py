@@ -55,6 +55,7 @@ from mezo_elastic.zo.perturb import ParamSegment, SweepPlan, step_seed, sweep  #
 
 SHAPES = {"1b": LLAMA_1B, "8b": LLAMA_8B}
 TUNE = False  # --tune: also time other kernel block sizes and keep the fastest for the steps
+DIST = "gaussian"  # --distribution: ours' z in the sweeps and steps (mezo.distribution)
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
@@ -154,9 +155,9 @@ def fresh_segments(model: torch.nn.Module) -> list[ParamSegment]:
 
 
 def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -> None:
-    ours1 = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)])), reps)
-    ours2 = timed(lambda: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])), reps)
-    torch_path = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)]), fused=False), 1, warmup=0)
+    ours1 = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)], dist=DIST)), reps)
+    ours2 = timed(lambda: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)], dist=DIST)), reps)
+    torch_path = timed(lambda: sweep(segs, SweepPlan(post=[(1, 1e-3)], dist=DIST), fused=False), 1, warmup=0)
     out["sweep_ours_1seed_ms"], out["sweep_ours_2seed_ms"], out["sweep_torch_path_ms"] = ours1, ours2, torch_path
     out["sweep_ours_1seed_TBps"] = 2 * n_bytes / (ours1 * 1e-3) / 1e12
     out["sweep_ours_2seed_TBps"] = 2 * n_bytes / (ours2 * 1e-3) / 1e12
@@ -167,7 +168,8 @@ def bench_sweeps(segs: list[ParamSegment], reps: int, n_bytes: int, out: dict) -
         for blk, warps in ((256, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)):
             kernels.BLOCK_C, kernels.NUM_WARPS = blk, warps
             segs = list(segs)  # a new list: the kernel rebuilds its block table for the new BLOCK_C
-            ms = timed(lambda segs=segs: sweep(segs, SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)])), reps)
+            plan = SweepPlan(pre=[(1, -1e-3)], post=[(1, -1e-6), (2, 1e-3)], dist=DIST)
+            ms = timed(lambda segs=segs, plan=plan: sweep(segs, plan), reps)
             out[f"sweep_2seed_ms_block{blk}_warps{warps}"] = ms
             best = min(best, (ms, blk, warps))
         kernels.BLOCK_C, kernels.NUM_WARPS = best[1], best[2]
@@ -199,7 +201,7 @@ def run_hf(path: Path, reqs, args, out: dict) -> None:
 
     out["step_reference_ms"] = timed(ref_step, args.reps)
     out["peak_step_reference_GiB"] = peak(ref_step)
-    mcfg = MezoConfig(lr=1e-7, eps=1e-3)
+    mcfg = MezoConfig(lr=1e-7, eps=1e-3, distribution=DIST)
     opt = MezoOptimizer(fresh_segments(hf.model), mcfg, master_weights=False)
     counter = iter(range(10**6))
     out["step_ours_hf_ms"] = timed(lambda: our_step(hf, opt, reqs, next(counter), mcfg), args.reps)
@@ -218,7 +220,7 @@ def run_sglang(path: Path, reqs, args, out: dict) -> None:
         out["loss_sglang_clean"] = mean_nll(sg.score(reqs))
     out["forward_sglang_ms"] = timed(lambda: sg.score(reqs), args.reps)
     out["peak_forward_sglang_GiB"] = peak(lambda: sg.score(reqs))
-    mcfg = MezoConfig(lr=1e-7, eps=1e-3)
+    mcfg = MezoConfig(lr=1e-7, eps=1e-3, distribution=DIST)
     opt = MezoOptimizer(sg.segments(), mcfg, master_weights=False)
     counter = iter(range(10**6))
     out["step_ours_sglang_ms"] = timed(lambda: our_step(sg, opt, reqs, next(counter), mcfg), args.reps)
@@ -309,8 +311,10 @@ def table(out: dict) -> str:
     rows = [
         ("copy bandwidth (2 GiB D2D)", f"{g('copy_TBps'):.2f} TB/s"),
         ("sweep, reference (torch.normal per tensor)", ms("sweep_reference_ms", "sweep_reference_TBps")),
-        ("sweep, ours, 1 seed (perturb)", ms("sweep_ours_1seed_ms", "sweep_ours_1seed_TBps")),
-        ("sweep, ours, 2 seeds (restore + update + next)", ms("sweep_ours_2seed_ms", "sweep_ours_2seed_TBps")),
+        (f"sweep, ours, 1 seed (perturb; z {g('distribution', 'gaussian')})",
+         ms("sweep_ours_1seed_ms", "sweep_ours_1seed_TBps")),
+        (f"sweep, ours, 2 seeds (restore + update + next; z {g('distribution', 'gaussian')})",
+         ms("sweep_ours_2seed_ms", "sweep_ours_2seed_TBps")),
         ("forward, HF eager", ms("forward_hf_ms")),
         ("forward, SGLang", ms("forward_sglang_ms")),
         ("step, REFERENCE MeZO (HF)", ms("step_reference_ms")),
@@ -354,6 +358,8 @@ def main() -> None:
     ap.add_argument("--parity", action="store_true", help="also report HF vs SGLang clean loss on the same weights")
     ap.add_argument("--tune", action="store_true", help="time the sweep kernel at other block sizes")
     ap.add_argument("--lora", action="store_true", help="also time MeZO-LoRA steps (docs/lora.md) on both backends")
+    ap.add_argument("--distribution", default="gaussian", choices=["gaussian", "rademacher", "rademacher32"],
+                    help="ours' z (mezo.distribution) in the sweeps and steps; the reference keeps torch.normal")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-sglang", action="store_true")
     ap.add_argument("--isolate", action="store_true", help="each section in a process of its own (children)")
@@ -361,8 +367,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/mezo_bench")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    global TUNE
-    TUNE = args.tune
+    global TUNE, DIST
+    TUNE, DIST = args.tune, args.distribution
     spec = SHAPES[args.shape]
     path = Path(args.workdir) / args.shape
     if not (path / "config.json").exists() or (not args.sglang_dummy and not (path / "model.safetensors").exists()
@@ -370,7 +376,8 @@ def main() -> None:
         save_random_model(spec, path, seed=0)
     prompt = args.seq - args.completion
     reqs = random_requests(args.batch, 32000, seed=0, prompt=(prompt, prompt), completion=(args.completion, args.completion))
-    out = {"shape": args.shape, "attention": args.attention, "batch": args.batch, "seq": args.seq, "completion": args.completion,
+    out = {"shape": args.shape, "distribution": args.distribution, "attention": args.attention, "batch": args.batch,
+           "seq": args.seq, "completion": args.completion,
            "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
     if args.section:  # a child of --isolate: measure the one section, hand the JSON back
         run_section(args.section, path, reqs, args, out)

@@ -3,10 +3,10 @@
 # shared/notes/gpu-real-model.md says), in the order that gives a verdict soonest (see below). Longer than
 # one device call, so it runs detached and each piece leaves its results as it ends:
 #   scripts/gpu_detached.sh start 'bash scripts/gpu_tta_pieces.sh [STAGE ...]'   then   scripts/gpu_detached.sh wait 540
-# Stages (default: what is left after 2026-12-07's night run, the fall-back's cause: ours in float32 and in bf16
-#   on hf (every fall-back so far ran on sglang: numerics or backend?), the reference's seed 1 over 2400 steps
-#   (is its climb luck?), lr decay, then g at a confident model:
-#   COLLAPSE="hf-float32 hf-bfloat16" collapse, LONG_SEEDS=1 long-ref, cosine, g-noise-top):
+# Stages (default: what is left after 2026-12-07's night run, the fall-back's cause: ours on sglang and on hf in
+#   bf16 against MeZO's loop in float32 on the same z and batches (numerics, backend or luck?), lr decay, the
+#   reference's seed 1 over 2400 steps, then g at a confident model:
+#   loop-parity, cosine, LONG_SEEDS=1 long-ref, g-noise-top; COLLAPSE="hf-float32 hf-bfloat16" collapse after):
 #   verdict      the reward task's reference and ours (spsa) on seeds 0, 1, 2, seed by seed (~13 min on an H100);
 #                VERDICT_SEEDS="1 2" for some; verdict0 for seed 0's pair alone
 #   tests        the GPU tests of the last GPU-side changes (rebound graphs, zo_muon on CUDA, memory keys,
@@ -27,6 +27,9 @@
 #                on hf; each in /tmp/tta-<backend>-<dtype>[-eps<eps>][-lr<lr>][-about|-fp32head] (is the fall-back
 #                bf16's, and whose rounding?; ~3 min each, hf 6; COLLAPSE picks some; hf-bfloat16: the backend's share)
 #   cosine       collapse's sglang bf16 run with mezo.schedule=cosine (~3 min)
+#   loop-parity  bench/loop_parity.py: ours (LOOP_PARITY, default "sglang:bfloat16 hf:bfloat16") against MeZO's loop
+#                in float32 on ours' z, seed 0, 2400 steps, evals every 80 (~5 min the reference, ~3 each of ours)
+#   rad32        ours' spsa with mezo.distribution=rademacher32 on both tasks, seeds 0-2 (~10 min; issue 29's z)
 #   kernels-about  tests/gpu/test_kernels.py: the fused sweep with the shown point about cast(master) (~1 min)
 #   fp32-head-test tests/gpu/test_fp32_lm_head_gpu.py: model.fp32_lm_head on both backends (~1 min)
 #   g-noise      bench/g_noise.py on the real model: how much of g is hf/sglang bf16 rounding (~2 min)
@@ -54,8 +57,8 @@ tta() { TTA_ARGS="$* ${TTA_EXTRA:-}" bash scripts/gpu_real_model.sh tta; }
 # GV at half the reference's lr: at 2x (its README's ratio against MeZO's) it collapsed on both tasks.
 # ZO-Muon (hf backend) at its lr grid 1e-3, 3e-3, 1e-2 on classification, at 1e-3 on the reward task (seed 0).
 RW="--tasks reward --ref-lrs 1e-5"; RC="--tasks cls --ref-lrs 3e-5"; O="--methods ours --no-stop-at-target"
-if [ $# = 0 ]; then COLLAPSE=${COLLAPSE:-hf-float32 hf-bfloat16} LONG_SEEDS=${LONG_SEEDS:-1}; fi
-for stage in ${*:-collapse long-ref cosine g-noise-top}; do
+if [ $# = 0 ]; then LONG_SEEDS=${LONG_SEEDS:-1}; fi
+for stage in ${*:-loop-parity cosine long-ref g-noise-top}; do
   echo "== $(date -u +%H:%M:%S) stage $stage"
   case $stage in
     verdict|verdict0)
@@ -171,6 +174,29 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/cls /tmp/tta/runs/reward
       cp bench/results/2026-12-07-h100-late/tta/runs/cls/*.json /tmp/tta/runs/cls/
       cp bench/results/2026-12-07-h100/combined/runs/reward/*.json /tmp/tta/runs/reward/ ;;
+    loop-parity)
+      # The fall-back with the z held fixed: ours (sglang bf16, fp32 masters; then hf bf16) and MeZO's own loop in
+      # float32 on ours' z, seeds and batches (bench/loop_parity.py), seed 0 over 2400 steps at lr 3e-5 with an eval
+      # every 80 steps. If the reference on ours' z climbs where ours falls back, the 16-bit forward (sglang's, or
+      # hf's too) is the cause; if it falls back too, it is this z and lr (luck), not ours. The reference runs once
+      # (~5 min), both of ours reuse it; the g columns say from which step ours' g parts from float32's.
+      for v in ${LOOP_PARITY:-sglang:bfloat16 hf:bfloat16}; do
+        python3 bench/loop_parity.py --model "$MEZO_REAL_GGUF" --out /tmp/loop_parity --ours $v --steps 2400 \
+          --eval-every 80 --eval-examples 1000 --device cuda > $OUT/loop_parity_${v/:/_}.log 2>&1
+        mkdir -p $OUT/loop_parity && cp /tmp/loop_parity/loop_parity.md $OUT/loop_parity/${v/:/_}.md
+        cp /tmp/loop_parity/loop_parity.json $OUT/loop_parity/${v/:/_}.json
+        tail -36 /tmp/loop_parity/loop_parity.md | grep -v "^$"
+      done ;;
+    rad32)
+      # Does rademacher32 z (the 2-seed sweep at 83 % of copy bandwidth against gaussian's 41 %, issue 29) learn as
+      # gaussian does on the real tasks? Ours' spsa at the references' lrs, seeds 0-2, in its own OUT seeded with
+      # the verdicts' references (their targets); forwards to target against gaussian spsa's (docs/benchmarks.md).
+      D=/tmp/tta-rad32; mkdir -p $D/runs/cls $D/runs/reward
+      cp -n bench/results/2026-12-07-h100-late/tta/runs/cls/reference-*.json $D/runs/cls/
+      cp -n bench/results/2026-12-07-h100/combined/runs/reward/reference-*.json $D/runs/reward/
+      R32="--methods ours --estimators spsa --seeds 0,1,2 --ours-set mezo.distribution=rademacher32"
+      TTA_OUT=$D tta $RC $R32 --lr-spsa 3e-5
+      TTA_OUT=$D tta $RW $R32 --lr-spsa 1e-5 ;;
     collapse)
       # Whose is the fall-back past ~1500 steps on classification? The fp32 reference climbed on to 0.999 over 2400
       # steps (long-ref, 2026-12-07) where ours' spsa (bf16 on sglang, fp32 masters) fell to chance on all three
@@ -252,8 +278,8 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       mkdir -p /tmp/tta/runs/reward
       cp bench/results/2026-12-06-h100-late/tta/runs/reward/reference-1e-05-s0.json /tmp/tta/runs/reward/ ;;
     *) echo "unknown stage $stage (verdict verdict0 tests suite prefill prefill-bench cls estimators fzoo-reward"\
-         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise g-noise-top collapse cosine benches sweep long-ref fsync seed-runs"\
-         "seed-reward-ref)"; exit 2 ;;
+         "fzoo-seeds fzoo-verdict zo-muon zo-test kernels-about fp32-head-test g-noise g-noise-top collapse cosine loop-parity"\
+         "rad32 benches sweep long-ref fsync seed-runs seed-reward-ref)"; exit 2 ;;
   esac
 done
 echo plan done
