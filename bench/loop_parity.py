@@ -167,6 +167,14 @@ def run_reference(cfg: dict, steps: int) -> tuple[list[tuple[float, float]], lis
     return out, curve
 
 
+def _corr(a: list[float], b: list[float]) -> float:
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
+
+
 def table(ours: list[tuple[float, float]], ref: list[tuple[float, float]], label: str) -> tuple[str, dict]:
     """Per step g and loss on both sides and |g_ours - g_ref| / rms(g_ref); the summary numbers."""
     rms = math.sqrt(sum(g * g for g, _ in ref) / len(ref)) or 1.0
@@ -174,8 +182,19 @@ def table(ours: list[tuple[float, float]], ref: list[tuple[float, float]], label
     first_off = next((i for i, r in enumerate(rel) if r > 1e-3), None)
     lines = [f"| step | g reference | g ours ({label}) | \\|g_ours - g_ref\\| / rms(g_ref) | loss reference | loss ours |",
              "|---:|---:|---:|---:|---:|---:|"]
+    every = 1 if len(rel) <= 60 else len(rel) // 40  # a long run: 40 rows, and the windows below
     for t, ((go, lo), (gr, lr_), r) in enumerate(zip(ours, ref, rel)):
-        lines.append(f"| {t} | {gr:.5g} | {go:.5g} | {r:.2e} | {lr_:.6f} | {lo:.6f} |")
+        if t % every == 0 or t == len(rel) - 1:
+            lines.append(f"| {t} | {gr:.5g} | {go:.5g} | {r:.2e} | {lr_:.6f} | {lo:.6f} |")
+    if every > 1:  # where the two part: g's correlation and the mean train loss, a tenth of the run at a time
+        lines += ["", "| steps | corr(g_ours, g_ref) | median rel | mean loss reference | mean loss ours |",
+                  "|---|---:|---:|---:|---:|"]
+        w = max(1, len(rel) // 10)
+        for lo_ in range(0, len(rel), w):
+            o, r_ = ours[lo_ : lo_ + w], ref[lo_ : lo_ + w]
+            lines.append(f"| {lo_}-{lo_ + len(o) - 1} | {_corr([g for g, _ in o], [g for g, _ in r_]):.3f} | "
+                         f"{sorted(rel[lo_ : lo_ + w])[len(o) // 2]:.2e} | {sum(x for _, x in r_) / len(r_):.4f} | "
+                         f"{sum(x for _, x in o) / len(o):.4f} |")
     summary = {"steps": len(rel), "rms_g_ref": rms, "max_rel": max(rel), "median_rel": sorted(rel)[len(rel) // 2],
                "first_step_over_1e-3": first_off,
                "sign_agreement": sum((go > 0) == (gr > 0) for (go, _), (gr, _) in zip(ours, ref)) / len(rel)}
@@ -210,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         text += ("\n\n| step | eval accuracy, reference | eval accuracy, ours |\n|---:|---:|---:|\n"
                  + "\n".join(f"| {t} | {v:.3f} | {acc[t]:.3f} |" if t in acc else f"| {t} | {v:.3f} | - |"
                               for t, v in ref_curve))
-    head = (f"{a.device}; torch {torch.__version__}; model {Path(model).name}; classification, batch {a.batch_size}, "
+    name = Path(a.model).name if a.model else "the built-in tiny model"
+    head = (f"{a.device}; torch {torch.__version__}; model {name}; classification, batch {a.batch_size}, "
             f"lr {lr}, eps {a.eps}, seed {a.seed}; ours {a.ours} against the reference loop in float32 with ours' z\n")
     tail = (f"\nmax |g_ours - g_ref| / rms(g_ref) = {summary['max_rel']:.2e} (median {summary['median_rel']:.2e}, "
             f"rms(g_ref) {summary['rms_g_ref']:.4g}); first step over 1e-3: {summary['first_step_over_1e-3']}; "

@@ -47,3 +47,13 @@ def test_the_table_names_the_step_where_two_loops_part():
     text, s = mod.table(ours, ref, "hf:float32")
     assert s["first_step_over_1e-3"] == 2 and s["sign_agreement"] == 0.75 and s["max_rel"] > 0.9
     assert text.count("\n") == len(ref) + 1
+
+
+def test_a_long_run_gets_forty_rows_and_a_window_table():
+    mod = _module()
+    ref = [((-1.0) ** t * (1 + t % 7), 0.7 - t / 1000) for t in range(400)]
+    ours = [(g * (1.0 if t < 200 else -1.0), loss) for t, (g, loss) in enumerate(ref)]  # parts at step 200
+    text, s = mod.table(ours, ref, "sglang:bfloat16")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 40 + 1 + 10  # every 10th step, the last, and ten windows of 40 steps
+    assert "| 0-39 | 1.000 |" in text and "| 200-239 | -1.000 |" in text and s["first_step_over_1e-3"] == 200
