@@ -28,7 +28,8 @@
 #                bf16's, and whose rounding?; ~3 min each, hf 6; COLLAPSE picks some; hf-bfloat16: the backend's share)
 #   cosine       collapse's sglang bf16 run with mezo.schedule=cosine (~3 min)
 #   loop-parity  bench/loop_parity.py: ours (LOOP_PARITY, default "sglang:bfloat16 hf:bfloat16") against MeZO's loop
-#                in float32 on ours' z, seed 0, 2400 steps, evals every 80 (~5 min the reference, ~3 each of ours)
+#                in float32 on ours' z, seed 0, 2400 steps, evals every 80 (~5 min the reference, ~3 each of ours);
+#                LP_EXTRA overrides (a CPU dry run: LP_EXTRA="--steps 2 --eval-every 1 --eval-examples 8 --device cpu")
 #   rad32        ours' spsa with mezo.distribution=rademacher32 on both tasks, seeds 0-2 (~10 min; issue 29's z)
 #   kernels-about  tests/gpu/test_kernels.py: the fused sweep with the shown point about cast(master) (~1 min)
 #   fp32-head-test tests/gpu/test_fp32_lm_head_gpu.py: model.fp32_lm_head on both backends (~1 min)
@@ -182,7 +183,7 @@ print(f'fsync after a 150-byte append in {sys.argv[1]}: {(time.perf_counter()-t)
       # (~5 min), both of ours reuse it; the g columns say from which step ours' g parts from float32's.
       for v in ${LOOP_PARITY:-sglang:bfloat16 hf:bfloat16}; do
         python3 bench/loop_parity.py --model "$MEZO_REAL_GGUF" --out /tmp/loop_parity --ours $v --steps 2400 \
-          --eval-every 80 --eval-examples 1000 --device cuda > $OUT/loop_parity_${v/:/_}.log 2>&1
+          --eval-every 80 --eval-examples 1000 --device cuda ${LP_EXTRA:-} > $OUT/loop_parity_${v/:/_}.log 2>&1
         mkdir -p $OUT/loop_parity && cp /tmp/loop_parity/loop_parity.md $OUT/loop_parity/${v/:/_}.md
         cp /tmp/loop_parity/loop_parity.json $OUT/loop_parity/${v/:/_}.json
         tail -36 /tmp/loop_parity/loop_parity.md | grep -v "^$"
