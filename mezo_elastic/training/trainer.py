@@ -54,6 +54,10 @@ class Trainer:
             check_model_dir(cfg.model.path, gguf_ok=True)
         rundir.agree(ctx, comm, rundir.refusal, cfg)  # someone else's files, or resume=false on a run
         tok, self.data, stage = load_inputs(cfg, ctx.is_main)
+        if cfg.train.early_stop_evals and not self.data.eval:
+            stage.discard()
+            raise ConfigError(f"train.early_stop_evals={cfg.train.early_stop_evals} needs an eval set; give "
+                              "data.eval_path (or data.task's), or set it to 0")
         self.lock = None
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -207,9 +211,6 @@ class Trainer:
         """train.early_stop_evals' tracker (None when off), fed the step-0 eval."""
         if not self.cfg.train.early_stop_evals:
             return None
-        if not self.data.eval:
-            raise ConfigError(f"train.early_stop_evals={self.cfg.train.early_stop_evals} needs an eval set; give "
-                              "data.eval_path (or data.task's), or set it to 0")
         stopper = EarlyStop(self, start)
         if first_eval:
             stopper.after_eval(0, first_eval)

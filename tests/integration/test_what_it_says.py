@@ -188,6 +188,10 @@ def test_early_stop_ends_a_run_past_its_best_and_a_relaunch_goes_on_only_when_as
     assert (run / "steps.jsonl").read_text() == log
     train(run, *args, nproc=2)
     assert (run / "steps.jsonl").read_text() == (whole / "steps.jsonl").read_text()
+    no_eval = [a for a in tiny_inputs if not a.startswith("--data.eval_path")]  # user data without an eval file
+    res = train(tmp_path / "none", *no_eval, *FAST, "--train.eval_every=2", "--train.early_stop_evals=2", check=False)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "train.early_stop_evals=2 needs an eval set" in res.stderr and not (tmp_path / "none").exists()
     a, b = final_weights(run), final_weights(whole)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
