@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tta.models import ensure_hf_model  # noqa: E402
+from first_order_top import task_files  # noqa: E402  (the real model's cls task, or the built-in's)
+from g_noise import compare  # noqa: E402
 
 from mezo_elastic.config import from_dict  # noqa: E402
 from mezo_elastic.data.jsonl import BatchSchedule  # noqa: E402
@@ -74,23 +75,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def task_files(a: argparse.Namespace, out: Path) -> tuple[str, str, str, bool, float]:
-    """(HF model directory, train JSONL, eval JSONL, verbatim, lr): the real model's cls task or the built-in's."""
-    if a.smoke:
-        from mezo_elastic.data import builtin
-
-        root = out / "builtin"
-        train, evl = builtin.ensure_task(root, "classification")[:2]
-        return str(builtin.ensure_tiny_model(root)), str(train), str(evl), False, 1e-3  # the built-in preset's lr
-    from real_tasks import write_tasks
-
-    files = write_tasks(out / "tasks")
-    return ensure_hf_model(a.model, out), str(files["cls_train"]), str(files["cls_eval"]), True, a.lr
-
-
 def config(a: argparse.Namespace, model: str, train: str, evl: str, verbatim: bool, lr: float,
            backend: str, dtype: str) -> dict:
-    """The run's config (nested dict), as bench/tta/runners.base_config makes it; evals only at the ends."""
+    """The run's config (nested dict), as bench/tta/runners.base_config makes it; evals every --eval-every steps
+    (0: only ours' trainer's at the start and end, on a few rows, unused)."""
     return {"seed": a.seed,
             "model": {"backend": backend, "path": model, "dtype": dtype, "device": a.device},
             "data": {"objective": "classification", "path": train, "eval_path": evl, "seed": 1234 + a.seed,
@@ -167,14 +155,6 @@ def run_reference(cfg: dict, steps: int) -> tuple[list[tuple[float, float]], lis
     return out, curve
 
 
-def _corr(a: list[float], b: list[float]) -> float:
-    n = len(a)
-    ma, mb = sum(a) / n, sum(b) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-    va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
-    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else float("nan")
-
-
 def table(ours: list[tuple[float, float]], ref: list[tuple[float, float]], label: str) -> tuple[str, dict]:
     """Per step g and loss on both sides and |g_ours - g_ref| / rms(g_ref); the summary numbers."""
     rms = math.sqrt(sum(g * g for g, _ in ref) / len(ref)) or 1.0
@@ -192,7 +172,8 @@ def table(ours: list[tuple[float, float]], ref: list[tuple[float, float]], label
         w = max(1, len(rel) // 10)
         for lo_ in range(0, len(rel), w):
             o, r_ = ours[lo_ : lo_ + w], ref[lo_ : lo_ + w]
-            lines.append(f"| {lo_}-{lo_ + len(o) - 1} | {_corr([g for g, _ in o], [g for g, _ in r_]):.3f} | "
+            corr = compare([g for g, _ in o], [g for g, _ in r_])["corr"]
+            lines.append(f"| {lo_}-{lo_ + len(o) - 1} | {corr:.3f} | "
                          f"{sorted(rel[lo_ : lo_ + w])[len(o) // 2]:.2e} | {sum(x for _, x in r_) / len(r_):.4f} | "
                          f"{sum(x for _, x in o) / len(o):.4f} |")
     summary = {"steps": len(rel), "rms_g_ref": rms, "max_rel": max(rel), "median_rel": sorted(rel)[len(rel) // 2],
@@ -205,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, train, evl, verbatim, lr = task_files(a, out)
+    model, train, evl, verbatim = task_files(a, out)
+    lr = 1e-3 if a.smoke else a.lr  # the built-in preset's lr on the built-in model
     backend, dtype = a.ours.split(":")
     print(f"ours ({a.ours}): {a.steps} steps ...", flush=True)
     ours, ours_curve = run_ours(config(a, model, train, evl, verbatim, lr, backend, dtype),

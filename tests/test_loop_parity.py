@@ -25,7 +25,8 @@ def _module():
 
 def test_ours_is_mezos_loop_step_by_step_on_the_built_in_model(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "bench" / "loop_parity.py"), "--smoke", "--out", str(tmp_path),
-                        "--steps", "8", "--eval-every", "4", "--eval-examples", "32"], env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+                        "--steps", "8", "--eval-every", "4", "--eval-examples", "32"],
+                       env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((tmp_path / "loop_parity.json").read_text())
     assert len(res["ours"]) == len(res["reference"]) == 8
